@@ -1,0 +1,65 @@
+"""The one tolerance table. Error of a tensor a against the float64 reference r is
+||a - r|| / ||r|| (SPEC §8); the max absolute difference is reported beside it.
+Each row says what was measured to justify it (tests/test_tolerances.py re-measures)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rel: float  # bound on ||a - r|| / ||r||; for `generated`, the allowed mismatching tokens
+    why: str  # the measurement that justifies it
+
+
+# precision mode -> quantity -> tolerance. Quantities group case outputs (SPEC §9):
+# forward = logits, h, c; loss; grads = grad/*; steps = losses, after/*; generated.
+TOLERANCES: dict[str, dict[str, Tolerance]] = {
+    "float64": {q: Tolerance(1e-9, "float64 vs an independent float64 implementation: "
+                                   "measured <= 1e-13 on every case in tests/")
+                for q in ("forward", "loss", "grads", "steps")},
+    "float32": {q: Tolerance(1e-5, "SPEC §8: float32 on CPU, T <= 200; measured <= 2e-6 for "
+                                   "every backend and case in tests/ (see README)")
+                for q in ("forward", "loss", "grads", "steps")},
+    # TF32 rounds matmul inputs to a 10-bit mantissa (unit roundoff 2^-11 = 4.9e-4); errors
+    # grow with T through the recurrence. Not measured here: no GPU was lent to this project
+    # when the table was written, so this bound is derived, and marked as such.
+    "tf32": {q: Tolerance(5e-3, "derived from TF32's 2^-11 roundoff, not yet measured")
+             for q in ("forward", "loss", "grads", "steps")},
+}
+for _mode in TOLERANCES.values():
+    _mode["generated"] = Tolerance(0, "same uniforms give the same tokens: a flip needs a "
+                                      "uniform within ~1e-6 of a cdf edge")
+
+
+def quantity_of(key: str) -> str:
+    """Which tolerance row a case output belongs to."""
+    if key in ("logits", "h", "c"):
+        return "forward"
+    if key == "loss":
+        return "loss"
+    if key.startswith("grad/"):
+        return "grads"
+    if key == "losses" or key.startswith("after/"):
+        return "steps"
+    if key == "generated":
+        return "generated"
+    raise KeyError(f"{key!r} is not a case output")
+
+
+def rel_error(a: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """(||a - r|| / ||r||, max |a - r|); the absolute norm where ||r|| is 0."""
+    a = np.asarray(a, np.float64)
+    r = np.asarray(r, np.float64)
+    if a.shape != r.shape:
+        return float("inf"), float("inf")
+    if a.size == 0:
+        return 0.0, 0.0
+    d = a - r
+    if not np.all(np.isfinite(d)):
+        return float("nan"), float("nan")
+    nr = float(np.linalg.norm(r))
+    rel = float(np.linalg.norm(d)) / nr if nr > 0 else float(np.linalg.norm(d))
+    return rel, float(np.max(np.abs(d)))

@@ -1,0 +1,47 @@
+"""Shared fixtures: which backends this environment must test, and the cached reference
+outputs of every cross-check case."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from impls import registry
+from impls.case import Case, make_case, run_case
+from tests.cases import CROSS_CASES, CrossCase
+
+
+def backends_under_test() -> list[str]:
+    """LSTMBENCH_BACKENDS (comma list, set by each tox environment) names the backends this
+    environment must test: one that is unavailable then fails. Without it, every backend
+    whose framework imports here is tested, and the rest are skipped with the reason."""
+    names = os.environ.get("LSTMBENCH_BACKENDS")
+    if names:
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return [n for n in registry.BACKENDS if n != "numpy"]
+
+
+def require_backend(name: str) -> None:
+    ok, why = registry.availability(name)
+    if not ok:
+        if os.environ.get("LSTMBENCH_BACKENDS"):
+            pytest.fail(f"backend {name} is required in this environment but unavailable: {why}")
+        pytest.skip(f"backend {name} unavailable in this environment: {why}")
+
+
+_reference: dict[str, tuple[Case, dict[str, np.ndarray]]] = {}
+
+
+def reference(cc: CrossCase) -> tuple[Case, dict[str, np.ndarray]]:
+    """The case and its float64 reference outputs, computed once per session."""
+    if cc.id not in _reference:
+        case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
+        be = registry.create("numpy", case.spec.model, case.spec.train, case.params)
+        _reference[cc.id] = (case, run_case(case, be))
+    return _reference[cc.id]
+
+
+@pytest.fixture(params=CROSS_CASES, ids=lambda c: c.id)
+def cross_case(request: pytest.FixtureRequest) -> CrossCase:
+    return request.param
