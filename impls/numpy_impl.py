@@ -30,6 +30,9 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     return info
 
 
+EPS_FORMS = ("spec", "eps_hat", "eps_inside")
+
+
 def _sigmoid_(x: np.ndarray) -> None:
     """In-place logistic function."""
     np.negative(x, out=x)
@@ -64,10 +67,16 @@ class NumpyBackend:
     """Reference LSTM language model in NumPy (float64 by default for the oracle)."""
 
     def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
-                 device: str = "cpu", dtype: str = "float64", seed: int = 0) -> None:
+                 device: str = "cpu", dtype: str = "float64", seed: int = 0,
+                 eps_form: str = "spec") -> None:
         if device != "cpu":
             raise ValueError("the numpy backend runs on the CPU only")
+        if eps_form not in EPS_FORMS:
+            raise ValueError(f"eps_form must be one of {', '.join(EPS_FORMS)}, got {eps_form!r}")
         self.model, self.train = model, train
+        # "spec" is SPEC §4; the others reproduce a framework's native formula so that a
+        # documented deviation can be checked exactly (impls.registry.Deviation).
+        self.eps_form = eps_form
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
         self._buffers: dict[tuple[int, int], _Buffers] = {}
@@ -287,6 +296,9 @@ class NumpyBackend:
             for g in grads.values():
                 np.clip(g, -clip.value, clip.value, out=g)
 
+    def _root(self, v: np.ndarray, eps: float) -> np.ndarray:
+        return np.sqrt(v + eps) if self.eps_form == "eps_inside" else np.sqrt(v) + eps
+
     def _update(self, grads: Params) -> None:
         o = self.train.optimizer
         self.t += 1
@@ -301,18 +313,20 @@ class NumpyBackend:
                 m += (1 - o.beta1) * g
                 v *= o.beta2
                 v += (1 - o.beta2) * g * g
-                mhat = m / (1 - o.beta1 ** self.t)
-                vhat = v / (1 - o.beta2 ** self.t)
-                w -= o.lr * mhat / (np.sqrt(vhat) + o.eps)
+                bc1, bc2 = 1 - o.beta1 ** self.t, 1 - o.beta2 ** self.t
+                if self.eps_form == "eps_hat":  # eps added before bias correction
+                    w -= o.lr * np.sqrt(bc2) / bc1 * m / (np.sqrt(v) + o.eps)
+                else:
+                    w -= o.lr * (m / bc1) / (np.sqrt(v / bc2) + o.eps)
             elif o.name == "rmsprop":
                 v = st.setdefault("v", np.zeros_like(w))
                 v *= o.alpha
                 v += (1 - o.alpha) * g * g
-                w -= o.lr * g / (np.sqrt(v) + o.eps)
+                w -= o.lr * g / self._root(v, o.eps)
             elif o.name == "adagrad":
                 s = st.setdefault("s", np.zeros_like(w))
                 s += g * g
-                w -= o.lr * g / (np.sqrt(s) + o.eps)
+                w -= o.lr * g / self._root(s, o.eps)
 
     def train_step(self, tokens: np.ndarray, targets: np.ndarray, state: Any) -> tuple[float, Any]:
         bf = self._forward(tokens, state[0], state[1], train=True)

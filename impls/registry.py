@@ -21,14 +21,28 @@ class BackendSpec:
     description: str  # what it is, honestly: fused kernel, per-step loop, ...
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # optimiser name -> how the framework's native formula differs from SPEC §4
-    deviations: dict[str, str] = field(default_factory=dict)
+    deviations: dict[str, "Deviation"] = field(default_factory=dict)
 
 
-KERAS_EPS_HAT = ("Keras Adam adds epsilon to sqrt(v_t) before bias correction "
-                 "(Kingma & Ba's 'epsilon hat'): eps_eff = eps*sqrt(1-beta2^t)")
-KERAS_EPS_INSIDE = "Keras {opt} adds epsilon inside the square root: lr*g/sqrt(v+eps)"
-CHAINER_EPS_HAT = ("Chainer Adam adds eps to sqrt(v_t) before bias correction "
-                   "(eps_eff = eps*sqrt(1-beta2^t))")
+@dataclass(frozen=True)
+class Deviation:
+    """A native optimiser formula that differs from SPEC §4 by design. `eps_form` names the
+    NumpyBackend variant that computes the native formula exactly, so the check can prove
+    that the measured difference has this cause and no other."""
+    eps_form: str  # "eps_hat" | "eps_inside" (impls.numpy_impl.EPS_FORMS)
+    cause: str  # one line, shown by `lstmbench backends` and `case diff`
+
+
+KERAS_DEVIATIONS = {
+    "adam": Deviation("eps_hat", "Keras Adam adds epsilon to sqrt(v) before bias correction "
+                                 "(Kingma & Ba's epsilon-hat): effective eps = eps*sqrt(1-beta2^t)"),
+    "rmsprop": Deviation("eps_inside", "Keras RMSprop adds epsilon inside the root: lr*g/sqrt(v+eps)"),
+    "adagrad": Deviation("eps_inside", "Keras Adagrad adds epsilon inside the root: lr*g/sqrt(s+eps)"),
+}
+CHAINER_DEVIATIONS = {
+    "adam": Deviation("eps_hat", "Chainer Adam adds eps to sqrt(v) before bias correction: "
+                                 "effective eps = eps*sqrt(1-beta2^t)"),
+}
 
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64", ("cpu",),
@@ -41,20 +55,16 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 ("cpu", "gpu"), "char-rnn's cell: per-step loop of i2h + h2h Linear layers"),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", ("cpu", "gpu"), "Keras 3 layers.LSTM, train step in tf.function",
-                deviations={"adam": KERAS_EPS_HAT,
-                            "rmsprop": KERAS_EPS_INSIDE.format(opt="RMSprop"),
-                            "adagrad": KERAS_EPS_INSIDE.format(opt="Adagrad")}),
+                deviations=KERAS_DEVIATIONS),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", ("cpu", "gpu"), "as tensorflow, tf.function(jit_compile=True)",
                 kwargs={"jit_compile": True},
-                deviations={"adam": KERAS_EPS_HAT,
-                            "rmsprop": KERAS_EPS_INSIDE.format(opt="RMSprop"),
-                            "adagrad": KERAS_EPS_INSIDE.format(opt="Adagrad")}),
+                deviations=KERAS_DEVIATIONS),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32", ("cpu", "gpu"),
                 "pure functions, lax.scan over time, whole step under jax.jit"),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
                 ("cpu",), "RNNForLM shape: one L.LSTM per layer called per time step",
-                deviations={"adam": CHAINER_EPS_HAT}),
+                deviations=CHAINER_DEVIATIONS),
 )}
 
 
@@ -80,13 +90,13 @@ def load_module(spec: BackendSpec) -> ModuleType:
 
 
 def create(name: str, model: Any, train: Any, params: Any, *, device: str = "cpu",
-           dtype: str | None = None, seed: int = 0) -> Any:
-    """Construct backend `name` (module imported lazily)."""
+           dtype: str | None = None, seed: int = 0, **extra: Any) -> Any:
+    """Construct backend `name` (module imported lazily); `extra` goes to the constructor."""
     spec = get_spec(name)
     if device not in spec.devices:
         raise BackendError(f"backend {name} does not run on {device}; it runs on {', '.join(spec.devices)}")
     cls = getattr(load_module(spec), spec.cls)
-    return cls(model, train, params, device=device, dtype=dtype or spec.dtype, seed=seed, **spec.kwargs)
+    return cls(model, train, params, device=device, dtype=dtype or spec.dtype, seed=seed, **spec.kwargs, **extra)
 
 
 def availability(name: str) -> tuple[bool, str]:
