@@ -9,7 +9,7 @@ import pytest
 
 from impls import registry
 from impls.case import Case, make_case, run_case
-from tests.cases import CROSS_CASES, CrossCase
+from harness.cases import CROSS_CASES, CrossCase
 
 
 def backends_under_test() -> list[str]:

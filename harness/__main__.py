@@ -1,0 +1,6 @@
+"""`python -m harness` is `lstmbench`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""One benchmark cell: what it is (`Cell`) and how it is timed (`measure_cell`). Shared by the
+harness's worker processes and the pytest-benchmark route (benchmarks/), so the timing
+method is written once.
+
+Method: the first step (tracing, compiling, autotuning) is timed apart; warm-up steps follow
+untimed; then rounds of `inner` steps, each round bracketed by the backend's sync() and
+perf_counter_ns, every round kept as one sample of seconds per step."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from impls import registry
+from impls.config import (ClipConfig, ModelConfig, OptimizerConfig, Preset, TrainConfig,
+                          flops_per_char)
+from impls.params import init_params
+
+MODES = ("train", "eval", "generate")
+
+
+@dataclass(frozen=True)
+class Cell:
+    backend: str  # registry name
+    mode: str  # train | eval | generate (SPEC §7)
+    preset: str  # the preset these sizes come from (label only; sizes below are the truth)
+    model: ModelConfig  # network sizes
+    train: TrainConfig  # optimiser and clip (train mode)
+    batch: int  # B (generate: 1)
+    seq_len: int  # T (generate: characters drawn per sample)
+    device: str = "cpu"  # cpu | gpu
+    dtype: str = "float32"  # what the backend computes in
+    precision: str = "float32"  # float32 (strict) or tf32 on a GPU
+    seed: int = 0  # parameters, tokens and dropout masks
+
+    @staticmethod
+    def from_preset(p: Preset, backend: str, mode: str, *, batch: int | None = None,
+                    seq_len: int | None = None, **kw: Any) -> "Cell":
+        if mode == "generate":
+            batch, seq_len = 1, seq_len or 200
+        return Cell(backend, mode, p.name, p.model, p.train, batch or p.batch_size,
+                    seq_len or p.seq_len, **kw)
+
+    def chars_per_call(self) -> int:
+        return self.seq_len if self.mode == "generate" else self.batch * self.seq_len
+
+    def label(self) -> str:
+        return f"{self.backend}/{self.mode}/{self.preset}/B{self.batch}xT{self.seq_len}"
+
+    def key(self) -> tuple:
+        """What makes two cells comparable across runs: everything but the seed."""
+        d = self.to_dict()
+        d.pop("seed")
+        return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Cell":
+        d = dict(d)
+        model = ModelConfig(**d.pop("model"))
+        t = d.pop("train")
+        train = TrainConfig(OptimizerConfig(**t["optimizer"]), ClipConfig(**t["clip"]))
+        return Cell(model=model, train=train, **d)
+
+
+@dataclass
+class Prepared:
+    """A backend built for a cell, with data on the device and a step function."""
+    backend: Any
+    step: Callable[[], Any]  # one timed unit of work; returns a loss handle or tokens
+    check: Callable[[Any], bool] = field(default=lambda x: True)  # finite result?
+
+
+def prepare(cell: Cell) -> Prepared:
+    m = cell.model
+    params = init_params(m, cell.seed)
+    kw = {"precision": cell.precision} if cell.precision != "float32" else {}
+    be = registry.create(cell.backend, m, cell.train, params, device=cell.device,
+                         dtype=cell.dtype, seed=cell.seed, **kw)
+    rng = np.random.default_rng(cell.seed)
+    if cell.mode == "generate":
+        prefix = rng.integers(0, m.vocab_size, 8)
+        uniforms = rng.random(cell.seq_len)
+        return Prepared(be, lambda: be.generate(prefix, cell.seq_len, 1.0, 0, uniforms))
+    seq = rng.integers(0, m.vocab_size, (cell.batch, cell.seq_len + 1))
+    tok, tgt = be.put(seq[:, :-1]), be.put(seq[:, 1:])
+    shape = (m.num_layers, cell.batch, m.hidden_size)
+    state = [be.state(np.zeros(shape), np.zeros(shape))]
+    fn = be.train_step if cell.mode == "train" else be.eval_step
+
+    def step() -> Any:
+        loss, state[0] = fn(tok, tgt, state[0])  # carried state: truncated BPTT
+        return loss
+
+    return Prepared(be, step, lambda loss: math.isfinite(be.value(loss)))
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _gpu_peak(backend: str, reset: bool) -> int | None:
+    """The framework's own peak-allocation counter on a GPU."""
+    fw = registry.get_spec(backend).framework
+    try:
+        if fw == "torch":
+            import torch
+            if reset:
+                torch.cuda.reset_peak_memory_stats()
+                return None
+            return int(torch.cuda.max_memory_allocated())
+        if fw == "jax":
+            import jax
+            stats = jax.devices("gpu")[0].memory_stats() or {}
+            return None if reset else int(stats.get("peak_bytes_in_use", 0)) or None
+        if fw == "tensorflow":
+            import tensorflow as tf
+            if reset:
+                tf.config.experimental.reset_memory_stats("GPU:0")
+                return None
+            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    except Exception:  # noqa: BLE001 - a missing counter is recorded as unknown
+        return None
+    return None
+
+
+def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
+                 min_rounds: int = 5, warmup: float = 0.2) -> dict[str, Any]:
+    """Time one cell; returns status, first-step seconds, every sample and derived numbers."""
+    gpu = cell.device == "gpu"
+    _reset_peak_rss()
+    if gpu:
+        _gpu_peak(cell.backend, reset=True)
+    prep = prepare(cell)
+    be = prep.backend
+    t0 = time.perf_counter_ns()
+    out = prep.step()
+    be.sync()
+    first = (time.perf_counter_ns() - t0) / 1e9
+    if not prep.check(out):
+        return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
+    # warm-up, untimed; also estimates one step's time to size the rounds
+    n, t0 = 0, time.perf_counter_ns()
+    while True:
+        out = prep.step()
+        n += 1
+        be.sync()
+        el = (time.perf_counter_ns() - t0) / 1e9
+        if el >= warmup or n >= 50:
+            break
+    est = el / n
+    inner = max(1, int(0.05 / est)) if est < 0.05 else 1  # a round lasts >= ~50 ms
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < max_rounds and (len(samples) < min_rounds or spent < min_time):
+        be.sync()
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            out = prep.step()
+        be.sync()
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        samples.append(dt / inner)
+        spent += dt
+    if not prep.check(out):
+        return {"status": "nan", "error": "non-finite loss during timing", "first_step_s": first,
+                "samples_s": samples, "inner": inner}
+    med = float(np.median(samples))
+    cps = cell.chars_per_call() / med
+    res: dict[str, Any] = {
+        "status": "ok", "first_step_s": first, "samples_s": samples, "inner": inner,
+        "chars_per_s": cps, "gflops": flops_per_char(cell.model, cell.mode) * cps / 1e9,
+        "peak_rss_bytes": _peak_rss(),
+    }
+    if cell.mode == "generate":
+        res["us_per_char"] = 1e6 * med / cell.seq_len
+    if gpu:
+        res["peak_device_bytes"] = _gpu_peak(cell.backend, reset=False)
+    return res
+
+
+def matmul_peak(device: str, backend: str = "numpy", n: int = 1024, repeats: int = 7) -> float:
+    """Best float32 GEMM GFLOP/s on this device, measured now (the efficiency denominator).
+    On the CPU with NumPy's BLAS; on a GPU with the backend's framework, strict float32."""
+    if device == "cpu":
+        rng = np.random.default_rng(0)
+        a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            a @ b
+            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+        return 2 * n ** 3 / best / 1e9
+    fw = registry.get_spec(backend).framework
+    n = 8192
+    if fw == "torch":
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        a = torch.rand(n, n, device="cuda")
+        b = torch.rand(n, n, device="cuda")
+        a @ b
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            a @ b
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+        return 2 * n ** 3 / best / 1e9
+    if fw == "jax":
+        import jax
+        import jax.numpy as jnp
+        f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
+        a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices("gpu")[0])
+        f(a, a).block_until_ready()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            f(a, a).block_until_ready()
+            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+        return 2 * n ** 3 / best / 1e9
+    raise ValueError(f"no GPU matmul peak for framework {fw}")

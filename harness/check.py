@@ -1,0 +1,138 @@
+"""`lstmbench check`: the equivalence matrix. Every cross-check case (harness/cases.py) is
+written as a case file, the float64 reference computes the expected outputs here, and each
+backend computes its outputs in a worker process of its own environment; the table shows,
+per backend and quantity, the worst error over the cases against the tolerance."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from impls import registry
+from impls.case import diff_outputs, load_outputs, make_case, run_case, save_case
+from impls.tolerances import TOLERANCES
+
+from .cases import CROSS_CASES
+from .envs import interpreter_for
+from .pool import Worker, WorkerFailed
+
+QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
+
+
+def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
+              precision: str = "float32", json_path: Path | None = None,
+              log: Callable[[str], None] = print) -> int:
+    """Returns the exit status: 0 when every backend passes every quantity, else 1."""
+    tmp = Path(tempfile.mkdtemp(prefix="lstmbench-check-"))
+    cases, expected = [], {}
+    for cc in CROSS_CASES:
+        case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
+        path = save_case(case, tmp / f"{cc.id}.npz")
+        cases.append((cc.id, case, path))
+        ref = registry.create("numpy", case.spec.model, case.spec.train, case.params)
+        expected[(cc.id, "spec")] = run_case(case, ref)
+
+    def native(cid: str, case: Any, form: str) -> dict:
+        if (cid, form) not in expected:
+            ref = registry.create("numpy", case.spec.model, case.spec.train, case.params, eps_form=form)
+            expected[(cid, form)] = run_case(case, ref)
+        return expected[(cid, form)]
+
+    report: dict[str, Any] = {"precision": precision, "cases": [c[0] for c in cases], "backends": {}}
+    failed = False
+    for name in backends:
+        spec = registry.get_spec(name)
+        entry: dict[str, Any] = {"status": "ok", "cases": {}}
+        report["backends"][name] = entry
+        t0 = time.perf_counter()
+        try:
+            worker = Worker(interpreter_for(name, overrides), threads)
+        except registry.BackendError as e:
+            entry.update(status="unavailable", reason=str(e))
+            failed = True
+            log(f"{name}: unavailable: {e}")
+            continue
+        try:
+            for cid, case, path in cases:
+                out_path = tmp / f"{cid}.{name}.out.npz"
+                try:
+                    ans = worker.request({"op": "case", "backend": name, "case": str(path),
+                                          "out": str(out_path), "threads": threads,
+                                          "precision": precision}, timeout=600)
+                except WorkerFailed as e:
+                    ans = {"ok": False, "error": f"{e.kind}: {e}"}
+                    worker = Worker(interpreter_for(name, overrides), threads)
+                if not ans["ok"]:
+                    entry["cases"][cid] = {"error": ans["error"]}
+                    entry["status"] = "error"
+                    failed = True
+                    log(f"{name} {cid}: error: {ans['error']}")
+                    if "unavailable" in ans["error"] or "ModuleNotFoundError" in ans["error"]:
+                        entry.update(status="unavailable", reason=ans["error"])
+                        break
+                    continue
+                out, _ = load_outputs(out_path)
+                dev = spec.deviations.get(case.spec.train.optimizer.name)
+                rows = diff_outputs(out, expected[(cid, "spec")], precision, dev.cause if dev else "")
+                if dev is not None:  # the deviation must be exactly the documented formula
+                    nat = {r.key: r for r in diff_outputs(out, native(cid, case, dev.eps_form), precision)}
+                    rows = [r if r.status != "deviation" or nat[r.key].status == "ok"
+                            else replace(r, status="FAIL", note=f"not explained by {dev.eps_form}")
+                            for r in rows]
+                entry["cases"][cid] = [r.__dict__ for r in rows]
+                if any(r.status == "FAIL" for r in rows):
+                    entry["status"] = "FAIL"
+                    failed = True
+        finally:
+            worker.close()
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        log(_line(name, entry))
+    log("")
+    log(format_table(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+        log(f"details: {json_path}")
+    return 1 if failed else 0
+
+
+def _worst(entry: dict[str, Any], q: str) -> tuple[float, str]:
+    """Worst error over cases for quantity q, and the worst status."""
+    worst, status = 0.0, "ok"
+    rank = {"ok": 0, "deviation": 1, "FAIL": 2}
+    for rows in entry["cases"].values():
+        if isinstance(rows, dict):
+            return float("nan"), "error"
+        for r in rows:
+            if r["quantity"] == q:
+                worst = max(worst, r["rel"])
+                if rank[r["status"]] > rank[status]:
+                    status = r["status"]
+    return worst, status
+
+
+def _line(name: str, entry: dict[str, Any]) -> str:
+    return f"{name}: {entry['status']} ({entry.get('seconds', 0)} s)"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    tol = TOLERANCES[report["precision"]]
+    head = f"{'backend':16}" + "".join(f"{q:>20}" for q in QUANTITIES) + "  result"
+    sub = f"{'tolerance':16}" + "".join(f"{tol[q].rel:>20.0e}" for q in QUANTITIES)
+    lines = [head, sub]
+    for name, entry in report["backends"].items():
+        if entry["status"] == "unavailable":
+            lines.append(f"{name:16}  unavailable: {entry.get('reason', '')}")
+            continue
+        cells = []
+        for q in QUANTITIES:
+            w, st = _worst(entry, q)
+            cells.append(f"{w:10.1e} {st:>9}")
+        lines.append(f"{name:16}" + "".join(f"{c:>20}" for c in cells) + f"  {entry['status']}")
+    devs = {n: registry.get_spec(n).deviations for n in report["backends"]}
+    notes = [f"  {n} {opt}: {d.cause}" for n, ds in devs.items() for opt, d in ds.items()]
+    if notes:
+        lines += ["", "documented native-optimiser deviations (checked against the native formula):"] + notes
+    return "\n".join(lines)

@@ -1,0 +1,387 @@
+"""The TensorFlow backend: Keras 3 layers (Embedding or tf.one_hot, one `keras.layers.LSTM`
+per layer, Dense output) driven by `tf.function`s, with Keras' native optimisers.
+
+Two registry variants share the class `TensorflowBackend`:
+- `tensorflow`: graph-mode `tf.function`s. On the CPU the LSTM runs Keras' generic
+  `tf.while_loop` over `LSTMCell` (matmuls by Eigen, or oneDNN where TF enables it); on a GPU
+  the layers are built with `use_cudnn=True`, so Keras takes the fused cuDNN kernel
+  (CudnnRNNV3) or fails loudly rather than silently falling back.
+- `tensorflow-xla`: the same functions with `jit_compile=True`. cuDNN ops are not XLA
+  compatible (Keras itself turns `jit_compile` off for cuDNN LSTMs), so this variant always
+  uses the while-loop cell, which XLA compiles whole.
+
+Everything the harness times (train step: forward, loss, tf.GradientTape, clip, update; eval
+step; the per-token generation step, sampling included) is one `tf.function` call. Every
+argument is a tensor, so a function traces once per distinct (B, T) and never per call.
+
+Dropout is done by separate `keras.layers.Dropout` layers in front of each LSTM layer and of
+the output layer (SPEC §1), not by the LSTM's own `dropout` argument: that one uses one mask
+per sequence and makes Keras skip cuDNN.
+
+Optimisers are Keras' own (SGD, Adam, RMSprop, Adagrad with initial_accumulator_value=0) with
+native clipping (`global_clipnorm`, `clipvalue`); Adam's epsilon-hat and RMSprop/Adagrad's
+epsilon inside the root are the registry's documented deviations (KERAS_DEVIATIONS).
+"""
+from __future__ import annotations
+
+import os
+
+# Before TensorFlow and Keras are imported: Keras picks its backend at import time, and TF's
+# C++ logging level is read once when the library loads.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from .config import ModelConfig, TrainConfig  # noqa: E402
+from .params import Params, check_params, init_params, param_shapes  # noqa: E402
+from .registry import BackendError  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":  # Keras was imported earlier with another backend
+    raise ImportError(f"Keras is running on the {keras.backend.backend()!r} backend in this process; "
+                      "the tensorflow backend needs KERAS_BACKEND=tensorflow before Keras is imported")
+
+DTYPES = ("float32", "float64")
+PRECISIONS = ("float32", "tf32")  # float32: strict (TF32 off); tf32: TensorFloat-32 matmuls on GPU
+
+
+def _onednn_enabled() -> bool:
+    """Whether TF's oneDNN CPU kernels are on (TF_ENABLE_ONEDNN_OPTS or the build default)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # private module moved: report what the flag says
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0") == "1"
+
+
+def configure(threads: int | None, device: str) -> dict[str, str]:
+    """Thread pools (must run before TF initialises its runtime) and facts for the results.
+    `kernel` is the `tensorflow` variant's path; `kernel_xla` the `tensorflow-xla` one's."""
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if threads is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            # One inter-op thread: the time loop is sequential, and this keeps the process
+            # near `threads` busy cores (otherwise independent small ops run on a second pool).
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError as e:
+            raise RuntimeError("tensorflow configure() must be called before TensorFlow runs any "
+                               f"op (its thread pools are fixed once the runtime starts): {e}") from None
+    if device == "gpu":
+        if not tf.config.list_physical_devices("GPU"):
+            raise ValueError("device 'gpu' requested but TensorFlow sees no GPU "
+                             "(tensorflow-cpu installed, or no CUDA device visible)")
+        kernel, kernel_xla = "cuDNN", "XLA:GPU"
+    else:
+        kernel, kernel_xla = ("oneDNN" if _onednn_enabled() else "Eigen"), "XLA:CPU"
+    return {"version": tf.__version__, "keras": keras.__version__, "kernel": kernel,
+            "kernel_xla": kernel_xla,
+            "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
+            "inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads())}
+
+
+# ---- layout: canonical (SPEC §2) <-> Keras 3 (SPEC §3) -------------------------------------
+# Keras' LSTM kernel (D, 4H), recurrent_kernel (H, 4H) and its one bias (4H,) hold column
+# blocks in the order i, f, c, o; Keras' "c" (candidate) is SPEC's g. So the block table is
+# the identity, written out so that a change on either side is a one-line edit.
+CANONICAL_GATES = ("i", "f", "g", "o")
+KERAS_GATES = ("i", "f", "g", "o")
+
+
+def _reorder_gates(w: np.ndarray, H: int, src: tuple[str, ...], dst: tuple[str, ...]) -> np.ndarray:
+    """Permute the 4 gate blocks along the last axis (width 4H) from order src to order dst."""
+    assert w.shape[-1] == 4 * H, (w.shape, H)
+    blocks = {gate: w[..., k * H:(k + 1) * H] for k, gate in enumerate(src)}
+    out = np.concatenate([blocks[gate] for gate in dst], axis=-1)
+    assert out.shape == w.shape
+    return out
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One canonical parameter and the Keras variable holding it."""
+    name: str  # canonical name
+    var: Any  # keras.Variable
+    gates: bool  # last axis is 4H gate blocks (reordered between layouts)
+
+
+class TensorflowBackend:
+    """Keras 3 LSTM language model; train/eval/generation steps are `tf.function`s."""
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                 jit_compile: bool = False, precision: str = "float32", _probe: bool = False) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"the tensorflow backend computes in {', '.join(DTYPES)}, got {dtype!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if device == "gpu":
+            if not tf.config.list_physical_devices("GPU"):
+                raise ValueError("device 'gpu' requested but TensorFlow sees no GPU "
+                                 "(tensorflow-cpu installed, or no CUDA device visible)")
+            self._dev = "/GPU:0"
+        elif device == "cpu":
+            self._dev = "/CPU:0"
+        else:
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        # Process-wide switch (TF has no per-function one); a no-op on the CPU.
+        tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+        self.model, self.train = model, train
+        self.device, self.dtype, self.jit_compile = device, dtype, jit_compile
+        if jit_compile and not _probe:
+            _check_xla(device)  # raises BackendError if XLA cannot compile a train step here
+        # cuDNN only where it can run: GPU and not under XLA (cuDNN ops have no XLA lowering).
+        use_cudnn = device == "gpu" and not jit_compile
+        self.kernel = (f"XLA:{device.upper()}" if jit_compile else
+                       "cuDNN" if use_cudnn else "oneDNN" if _onednn_enabled() else "Eigen")
+        m = model
+        V, H, L = m.vocab_size, m.hidden_size, m.num_layers
+        with tf.device(self._dev):
+            self._embed = (keras.layers.Embedding(V, m.embed_size, dtype=dtype)
+                           if m.input == "embedding" else None)
+            self._lstms = [keras.layers.LSTM(H, return_sequences=True, return_state=True,
+                                             use_cudnn=use_cudnn, dtype=dtype) for _ in range(L)]
+            self._dense = keras.layers.Dense(V, dtype=dtype)
+            # inputs of LSTM layers 0..L-1 and of the output layer; distinct seeds per layer
+            self._drops = ([keras.layers.Dropout(m.dropout, seed=seed * (L + 1) + l)
+                            for l in range(L + 1)] if m.dropout > 0 else None)
+            if self._embed is not None:
+                self._embed.build((None, None))
+            for l, lstm in enumerate(self._lstms):
+                lstm.build((None, None, m.layer_input_size(l)))
+            self._dense.build((None, None, H))
+            slots = [_Slot("embed", self._embed.embeddings, False)] if self._embed is not None else []
+            for l, lstm in enumerate(self._lstms):
+                slots += [_Slot(f"lstm.{l}.W_x", lstm.cell.kernel, True),
+                          _Slot(f"lstm.{l}.W_h", lstm.cell.recurrent_kernel, True),
+                          _Slot(f"lstm.{l}.b", lstm.cell.bias, True)]
+            slots += [_Slot("out.W", self._dense.kernel, False), _Slot("out.b", self._dense.bias, False)]
+            self._slots = slots
+            self._vars = [s.var for s in slots]  # canonical order; every one is trained
+            self._opt = self._make_optimizer()
+            self._opt.build(self._vars)
+            # load() resets the optimiser by restoring these (slots, accumulators, iterations=0)
+            self._opt_init = [(v, v.numpy()) for v in self._opt.variables]
+        shapes = param_shapes(m)
+        for s in self._slots:
+            assert tuple(s.var.shape) == shapes[s.name], (s.name, s.var.shape, shapes[s.name])
+
+        jit = bool(jit_compile)
+        self._forward_fn = tf.function(self._forward_impl, jit_compile=jit)
+        self._eval_fn = tf.function(self._eval_impl, jit_compile=jit)
+        self._grads_fn = tf.function(self._grads_impl, jit_compile=jit)
+        self._train_fn = tf.function(self._train_impl, jit_compile=jit)
+        self._gen_fn = tf.function(self._gen_step_impl, jit_compile=jit)
+        self._last: Any = None  # the latest result tensor, fetched by sync()
+        self.load(params)
+
+    def _make_optimizer(self) -> keras.optimizers.Optimizer:
+        o, c = self.train.optimizer, self.train.clip
+        clip: dict[str, float] = ({"global_clipnorm": c.value} if c.kind == "norm" else
+                                  {"clipvalue": c.value} if c.kind == "value" else {})
+        if o.name == "sgd":
+            return keras.optimizers.SGD(learning_rate=o.lr, **clip)
+        if o.name == "adam":
+            return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2,
+                                         epsilon=o.eps, **clip)
+        if o.name == "rmsprop":
+            return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
+        if o.name == "adagrad":  # SPEC §4: s starts at 0 (Keras' default is 0.1)
+            return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
+                                            epsilon=o.eps, **clip)
+        raise ValueError(f"unknown optimizer {o.name!r}")
+
+    # ---- parameters and data ---------------------------------------------------
+    def load(self, params: Params) -> None:
+        check_params(self.model, params)
+        H = self.model.hidden_size
+        for s in self._slots:
+            w = np.asarray(params[s.name], dtype=np.float64)
+            if s.gates:
+                w = _reorder_gates(w, H, CANONICAL_GATES, KERAS_GATES)
+            assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
+            s.var.assign(w.astype(self.dtype))
+        for v, init in self._opt_init:
+            v.assign(init)
+
+    def params(self) -> Params:
+        H = self.model.hidden_size
+        out: Params = {}
+        for s in self._slots:
+            out[s.name] = self._to_canonical(s, s.var.numpy(), H)
+        return out
+
+    def _to_canonical(self, s: _Slot, w: np.ndarray, H: int) -> np.ndarray:
+        w = np.array(w, dtype=np.float64)
+        assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
+        return _reorder_gates(w, H, KERAS_GATES, CANONICAL_GATES) if s.gates else w
+
+    def put(self, tokens: np.ndarray) -> tf.Tensor:
+        t = np.asarray(tokens)
+        if t.ndim != 2:
+            raise ValueError(f"tokens must be (B, T), got shape {t.shape}")
+        with tf.device(self._dev):
+            return tf.identity(tf.constant(t.astype(np.int32)))  # (B, T) on the device
+
+    def state(self, h: np.ndarray, c: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.device(self._dev):
+            return (tf.identity(tf.constant(np.asarray(h, self.dtype))),
+                    tf.identity(tf.constant(np.asarray(c, self.dtype))))  # (L, B, H) each
+
+    def fetch_state(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(state[0].numpy(), np.float64), np.array(state[1].numpy(), np.float64)
+
+    def sync(self) -> None:
+        if self._last is not None:
+            self._last.numpy()  # blocks until the op producing it (and its inputs) is done
+        tf.test.experimental.sync_devices()
+
+    def value(self, x: Any) -> float:
+        return float(x.numpy())
+
+    # ---- the graph bodies (traced by tf.function) -------------------------------------
+    def _run(self, tok: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, training: bool
+             ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """tok (B, T) int32, h0/c0 (L, B, H) -> logits (B, T, V), h, c (L, B, H)."""
+        m = self.model
+        with tf.device(self._dev):
+            if self._embed is not None:
+                x = self._embed(tok)  # (B, T, E)
+            else:
+                x = tf.one_hot(tok, m.vocab_size, dtype=self.dtype)  # (B, T, V)
+            hs, cs = [], []
+            drop = training and self._drops is not None
+            for l, lstm in enumerate(self._lstms):
+                if drop:
+                    x = self._drops[l](x, training=True)
+                x, h, c = lstm(x, initial_state=[h0[l], c0[l]], training=training)  # (B, T, H)
+                hs.append(h)
+                cs.append(c)
+            if drop:
+                x = self._drops[-1](x, training=True)
+            logits = self._dense(x)  # (B, T, V)
+            return logits, tf.stack(hs), tf.stack(cs)
+
+    @staticmethod
+    def _loss(logits: tf.Tensor, tgt: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tgt, logits=logits))
+
+    def _forward_impl(self, tok, h0, c0):  # type: ignore[no-untyped-def]
+        return self._run(tok, h0, c0, training=False)
+
+    def _eval_impl(self, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+        logits, h, c = self._run(tok, h0, c0, training=False)
+        return self._loss(logits, tgt), h, c
+
+    def _grads_impl(self, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+        with tf.GradientTape() as tape:
+            logits, h, c = self._run(tok, h0, c0, training=True)
+            loss = self._loss(logits, tgt)
+        # dense: the embedding's gradient arrives as IndexedSlices
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self._vars)]
+        return loss, logits, h, c, grads
+
+    def _train_impl(self, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+        with tf.device(self._dev):
+            with tf.GradientTape() as tape:
+                logits, h, c = self._run(tok, h0, c0, training=True)
+                loss = self._loss(logits, tgt)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self._vars)]
+            self._opt.apply(grads, self._vars)  # native clip (global_clipnorm / clipvalue), update
+            return loss, h, c
+
+    def _gen_step_impl(self, tok, h0, c0, temperature, top_k, u):  # type: ignore[no-untyped-def]
+        """Feed one token (1, 1), then draw the next with SPEC §5's rule (impls.sampling):
+        returns next token (1, 1) int32 and the new state. temperature, u: float64 scalars;
+        top_k: int32 scalar (0 keeps all)."""
+        logits, h, c = self._run(tok, h0, c0, training=False)
+        with tf.device(self._dev):
+            V = self.model.vocab_size
+            z = tf.cast(logits[0, -1], tf.float64)  # (V,)
+            greedy = tf.cast(tf.argmax(z, output_type=tf.int32), tf.int32)  # first max on ties
+            z = z / tf.where(temperature > 0, temperature, tf.constant(1.0, tf.float64))
+            k = tf.clip_by_value(top_k, 1, V)
+            kth = tf.sort(z, direction="DESCENDING")[k - 1]
+            keep = tf.logical_or(tf.logical_or(top_k <= 0, top_k >= V), z >= kth)  # ties kept
+            z = tf.where(keep, z, tf.constant(-np.inf, tf.float64))
+            p = tf.exp(z - tf.reduce_max(z))
+            p = p / tf.reduce_sum(p)  # (V,)
+            cdf = tf.cumsum(p)
+            i = tf.reduce_sum(tf.cast(cdf <= u, tf.int32))  # first id with u < cdf
+            last_nonzero = tf.reduce_max(tf.where(p > 0, tf.range(V), tf.zeros([V], tf.int32)))
+            i = tf.where(i >= V, last_nonzero, i)  # rounding: u >= cdf[-1]
+            nxt = tf.where(temperature > 0, i, greedy)
+            return tf.reshape(nxt, (1, 1)), h, c
+
+    # ---- the Backend methods ---------------------------------------------------------
+    def forward(self, tokens: tf.Tensor, state: Any) -> tuple[np.ndarray, Any]:
+        logits, h, c = self._forward_fn(tokens, state[0], state[1])
+        return np.array(logits.numpy(), np.float64), (h, c)
+
+    def eval_step(self, tokens: tf.Tensor, targets: tf.Tensor, state: Any) -> tuple[Any, Any]:
+        loss, h, c = self._eval_fn(tokens, targets, state[0], state[1])
+        self._last = loss
+        return loss, (h, c)
+
+    def loss_and_grads(self, tokens: tf.Tensor, targets: tf.Tensor, state: Any
+                       ) -> tuple[float, np.ndarray, Any, Params]:
+        loss, logits, h, c, grads = self._grads_fn(tokens, targets, state[0], state[1])
+        H = self.model.hidden_size
+        g = {s.name: self._to_canonical(s, gr.numpy(), H) for s, gr in zip(self._slots, grads)}
+        return float(loss.numpy()), np.array(logits.numpy(), np.float64), (h, c), g
+
+    def train_step(self, tokens: tf.Tensor, targets: tf.Tensor, state: Any) -> tuple[Any, Any]:
+        loss, h, c = self._train_fn(tokens, targets, state[0], state[1])
+        self._last = loss
+        return loss, (h, c)
+
+    def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
+                 uniforms: np.ndarray) -> np.ndarray:
+        prefix = np.asarray(prefix, np.int64).reshape(-1)
+        if prefix.size == 0:
+            raise ValueError("generate needs a prefix of at least one token")
+        m = self.model
+        with tf.device(self._dev):
+            zeros = tf.zeros((m.num_layers, 1, m.hidden_size), self.dtype)
+            h, c = zeros, zeros
+            temp = tf.constant(float(temperature), tf.float64)
+            k = tf.constant(int(top_k), tf.int32)
+            us = [tf.constant(float(x), tf.float64) for x in np.asarray(uniforms)[:n]]
+            toks = [tf.constant(np.full((1, 1), t, np.int32)) for t in prefix]
+        # Prefix steps: their draws are discarded, except the last one's (the first token).
+        for t in toks[:-1]:
+            _, h, c = self._gen_fn(t, h, c, temp, k, us[0])
+        nxt, h, c = self._gen_fn(toks[-1], h, c, temp, k, us[0])
+        out = [nxt]
+        for j in range(1, n):  # the drawn token stays on the device and is fed straight back
+            nxt, h, c = self._gen_fn(nxt, h, c, temp, k, us[j])
+            out.append(nxt)
+        return np.concatenate([o.numpy().reshape(1) for o in out]).astype(np.int64)
+
+
+# ---- XLA availability: compile and run one train step of a tiny model, once per device ----
+_XLA_CHECKED: dict[str, str | None] = {}  # device -> None (works) or the error
+
+
+def _check_xla(device: str) -> None:
+    if device not in _XLA_CHECKED:
+        m = ModelConfig(vocab_size=3, hidden_size=2, num_layers=1)
+        tc = TrainConfig()
+        try:
+            be = TensorflowBackend(m, tc, init_params(m, 0), device=device, jit_compile=True, _probe=True)
+            tok = be.put(np.zeros((1, 2), np.int64))
+            loss, _ = be.train_step(tok, tok, be.state(np.zeros((1, 1, 2)), np.zeros((1, 1, 2))))
+            be.value(loss)
+            _XLA_CHECKED[device] = None
+        except (tf.errors.OpError, ValueError, RuntimeError) as e:
+            _XLA_CHECKED[device] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    err = _XLA_CHECKED[device]
+    if err is not None:
+        raise BackendError(f"tensorflow-xla cannot run on {device} here: XLA failed to compile "
+                           f"the train step ({err}); use the `tensorflow` backend instead")

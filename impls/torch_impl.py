@@ -1,0 +1,467 @@
+"""The PyTorch backends.
+
+- `torch` (TorchBackend): `nn.LSTM`, the fused kernel (oneDNN on the CPU, cuDNN on a GPU),
+  num_layers = L with its internal dropout (which drops the inputs of layers 1..L-1), plus an
+  explicit dropout on the layer-0 input and on the top output: together exactly SPEC §1's
+  placement. One-hot input is fed as one-hot vectors, as the PyTorch char-LSTM tutorial does.
+- `torch-cell` (TorchCellBackend): char-rnn's formulation (Torch7): per layer an `i2h`
+  Linear(D, 4H) and an `h2h` Linear(H, 4H), gate blocks in char-rnn's order i, f, o, g, and an
+  explicit Python loop over time in eager PyTorch. The whole window's i2h product is hoisted
+  out of the loop (one matrix product per layer); the recurrence is one addmm per step.
+
+Both keep the second LSTM bias (`bias_hh_l{k}`, `h2h.bias`) fixed at 0: it is not trained
+and not clipped, so it never moves (SPEC §2). Internally everything is time-major: tokens
+are (T, B), activations (T, B, ...). Canonical <-> native layouts go through explicit gate
+tables (CANONICAL_GATES, TORCH_LSTM_GATES, CHAR_RNN_GATES) with shape asserts.
+
+Dropout masks come from PyTorch's global generator (nn.LSTM's internal dropout can use no
+other), seeded with `seed` when a backend is constructed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, TrainConfig
+from .params import Params, check_params, param_shapes
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PRECISIONS = ("float32", "tf32")  # strict IEEE float32 matmuls, or TF32 (GPU only)
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, B, H) on the backend's device
+
+
+# ---- process setup ------------------------------------------------------------------
+
+def _gpu_or_raise() -> None:
+    if not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU visible to torch")
+
+
+def _torch_device(device: str) -> torch.device:
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "gpu":
+        _gpu_or_raise()
+        return torch.device("cuda")
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+
+
+def configure(threads: int | None, device: str) -> dict[str, str]:
+    """Set the intra-op thread pool (threads=None keeps PyTorch's default) and report the
+    version and the kernel path nn.LSTM runs on."""
+    _torch_device(device)  # validates; raises where no GPU is visible
+    if threads:
+        torch.set_num_threads(threads)
+    info = {"version": torch.__version__, "threads": str(torch.get_num_threads())}
+    if device == "gpu":
+        info["kernel"] = f"cuDNN {torch.backends.cudnn.version()}"
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = str(torch.version.cuda)
+    else:
+        info["kernel"] = "oneDNN" if torch.backends.mkldnn.is_available() else "ATen native"
+    return info
+
+
+def _set_precision(device: str, precision: str) -> None:
+    """Strict float32 unless TF32 is asked for. The flags are process-wide; PyTorch's own
+    default lets cuDNN use TF32, which SPEC §8 counts as a separate precision mode."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device != "gpu":
+        raise ValueError("precision 'tf32' is a GPU mode; on the CPU use precision='float32'")
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+# ---- layouts: canonical (SPEC §2) <-> native (SPEC §3) --------------------------------
+
+CANONICAL_GATES = ("i", "f", "g", "o")  # SPEC §1: column blocks of W_x, W_h and b
+TORCH_LSTM_GATES = ("i", "f", "g", "o")  # SPEC §3: nn.LSTM weight_ih/weight_hh/bias row blocks
+CHAR_RNN_GATES = ("i", "f", "o", "g")  # SPEC §3: Torch7 char-rnn i2h/h2h output blocks
+
+
+def gate_weight_to_native(w: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    """Canonical (D, 4H), column blocks in CANONICAL_GATES order -> native (4H, D), row
+    blocks in `order` (the nn.Linear / nn.LSTM weight layout: out_features first)."""
+    assert w.ndim == 2 and w.shape[1] == 4 * H, f"expected (D, {4 * H}), got {w.shape}"
+    D = w.shape[0]
+    cols = {g: w[:, k * H:(k + 1) * H] for k, g in enumerate(CANONICAL_GATES)}  # each (D, H)
+    native = np.concatenate([cols[g].T for g in order], axis=0)  # (4H, D)
+    assert native.shape == (4 * H, D)
+    return native
+
+
+def gate_weight_from_native(native: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    """Inverse of gate_weight_to_native: native (4H, D) row blocks in `order` -> (D, 4H)."""
+    assert native.ndim == 2 and native.shape[0] == 4 * H, f"expected ({4 * H}, D), got {native.shape}"
+    D = native.shape[1]
+    rows = {g: native[k * H:(k + 1) * H] for k, g in enumerate(order)}  # each (H, D)
+    w = np.concatenate([rows[g].T for g in CANONICAL_GATES], axis=1)  # (D, 4H)
+    assert w.shape == (D, 4 * H)
+    return w
+
+
+def gate_bias_to_native(b: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    """Canonical (4H,) blocks in CANONICAL_GATES order -> native (4H,) blocks in `order`."""
+    assert b.shape == (4 * H,), f"expected ({4 * H},), got {b.shape}"
+    blocks = {g: b[k * H:(k + 1) * H] for k, g in enumerate(CANONICAL_GATES)}
+    return np.concatenate([blocks[g] for g in order])
+
+
+def gate_bias_from_native(native: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    assert native.shape == (4 * H,), f"expected ({4 * H},), got {native.shape}"
+    blocks = {g: native[k * H:(k + 1) * H] for k, g in enumerate(order)}
+    return np.concatenate([blocks[g] for g in CANONICAL_GATES])
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One row of a backend's conversion table: where a canonical parameter lives natively."""
+    canonical: str  # SPEC §2 name
+    native: str  # nn.Module parameter name
+    kind: str  # "same" (identical layout) | "transpose" | "gate_weight" | "gate_bias"
+    zero_partner: str = ""  # for "gate_bias": the second LSTM bias, held at 0 (added back on read)
+
+
+def to_native(slot: Slot, value: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    if slot.kind == "same":
+        return value
+    if slot.kind == "transpose":  # out.W (H, V) -> nn.Linear weight (V, H)
+        assert value.ndim == 2
+        return value.T
+    if slot.kind == "gate_weight":
+        return gate_weight_to_native(value, H, order)
+    if slot.kind == "gate_bias":
+        return gate_bias_to_native(value, H, order)
+    raise AssertionError(slot.kind)
+
+
+def from_native(slot: Slot, value: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+    if slot.kind == "same":
+        return value
+    if slot.kind == "transpose":
+        assert value.ndim == 2
+        return value.T
+    if slot.kind == "gate_weight":
+        return gate_weight_from_native(value, H, order)
+    if slot.kind == "gate_bias":
+        return gate_bias_from_native(value, H, order)
+    raise AssertionError(slot.kind)
+
+
+# ---- the networks (time-major: tokens (T, B) -> logits (T, B, V)) ---------------------
+
+class _Net(nn.Module):
+    """Input layer and output layer shared by both formulations."""
+    GATES: tuple[str, ...] = ()
+
+    def __init__(self, m: ModelConfig) -> None:
+        super().__init__()
+        self.m = m
+        self.p = float(m.dropout)
+        if m.input == "embedding":
+            self.embed = nn.Embedding(m.vocab_size, m.embed_size)  # weight (V, E) = canonical
+        self.out = nn.Linear(m.hidden_size, m.vocab_size)  # weight (V, H) = out.W^T
+
+    def _inputs(self, tok: torch.Tensor) -> torch.Tensor:
+        """(T, B) ids -> layer-0 input (T, B, D0), dropout applied in train mode."""
+        if self.m.input == "onehot":
+            x = F.one_hot(tok, self.m.vocab_size).to(self.out.weight.dtype)  # (T, B, V)
+        else:
+            x = self.embed(tok)  # (T, B, E)
+        return self._drop(x)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p, self.training) if self.p > 0 else x
+
+    def _common_slots(self) -> tuple[list[Slot], list[Slot]]:
+        head = [Slot("embed", "embed.weight", "same")] if self.m.input == "embedding" else []
+        tail = [Slot("out.W", "out.weight", "transpose"), Slot("out.b", "out.bias", "same")]
+        return head, tail
+
+    def slots(self) -> list[Slot]:
+        raise NotImplementedError
+
+
+class FusedNet(_Net):
+    """nn.Embedding or one-hot -> nn.LSTM (fused, L layers) -> nn.Linear."""
+    GATES = TORCH_LSTM_GATES
+
+    def __init__(self, m: ModelConfig) -> None:
+        super().__init__(m)
+        # nn.LSTM's dropout drops the outputs of layers 0..L-2 = inputs of layers 1..L-1
+        # (it warns when given p > 0 with L = 1, where it would do nothing).
+        self.lstm = nn.LSTM(m.layer_input_size(0), m.hidden_size, m.num_layers,
+                            dropout=self.p if m.num_layers > 1 else 0.0)
+
+    def forward(self, tok: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
+                ) -> tuple[torch.Tensor, State]:
+        y, (h, c) = self.lstm(self._inputs(tok), (h0, c0))  # y (T, B, H); h, c (L, B, H)
+        return self.out(self._drop(y)), (h, c)  # (T, B, V)
+
+    def slots(self) -> list[Slot]:
+        head, tail = self._common_slots()
+        mid = []
+        for l in range(self.m.num_layers):
+            mid += [Slot(f"lstm.{l}.W_x", f"lstm.weight_ih_l{l}", "gate_weight"),
+                    Slot(f"lstm.{l}.W_h", f"lstm.weight_hh_l{l}", "gate_weight"),
+                    Slot(f"lstm.{l}.b", f"lstm.bias_ih_l{l}", "gate_bias",
+                         zero_partner=f"lstm.bias_hh_l{l}")]
+        return head + mid + tail
+
+
+class CellNet(_Net):
+    """char-rnn's LSTM: per layer i2h Linear(D, 4H) and h2h Linear(H, 4H), gate blocks
+    [i f o g], one Python loop step per character."""
+    GATES = CHAR_RNN_GATES
+
+    def __init__(self, m: ModelConfig) -> None:
+        super().__init__(m)
+        H = m.hidden_size
+        self.i2h = nn.ModuleList(nn.Linear(m.layer_input_size(l), 4 * H) for l in range(m.num_layers))
+        self.h2h = nn.ModuleList(nn.Linear(H, 4 * H) for _ in range(m.num_layers))
+
+    def forward(self, tok: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
+                ) -> tuple[torch.Tensor, State]:
+        H = self.m.hidden_size
+        x = self._inputs(tok)  # (T, B, D0)
+        hs, cs = [], []
+        for l in range(self.m.num_layers):
+            if l > 0:
+                x = self._drop(x)
+            i2h, h2h = self.i2h[l], self.h2h[l]
+            # The whole window's input product, both biases summed once: (T, B, 4H)
+            zx = F.linear(x, i2h.weight, i2h.bias + h2h.bias)
+            wh = h2h.weight.t()  # (H, 4H)
+            h, c = h0[l], c0[l]  # (B, H)
+            outs = []
+            for t in range(zx.shape[0]):
+                z = torch.addmm(zx[t], h, wh)  # (B, 4H): [i | f | o | g]
+                ifo = torch.sigmoid(z[:, :3 * H])  # char-rnn's order: one sigmoid, one tanh
+                g = torch.tanh(z[:, 3 * H:])
+                i, f, o = ifo[:, :H], ifo[:, H:2 * H], ifo[:, 2 * H:]
+                c = torch.addcmul(f * c, i, g)
+                h = o * torch.tanh(c)
+                outs.append(h)
+            x = torch.stack(outs)  # (T, B, H)
+            hs.append(h)
+            cs.append(c)
+        return self.out(self._drop(x)), (torch.stack(hs), torch.stack(cs))
+
+    def slots(self) -> list[Slot]:
+        head, tail = self._common_slots()
+        mid = []
+        for l in range(self.m.num_layers):
+            mid += [Slot(f"lstm.{l}.W_x", f"i2h.{l}.weight", "gate_weight"),
+                    Slot(f"lstm.{l}.W_h", f"h2h.{l}.weight", "gate_weight"),
+                    Slot(f"lstm.{l}.b", f"i2h.{l}.bias", "gate_bias", zero_partner=f"h2h.{l}.bias")]
+        return head + mid + tail
+
+
+# ---- the backends ----------------------------------------------------------------------
+
+class _TorchBase:
+    """Everything but the network: parameters, data, optimiser, clipping, generation."""
+    NET: type[_Net] = _Net
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                 precision: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.model, self.train = model, train
+        self.device = _torch_device(device)
+        self.dtype = DTYPES[dtype]
+        self.precision = precision
+        _set_precision(device, precision)
+        self.net = self.NET(model).to(self.device, self.dtype)
+        self.slots = self.net.slots()
+        assert [s.canonical for s in self.slots] == list(param_shapes(model)), "slot table incomplete"
+        # The second biases: held at 0, never trained, so neither the optimiser nor the clip
+        # norm sees them.
+        self._zero = [self.net.get_parameter(s.zero_partner) for s in self.slots if s.zero_partner]
+        for p in self._zero:
+            p.requires_grad_(False)
+        self._trainable = [p for p in self.net.parameters() if p.requires_grad]
+        self._training: bool | None = None
+        self._mode(False)
+        self.load(params)
+        torch.manual_seed(seed)  # dropout masks (also seeds CUDA)
+
+    # ---- parameters and data ---------------------------------------------------
+    def _mode(self, training: bool) -> None:
+        if self._training is not training:
+            self.net.train(training)
+            self._training = training
+
+    def load(self, params: Params) -> None:
+        check_params(self.model, params)
+        H = self.model.hidden_size
+        with torch.no_grad():
+            for s in self.slots:
+                p = self.net.get_parameter(s.native)
+                v = np.ascontiguousarray(to_native(s, np.asarray(params[s.canonical]), H, self.net.GATES))
+                assert tuple(p.shape) == v.shape, f"{s.native}: {tuple(p.shape)} vs {v.shape}"
+                p.copy_(torch.from_numpy(v))  # in place: cuDNN's flattened weight buffer stays valid
+            for p in self._zero:
+                p.zero_()
+        self.opt = self._make_optimizer()  # fresh state, step count 0
+
+    def params(self) -> Params:
+        H = self.model.hidden_size
+        out: Params = {}
+        with torch.no_grad():
+            for s in self.slots:
+                p = self.net.get_parameter(s.native)
+                if s.zero_partner:  # the summed bias: b + 0
+                    p = p + self.net.get_parameter(s.zero_partner)
+                v = p.detach().to("cpu", torch.float64).numpy()
+                out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.GATES))
+        return out
+
+    def _grads(self) -> Params:
+        """Canonical gradients from the native .grad fields (zeros where none arrived)."""
+        H = self.model.hidden_size
+        out: Params = {}
+        for s in self.slots:
+            p = self.net.get_parameter(s.native)
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            v = g.detach().to("cpu", torch.float64).numpy()
+            out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.GATES))
+        return out
+
+    def put(self, tokens: np.ndarray) -> torch.Tensor:
+        t = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).T)  # (T, B) time-major
+        return torch.from_numpy(t).to(self.device)
+
+    def state(self, h: np.ndarray, c: np.ndarray) -> State:
+        return (torch.tensor(np.asarray(h), dtype=self.dtype, device=self.device).contiguous(),
+                torch.tensor(np.asarray(c), dtype=self.dtype, device=self.device).contiguous())
+
+    def fetch_state(self, state: State) -> tuple[np.ndarray, np.ndarray]:
+        return (state[0].detach().to("cpu", torch.float64).numpy(),
+                state[1].detach().to("cpu", torch.float64).numpy())
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def value(self, x: Any) -> float:
+        return float(x)
+
+    # ---- compute --------------------------------------------------------------------
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        V = self.model.vocab_size
+        return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))  # mean over T*B
+
+    def forward(self, tokens: torch.Tensor, state: State) -> tuple[np.ndarray, State]:
+        self._mode(False)
+        with torch.no_grad():
+            logits, final = self.net(tokens, *state)  # (T, B, V)
+        return logits.transpose(0, 1).to("cpu", torch.float64).numpy(), final
+
+    def eval_step(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                  ) -> tuple[torch.Tensor, State]:
+        self._mode(False)
+        with torch.no_grad():
+            logits, final = self.net(tokens, *state)
+            return self._loss(logits, targets), final
+
+    def loss_and_grads(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                       ) -> tuple[float, np.ndarray, State, Params]:
+        self._mode(True)
+        self.opt.zero_grad(set_to_none=True)
+        logits, (h, c) = self.net(tokens, *state)
+        loss = self._loss(logits, targets)
+        loss.backward()
+        grads = self._grads()
+        self.opt.zero_grad(set_to_none=True)
+        out = logits.detach().transpose(0, 1).to("cpu", torch.float64).numpy()
+        return float(loss.detach()), out, (h.detach(), c.detach()), grads
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o, ps = self.train.optimizer, self._trainable
+        if o.name == "sgd":
+            return torch.optim.SGD(ps, lr=o.lr)
+        if o.name == "adam":
+            return torch.optim.Adam(ps, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        if o.name == "rmsprop":
+            return torch.optim.RMSprop(ps, lr=o.lr, alpha=o.alpha, eps=o.eps)
+        if o.name == "adagrad":
+            return torch.optim.Adagrad(ps, lr=o.lr, eps=o.eps, initial_accumulator_value=0.0)
+        raise ValueError(f"unknown optimizer {o.name!r}")
+
+    def _clip(self) -> None:
+        clip = self.train.clip
+        if clip.kind == "norm":  # PyTorch scales by min(1, c / (||g|| + 1e-6)); no host sync
+            torch.nn.utils.clip_grad_norm_(self._trainable, clip.value)
+        elif clip.kind == "value":
+            torch.nn.utils.clip_grad_value_(self._trainable, clip.value)
+
+    def train_step(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                   ) -> tuple[torch.Tensor, State]:
+        self._mode(True)
+        self.opt.zero_grad(set_to_none=True)
+        logits, (h, c) = self.net(tokens, *state)
+        loss = self._loss(logits, targets)
+        loss.backward()
+        self._clip()
+        self.opt.step()
+        return loss.detach(), (h.detach(), c.detach())  # truncated BPTT: no graph across windows
+
+    # ---- generation (SPEC §5) ---------------------------------------------------------
+    def _draw(self, logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tensor,
+              ids: torch.Tensor) -> torch.Tensor:
+        """impls.sampling.draw on the device: (V,) logits, 0-d uniform -> 0-d int64 id.
+        No host round trip, so the next step can be queued at once."""
+        if temperature == 0:
+            return torch.argmax(logits)  # first maximum on ties
+        z = logits.to(torch.float64) / temperature  # (V,)
+        V = z.shape[0]
+        if 0 < top_k < V:
+            kth = torch.topk(z, top_k).values[-1]  # k-th largest, ties counted
+            z = torch.where(z >= kth, z, torch.full_like(z, float("-inf")))
+        p = torch.softmax(z, dim=0)
+        cdf = torch.cumsum(p, dim=0)
+        i = torch.searchsorted(cdf, u.reshape(1), right=True)[0]  # first id with u < cdf
+        # Rounding can leave u >= cdf[-1] (i == V): take the last non-zero-probability id.
+        # cdf is flat after that id, so i is either <= it or V, and min() is the rule.
+        last = torch.where(p > 0, ids, torch.full_like(ids, -1)).max()
+        return torch.minimum(i, last)
+
+    def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
+                 uniforms: np.ndarray) -> np.ndarray:
+        m = self.model
+        self._mode(False)
+        shape = (m.num_layers, 1, m.hidden_size)
+        with torch.no_grad():
+            h = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            c = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            tok = torch.as_tensor(np.asarray(prefix, np.int64).reshape(-1, 1), device=self.device)  # (P, 1)
+            u = torch.as_tensor(np.asarray(uniforms, np.float64)[:n], device=self.device)  # (n,)
+            ids = torch.arange(m.vocab_size, device=self.device)
+            out = torch.empty(n, dtype=torch.int64, device=self.device)
+            logits, (h, c) = self.net(tok, h, c)  # (P, 1, V)
+            for k in range(n):
+                nxt = self._draw(logits[-1, 0], temperature, top_k, u[k], ids)
+                out[k] = nxt
+                if k + 1 < n:
+                    logits, (h, c) = self.net(nxt.reshape(1, 1), h, c)  # (1, 1, V)
+            return out.cpu().numpy()
+
+
+class TorchBackend(_TorchBase):
+    """nn.LSTM, the fused kernel (oneDNN on the CPU, cuDNN on a GPU)."""
+    NET = FusedNet
+
+
+class TorchCellBackend(_TorchBase):
+    """char-rnn's i2h + h2h cell, one eager Python step per character."""
+    NET = CellNet
