@@ -435,7 +435,9 @@ class JaxBackend:
     def load(self, params: Params) -> None:
         check_params(self.model, params)
         self.p = jax.device_put(_to_native(self.model, params, self.dtype), self.device)
-        self.opt = self._fn.init_opt(self.p)  # t = 0, zero moments
+        # t = 0 and zero moments; committed to the device like p, so the first and later
+        # train steps see the same argument placement and share one compilation
+        self.opt = jax.device_put(self._fn.init_opt(self.p), self.device)
 
     def params(self) -> Params:
         return _to_canonical(self.model, self.p)

@@ -1,0 +1,86 @@
+"""The command line as a user runs it: case make / run / diff end to end, the listings, and
+bad input (one line on stderr, exit status 2, no traceback, nothing written)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from impls.case import load_outputs
+from impls.tolerances import rel_error
+from tests import independent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lstmbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_case_make_run_diff_and_independent_check(tmp_path):
+    r = lstmbench("case", "make", "--preset", "char-rnn", "--seed", "1", "--out", "c.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = lstmbench("case", "run", "c.npz", "--backend", "numpy", "--out", "o.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    theirs = independent.run_case_file(tmp_path / "c.npz")
+    ours, meta = load_outputs(tmp_path / "o.npz")
+    assert meta["backend"] == "numpy" and meta["dtype"] == "float64"
+    for k, v in theirs.items():
+        assert rel_error(ours[k], v)[0] < 1e-9, k
+    r = lstmbench("case", "diff", "o.npz", "o.npz", cwd=tmp_path)
+    assert r.returncode == 0 and "0 failed" in r.stdout
+
+
+def test_case_diff_fails_and_names_the_tensor(tmp_path):
+    lstmbench("case", "make", "--vocab", "7", "--hidden", "4", "--seed", "2", "--out", "c.npz", cwd=tmp_path)
+    lstmbench("case", "run", "c.npz", "--backend", "numpy", "--out", "o.npz", cwd=tmp_path)
+    out, meta = load_outputs(tmp_path / "o.npz")
+    out["grad/lstm.0.W_h"] = out["grad/lstm.0.W_h"] * (1 + 1e-3)  # a 1e-3 error in one tensor
+    np.savez(tmp_path / "bad.npz", **out)
+    r = lstmbench("case", "diff", "bad.npz", "o.npz", "--precision", "float32", cwd=tmp_path)
+    assert r.returncode == 1
+    bad = [ln for ln in r.stdout.splitlines() if "FAIL" in ln]
+    assert len(bad) == 1 and bad[0].startswith("grad/lstm.0.W_h") and "1.00e-03" in bad[0]
+
+
+def test_listings(tmp_path):
+    r = lstmbench("presets", cwd=tmp_path)
+    assert r.returncode == 0 and "chainer-ptb" in r.stdout and "40,813,500" in r.stdout
+    r = lstmbench("backends", cwd=tmp_path)
+    assert r.returncode == 0
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln and not ln.startswith(" ")}
+    assert set(rows) >= {"numpy", "numpy-f32", "torch", "torch-cell", "tensorflow", "jax", "chainer"}
+    assert "available" in rows["numpy"]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["case", "make", "--preset", "nope", "--seed", "1", "--out", "x.npz"], "unknown preset 'nope'"),
+    (["case", "make", "--vocab", "5", "--hidden", "0", "--seed", "1", "--out", "x.npz"], "hidden_size must be"),
+    (["case", "make", "--vocab", "5", "--hidden", "3", "--input", "bytes", "--seed", "1", "--out", "x.npz"], "input must be"),
+    (["case", "make", "--preset", "tiny", "--clip", "global:1", "--seed", "1", "--out", "x.npz"], "clip kind"),
+    (["case", "run", "missing.npz", "--backend", "numpy", "--out", "x.npz"], "no such file"),
+    (["case", "run", "trunc.npz", "--backend", "numpy", "--out", "x.npz"], "not a readable .npz"),
+    (["case", "run", "c.npz", "--backend", "nope", "--out", "x.npz"], "unknown backend 'nope'"),
+    (["case", "run", "c.npz", "--backend", "numpy", "--out", "c.npz"], "exists"),
+    (["case", "diff", "c.npz", "c.npz"], "holds no outputs"),
+    (["run", "--matrix", "nope"], "unknown matrix 'nope'"),
+    (["run", "--matrix", "smoke", "--backends", "nope"], "unknown backend 'nope'"),
+    (["run", "--matrix", "smoke", "--python", "numpy=/no/such/python"], "no executable interpreter"),
+    (["run", "--matrix", "smoke", "--backends", "numpy-f32", "--out", "afile/sub"], "cannot write there"),
+    (["compare", "missing.json", "missing.json"], "no such results file"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expect):
+    lstmbench("case", "make", "--preset", "tiny", "--seed", "1", "--out", "c.npz", cwd=tmp_path)
+    (tmp_path / "trunc.npz").write_bytes((tmp_path / "c.npz").read_bytes()[:300])
+    (tmp_path / "afile").write_text("not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = lstmbench(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert expect in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
