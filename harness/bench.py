@@ -145,6 +145,29 @@ def _gpu_peak(backend: str, reset: bool) -> int | None:
     return None
 
 
+def first_step(prep: Prepared) -> tuple[Any, float]:
+    """Run and time the first step alone: tracing, compiling and autotuning land here."""
+    t0 = time.perf_counter_ns()
+    out = prep.step()
+    prep.backend.sync()
+    return out, (time.perf_counter_ns() - t0) / 1e9
+
+
+def calibrate(prep: Prepared, warmup: float = 0.2) -> int:
+    """Untimed warm-up (at least `warmup` seconds or 50 steps); returns how many steps one
+    timed round holds so that a round lasts at least ~50 ms."""
+    n, t0 = 0, time.perf_counter_ns()
+    while True:
+        prep.step()
+        n += 1
+        prep.backend.sync()
+        el = (time.perf_counter_ns() - t0) / 1e9
+        if el >= warmup or n >= 50:
+            break
+    est = el / n
+    return max(1, int(0.05 / est)) if est < 0.05 else 1
+
+
 def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
                  min_rounds: int = 5, warmup: float = 0.2) -> dict[str, Any]:
     """Time one cell; returns status, first-step seconds, every sample and derived numbers."""
@@ -154,23 +177,10 @@ def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
         _gpu_peak(cell.backend, reset=True)
     prep = prepare(cell)
     be = prep.backend
-    t0 = time.perf_counter_ns()
-    out = prep.step()
-    be.sync()
-    first = (time.perf_counter_ns() - t0) / 1e9
+    out, first = first_step(prep)
     if not prep.check(out):
         return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
-    # warm-up, untimed; also estimates one step's time to size the rounds
-    n, t0 = 0, time.perf_counter_ns()
-    while True:
-        out = prep.step()
-        n += 1
-        be.sync()
-        el = (time.perf_counter_ns() - t0) / 1e9
-        if el >= warmup or n >= 50:
-            break
-    est = el / n
-    inner = max(1, int(0.05 / est)) if est < 0.05 else 1  # a round lasts >= ~50 ms
+    inner = calibrate(prep, warmup)
     samples: list[float] = []
     spent = 0.0
     while len(samples) < max_rounds and (len(samples) < min_rounds or spent < min_time):
@@ -191,6 +201,7 @@ def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
         "status": "ok", "first_step_s": first, "samples_s": samples, "inner": inner,
         "chars_per_s": cps, "gflops": flops_per_char(cell.model, cell.mode) * cps / 1e9,
         "peak_rss_bytes": _peak_rss(),
+        "kernel": getattr(be, "kernel", None),  # the path this instance took, where it knows
     }
     if cell.mode == "generate":
         res["us_per_char"] = 1e6 * med / cell.seq_len

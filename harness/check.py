@@ -26,7 +26,13 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
               precision: str = "float32", json_path: Path | None = None,
               log: Callable[[str], None] = print) -> int:
     """Returns the exit status: 0 when every backend passes every quantity, else 1."""
-    tmp = Path(tempfile.mkdtemp(prefix="lstmbench-check-"))
+    with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
+        return _run_check(Path(d), backends, overrides=overrides, threads=threads,
+                          precision=precision, json_path=json_path, log=log)
+
+
+def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], threads: int | None,
+               precision: str, json_path: Path | None, log: Callable[[str], None]) -> int:
     cases, expected = [], {}
     for cc in CROSS_CASES:
         case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)

@@ -144,7 +144,8 @@ def _run_cell(workers: _Workers, cell: Cell, info: dict[str, Any], matrix: Matri
     try:
         w = workers.get(cell.backend)
         ans = w.request({"op": "cell", "cell": cell.to_dict(), "threads": threads,
-                         "min_time": matrix.min_time, "max_rounds": matrix.max_rounds},
+                         "min_time": matrix.min_time, "min_rounds": matrix.min_rounds,
+                         "max_rounds": matrix.max_rounds},
                         timeout=matrix.timeout)
     except WorkerFailed as e:
         workers.drop(cell.backend)

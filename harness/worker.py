@@ -34,12 +34,22 @@ def configure_backend(name: str, threads: int | None, device: str) -> dict[str, 
     return _configured[spec.module]
 
 
+def backend_info(name: str, threads: int | None, device: str) -> dict[str, str]:
+    """configure()'s facts for one backend; a variant's own kernel path, where the module
+    reports one as kernel_<variant> (e.g. kernel_xla for tensorflow-xla), replaces the default."""
+    info = dict(configure_backend(name, threads, device))
+    variant = name.partition("-")[2]
+    if variant and f"kernel_{variant}" in info:
+        info["kernel"] = info[f"kernel_{variant}"]
+    return {k: v for k, v in info.items() if not k.startswith("kernel_")}
+
+
 def op_info(req: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     out: dict[str, Any] = {}
     for name in req["backends"]:
         try:
-            info = configure_backend(name, req.get("threads"), req.get("device", "cpu"))
+            info = backend_info(name, req.get("threads"), req.get("device", "cpu"))
             out[name] = {"available": True, **info}
         except Exception as e:  # noqa: BLE001 - any failure makes just this backend unavailable
             out[name] = {"available": False, "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
@@ -69,8 +79,9 @@ def op_case(req: dict[str, Any]) -> dict[str, Any]:
 def op_cell(req: dict[str, Any]) -> dict[str, Any]:
     from harness.bench import Cell, measure_cell
     cell = Cell.from_dict(req["cell"])
-    info = configure_backend(cell.backend, req.get("threads"), cell.device)
+    info = backend_info(cell.backend, req.get("threads"), cell.device)
     return {"result": measure_cell(cell, min_time=req.get("min_time", 1.0),
+                                   min_rounds=req.get("min_rounds", 5),
                                    max_rounds=req.get("max_rounds", 30)), "info": info}
 
 

@@ -22,6 +22,7 @@ so two backends built for the same configuration share their compilations.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,8 +52,11 @@ def _cpu_thread_setup(threads: int) -> str:
     runs before that. jaxlib's CPU client sizes its intra-op pool from the CPUs the process
     may be scheduled on (tsl::port::MaxParallelism reads the affinity mask) and has no
     thread-count option, so the affinity mask of the calling thread (inherited by the pool
-    threads XLA starts later) is what limits it; `--xla_cpu_multi_thread_eigen=false` is
-    the documented flag that makes the older runtime's Eigen matmuls single-threaded too."""
+    threads XLA starts later) is what limits it. For threads == 1 XLA_FLAGS also gets
+    `--xla_cpu_multi_thread_eigen=false` (single-threaded Eigen matmuls); on jaxlib 0.10 that
+    flag alone did not stop a 1500^2 matmul from using 2 cores (measured), the mask does.
+    For threads > 1 only the mask is set (the often-quoted `intra_op_parallelism_threads`
+    is a TensorFlow option, not an XLA flag)."""
     how = []
     if threads == 1:
         flags = os.environ.get("XLA_FLAGS", "")
@@ -81,8 +85,11 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     """Set CPU threads (before XLA initialises), then report versions and the kernel path."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be cpu or gpu, got {device!r}")
-    from jax._src import xla_bridge  # only to warn when flags come too late to matter
-    late = xla_bridge.backends_are_initialized()
+    try:  # private API, used only to warn when the flags come too late to matter
+        from jax._src import xla_bridge
+        late = bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        late = False
     info: dict[str, str] = {"version": jax.__version__}
     try:
         import jaxlib
@@ -191,6 +198,7 @@ def _forward(st: _Static, p: dict[str, Any], tok: jax.Array, h0: jax.Array, c0: 
     if key is not None and m.dropout > 0:
         keys = list(jax.random.split(key, L + 1))
     h_out, c_out = [], []
+    hs: Any = None  # (T, B, H): the previous layer's outputs, the input of layer l > 0
     for l in range(L):
         lp = p["lstm"][l]
         if l == 0 and m.input == "onehot":
@@ -256,6 +264,13 @@ def _init_opt(st: _Static, p: Any) -> dict[str, Any]:
     return state
 
 
+def _one_minus_pow(beta: float, t: jax.Array) -> jax.Array:
+    """1 - beta**t for a step count t (float, >= 1), accurate in float32."""
+    if beta == 0.0:
+        return jnp.ones_like(t)
+    return -jnp.expm1(t * math.log(beta))
+
+
 def _update(st: _Static, p: Any, opt: dict[str, Any], g: Any) -> tuple[Any, dict[str, Any]]:
     o = st.train.optimizer
     tm = jax.tree_util.tree_map
@@ -267,7 +282,9 @@ def _update(st: _Static, p: Any, opt: dict[str, Any], g: Any) -> tuple[Any, dict
         m = tm(lambda m, g: o.beta1 * m + (1 - o.beta1) * g, opt["m"], g)
         v = tm(lambda v, g: o.beta2 * v + (1 - o.beta2) * g * g, opt["v"], g)
         tf = t.astype(jax.tree_util.tree_leaves(p)[0].dtype)
-        bc1, bc2 = 1 - o.beta1 ** tf, 1 - o.beta2 ** tf
+        # 1 - beta^t as -expm1(t log beta), log taken in float64 on the host: in float32,
+        # 1 - 0.999**t cancels (float32(0.999) alone is off by 1.3e-8, i.e. 1.3e-5 of 1e-3)
+        bc1, bc2 = _one_minus_pow(o.beta1, tf), _one_minus_pow(o.beta2, tf)
         p = tm(lambda w, m, v: w - o.lr * (m / bc1) / (jnp.sqrt(v / bc2) + o.eps), p, m, v)
         new.update(m=m, v=v)
     elif o.name == "rmsprop":
@@ -309,18 +326,19 @@ def _step1(st: _Static, p: dict[str, Any], tok: jax.Array, h: jax.Array, c: jax.
     m = st.model
     H = m.hidden_size
     hs, cs = [], []
-    x = None
+    x: Any = None  # (1, D_l): layer l's input, then its output h (1, H)
     for l in range(m.num_layers):
         lp = p["lstm"][l]
         if l == 0 and m.input == "onehot":
             z = lp["W_x"][tok][None, :]  # (1, 4H) row gather
         else:
-            x = p["embed"][tok][None, :] if l == 0 else x  # (1, D_l)
-            z = _mm(st, x, lp["W_x"])
+            if l == 0:
+                x = p["embed"][tok][None, :]  # (1, E)
+            z = _mm(st, x, lp["W_x"])  # (1, 4H)
         z = z + lp["b"] + _mm(st, h[l], lp["W_h"])  # (1, 4H)
-        x, cl = _gates(z, c[l], H)
+        x, c_l = _gates(z, c[l], H)
         hs.append(x)
-        cs.append(cl)
+        cs.append(c_l)
     logits = _mm(st, x, p["out"]["W"])[0] + p["out"]["b"]  # (V,)
     return logits, jnp.stack(hs), jnp.stack(cs)
 

@@ -60,6 +60,7 @@ class _Buffers:
         self.dh = z(B, H)
         self.dc = z(B, H)
         self.tmp = z(B, H)
+        self.zh = z(B, 4 * H)  # h_{t-1} @ W_h for one step
         self.masks: list[np.ndarray | None] = [None] * (L + 1)  # dropout masks, scaled
 
 
@@ -150,7 +151,8 @@ class NumpyBackend:
             Hs[0], Cs[0] = h0[l], c0[l]
             for t in range(T):
                 z = G[t]  # (B, 4H)
-                z += Hs[t] @ Wh
+                np.matmul(Hs[t], Wh, out=bf.zh)
+                z += bf.zh
                 _sigmoid_(z[:, :2 * H])
                 np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])
                 _sigmoid_(z[:, 3 * H:])

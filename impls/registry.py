@@ -35,7 +35,8 @@ class Deviation:
 
 KERAS_DEVIATIONS = {
     "adam": Deviation("eps_hat", "Keras Adam adds epsilon to sqrt(v) before bias correction "
-                                 "(Kingma & Ba's epsilon-hat): effective eps = eps*sqrt(1-beta2^t)"),
+                                 "(Kingma & Ba's epsilon-hat): effective eps = eps*sqrt(1-beta2^t); "
+                                 "its beta powers are float32 (sqrt(1-beta2^t) off by ~6e-6)"),
     "rmsprop": Deviation("eps_inside", "Keras RMSprop adds epsilon inside the root: lr*g/sqrt(v+eps)"),
     "adagrad": Deviation("eps_inside", "Keras Adagrad adds epsilon inside the root: lr*g/sqrt(s+eps)"),
 }

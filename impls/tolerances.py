@@ -1,6 +1,7 @@
 """The one tolerance table. Error of a tensor a against the float64 reference r is
 ||a - r|| / ||r|| (SPEC §8); the max absolute difference is reported beside it.
-Each row says what was measured to justify it (tests/test_tolerances.py re-measures)."""
+Each row says what was measured to justify it; `lstmbench check` re-measures on demand and
+tests/test_crosscheck.py and tests/test_reference.py hold every backend to it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

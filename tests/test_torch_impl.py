@@ -1,0 +1,191 @@
+"""PyTorch-backend specifics the cross-check does not cover: the canonical <-> native gate
+tables (nn.LSTM [i f g o], char-rnn [i f o g]), exact load/params round trips, the second
+bias held at 0 through training, dropout p > 0 in train mode only, deterministic eval, the
+precision/device arguments, and the dropout presets of SPEC §6 at a small window."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from impls.config import ClipConfig, ModelConfig, OptimizerConfig, TrainConfig, get_preset  # noqa: E402
+from impls.params import init_params  # noqa: E402
+
+ti = pytest.importorskip("impls.torch_impl")
+
+BACKENDS = {"torch": ti.TorchBackend, "torch-cell": ti.TorchCellBackend}
+# sizes chosen so that no two dimensions coincide
+EMBED = ModelConfig(vocab_size=11, hidden_size=5, num_layers=2, input="embedding", embed_size=4)
+ONEHOT = ModelConfig(vocab_size=9, hidden_size=6, num_layers=3)
+ADAM = TrainConfig(OptimizerConfig("adam", lr=0.01), ClipConfig("norm", 1.0))
+
+
+def _batch(model: ModelConfig, B: int = 3, T: int = 7, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(0, model.vocab_size, size=(B, T))
+    tgt = rng.integers(0, model.vocab_size, size=(B, T))
+    h = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
+    c = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
+    return tok, tgt, h, c
+
+
+@pytest.mark.parametrize("order", [ti.TORCH_LSTM_GATES, ti.CHAR_RNN_GATES])
+def test_gate_conversion_round_trip(order):
+    H, D = 3, 7
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((D, 4 * H)), rng.standard_normal(4 * H)
+    nw, nb = ti.gate_weight_to_native(w, H, order), ti.gate_bias_to_native(b, H, order)
+    assert nw.shape == (4 * H, D) and nb.shape == (4 * H,)
+    np.testing.assert_array_equal(ti.gate_weight_from_native(nw, H, order), w)
+    np.testing.assert_array_equal(ti.gate_bias_from_native(nb, H, order), b)
+
+
+@pytest.mark.parametrize("name,native_order", [("torch", ("i", "f", "g", "o")),
+                                               ("torch-cell", ("i", "f", "o", "g"))])
+def test_gate_blocks_land_in_native_order(name, native_order):
+    """Canonical [i f g o] blocks must appear as nn.LSTM's [i f g o] row blocks and as
+    char-rnn's [i f o g] i2h/h2h output blocks (SPEC §3)."""
+    H = EMBED.hidden_size
+    p = init_params(EMBED, 0)
+    for k, _ in enumerate(ti.CANONICAL_GATES):
+        p["lstm.1.W_x"][:, k * H:(k + 1) * H] = k + 1  # block value = 1 + canonical position
+        p["lstm.1.W_h"][:, k * H:(k + 1) * H] = -(k + 1)
+        p["lstm.1.b"][k * H:(k + 1) * H] = 10 * (k + 1)
+    be = BACKENDS[name](EMBED, ADAM, p)
+    wx, wh, b = (be.net.get_parameter(s.native).detach().numpy() for s in be.slots
+                 if s.canonical.startswith("lstm.1."))
+    assert wx.shape == (4 * H, H) and wh.shape == (4 * H, H)
+    for j, gate in enumerate(native_order):
+        expect = ti.CANONICAL_GATES.index(gate) + 1
+        assert np.all(wx[j * H:(j + 1) * H] == expect), gate
+        assert np.all(wh[j * H:(j + 1) * H] == -expect), gate
+        assert np.all(b[j * H:(j + 1) * H] == 10 * expect), gate
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("model", [EMBED, ONEHOT], ids=["embed", "onehot"])
+def test_load_params_round_trip_is_exact(name, model):
+    p = init_params(model, 3)
+    p32 = {k: v.astype(np.float32).astype(np.float64) for k, v in p.items()}  # what float32 holds
+    be = BACKENDS[name](model, ADAM, init_params(model, 0))
+    be.load(p32)
+    out = be.params()
+    assert set(out) == set(p32)
+    for k in p32:
+        assert out[k].dtype == np.float64
+        np.testing.assert_array_equal(out[k], p32[k], err_msg=k)
+    be.load(out)  # and back again
+    for k, v in be.params().items():
+        np.testing.assert_array_equal(v, p32[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_second_bias_stays_zero_and_untrained(name):
+    be = BACKENDS[name](EMBED, ADAM, init_params(EMBED, 0))
+    zero = [s.zero_partner for s in be.slots if s.zero_partner]
+    assert len(zero) == EMBED.num_layers
+    in_opt = {id(p) for g in be.opt.param_groups for p in g["params"]}
+    for n in zero:
+        p = be.net.get_parameter(n)
+        assert not p.requires_grad and id(p) not in in_opt, n
+    before = be.params()
+    tok, tgt, h, c = _batch(EMBED)
+    t, g = be.put(tok), be.put(tgt)
+    st = be.state(h, c)
+    for _ in range(3):
+        loss, st = be.train_step(t, g, st)
+    for n in zero:
+        assert torch.count_nonzero(be.net.get_parameter(n)).item() == 0, n
+    after = be.params()
+    assert not np.array_equal(after["lstm.0.b"], before["lstm.0.b"])  # the one bias trains
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("model", [EMBED, ONEHOT, dataclasses.replace(ONEHOT, num_layers=1)],
+                         ids=["embed2", "onehot3", "onehot1"])
+def test_dropout_trains_and_eval_is_deterministic(name, model):
+    model = dataclasses.replace(model, dropout=0.5)
+    be = BACKENDS[name](model, ADAM, init_params(model, 0), seed=1)
+    tok, tgt, h, c = _batch(model)
+    t, g = be.put(tok), be.put(tgt)
+    l1, _ = be.forward(t, be.state(h, c))
+    l2, _ = be.forward(t, be.state(h, c))
+    np.testing.assert_array_equal(l1, l2)  # eval: no dropout
+    e1, _ = be.eval_step(t, g, be.state(h, c))
+    e2, _ = be.eval_step(t, g, be.state(h, c))
+    assert be.value(e1) == be.value(e2)
+    # train mode draws masks: two passes differ from each other and from eval
+    a, _, _, _ = be.loss_and_grads(t, g, be.state(h, c))
+    b, _, _, _ = be.loss_and_grads(t, g, be.state(h, c))
+    assert a != b and a != be.value(e1)
+    before = be.params()
+    loss, st = be.train_step(t, g, be.state(h, c))
+    assert np.isfinite(be.value(loss))
+    assert any(not np.array_equal(v, before[k]) for k, v in be.params().items())
+    # after training, eval is still deterministic
+    l3, _ = be.forward(t, be.state(h, c))
+    l4, _ = be.forward(t, be.state(h, c))
+    np.testing.assert_array_equal(l3, l4)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_same_seed_same_dropout_masks(name):
+    model = dataclasses.replace(EMBED, dropout=0.3)
+    tok, tgt, h, c = _batch(model)
+    losses = []
+    for _ in range(2):
+        be = BACKENDS[name](model, ADAM, init_params(model, 0), seed=7)
+        losses.append(be.loss_and_grads(be.put(tok), be.put(tgt), be.state(h, c))[0])
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("preset", ["tutorial", "chainer-ptb"])
+def test_dropout_presets_take_a_step(name, preset):
+    P = get_preset(preset)
+    m = P.model
+    be = BACKENDS[name](m, P.train, init_params(m, 0))
+    tok, tgt, h, c = _batch(m, B=2, T=5)
+    before = be.params()
+    loss, (hn, cn) = be.train_step(be.put(tok), be.put(tgt), be.state(h, c))
+    assert np.isfinite(be.value(loss))
+    assert tuple(hn.shape) == (m.num_layers, 2, m.hidden_size)
+    assert all(not np.array_equal(v, before[k]) for k, v in be.params().items() if k != "embed")
+
+
+def test_load_resets_the_optimiser():
+    be = ti.TorchBackend(EMBED, ADAM, init_params(EMBED, 0))
+    tok, tgt, h, c = _batch(EMBED)
+    t, g = be.put(tok), be.put(tgt)
+    first = {}
+    for run in range(2):
+        be.load(init_params(EMBED, 0))
+        st = be.state(h, c)
+        for _ in range(2):
+            _, st = be.train_step(t, g, st)
+        first[run] = be.params()
+    for k in first[0]:
+        np.testing.assert_array_equal(first[0][k], first[1][k], err_msg=k)
+
+
+def test_precision_and_device_arguments():
+    p = init_params(EMBED, 0)
+    with pytest.raises(ValueError, match="precision"):
+        ti.TorchBackend(EMBED, ADAM, p, precision="bf16")
+    with pytest.raises(ValueError, match="GPU"):
+        ti.TorchBackend(EMBED, ADAM, p, precision="tf32")  # CPU
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU visible to torch"):
+            ti.TorchBackend(EMBED, ADAM, p, device="gpu")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            ti.configure(None, "gpu")
+
+
+def test_configure_reports_kernel():
+    info = ti.configure(None, "cpu")
+    assert info["version"] == torch.__version__
+    assert info["kernel"] in ("oneDNN", "ATen native")
+    assert int(info["threads"]) >= 1
