@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # progress must reach a pipe (tee, a CI log, a parent process) as it happens
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root
 # environment name -> (pip arguments in order, each list one `pip install` call)
 RECIPES: dict[str, list[list[str]]] = {
     "chainer": [
-        ["numpy<2", "setuptools<81", "wheel"],
+        # setuptools < 81 keeps pkg_resources (chainer's setup.py); < 70 keeps
+        # distutils.msvccompiler, which numpy.distutils imports when chainer loads
+        ["numpy<2", "setuptools<70", "wheel"],
         # Chainer 7.8.1's sdist imports pkg_resources in setup.py: build without isolation
         ["--no-build-isolation", "chainer==7.8.1"],
     ],

@@ -30,6 +30,16 @@ def require_backend(name: str) -> None:
         pytest.skip(f"backend {name} unavailable in this environment: {why}")
 
 
+def random_window(model, B: int = 3, T: int = 7, seed: int = 0):
+    """Random tokens, targets (B, T) and a non-zero state (L, B, H) for backend-specific tests."""
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(0, model.vocab_size, size=(B, T))
+    tgt = rng.integers(0, model.vocab_size, size=(B, T))
+    h = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
+    c = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
+    return tok, tgt, h, c
+
+
 _reference: dict[str, tuple[Case, dict[str, np.ndarray]]] = {}
 
 

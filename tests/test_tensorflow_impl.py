@@ -10,6 +10,7 @@ pytest.importorskip("keras")
 
 from impls.config import ClipConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
 from impls.params import init_params  # noqa: E402
+from tests.conftest import random_window
 
 ti = pytest.importorskip("impls.tensorflow_impl")
 
@@ -20,15 +21,6 @@ ADAM = TrainConfig(OptimizerConfig("adam", lr=0.01), ClipConfig("norm", 1.0))
 
 def _backend(model: ModelConfig = EMBED, train: TrainConfig = ADAM, seed: int = 0):
     return ti.TensorflowBackend(model, train, init_params(model, seed))
-
-
-def _batch(model: ModelConfig, B: int = 3, T: int = 6, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    tok = rng.integers(0, model.vocab_size, size=(B, T))
-    tgt = rng.integers(0, model.vocab_size, size=(B, T))
-    h = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
-    c = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
-    return tok, tgt, h, c
 
 
 def test_load_params_round_trip_is_exact():
@@ -61,7 +53,7 @@ def test_gate_blocks_land_in_keras_order():
 
 
 def test_load_resets_the_optimiser():
-    tok, tgt, h, c = _batch(EMBED)
+    tok, tgt, h, c = random_window(EMBED)
     p = init_params(EMBED, 1)
     a = _backend()
     a.load(p)
@@ -84,7 +76,7 @@ def test_dropout_trains_and_eval_is_deterministic(input_kind):
     m = (ModelConfig(11, 5, 2, dropout=0.5) if input_kind == "onehot"
          else ModelConfig(11, 5, 2, "embedding", 4, dropout=0.5))
     be = _backend(m, TrainConfig(OptimizerConfig("sgd", lr=0.5), ClipConfig("norm", 5.0)))
-    tok, tgt, h, c = _batch(m)
+    tok, tgt, h, c = random_window(m)
     T, Tg = be.put(tok), be.put(tgt)
     e1, _ = be.eval_step(T, Tg, be.state(h, c))
     e2, _ = be.eval_step(T, Tg, be.state(h, c))

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from impls.config import ClipConfig, ModelConfig, OptimizerConfig, TrainConfig, get_preset  # noqa: E402
 from impls.params import init_params  # noqa: E402
+from tests.conftest import random_window
 
 ti = pytest.importorskip("impls.torch_impl")
 
@@ -21,15 +22,6 @@ BACKENDS = {"torch": ti.TorchBackend, "torch-cell": ti.TorchCellBackend}
 EMBED = ModelConfig(vocab_size=11, hidden_size=5, num_layers=2, input="embedding", embed_size=4)
 ONEHOT = ModelConfig(vocab_size=9, hidden_size=6, num_layers=3)
 ADAM = TrainConfig(OptimizerConfig("adam", lr=0.01), ClipConfig("norm", 1.0))
-
-
-def _batch(model: ModelConfig, B: int = 3, T: int = 7, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    tok = rng.integers(0, model.vocab_size, size=(B, T))
-    tgt = rng.integers(0, model.vocab_size, size=(B, T))
-    h = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
-    c = rng.uniform(-0.5, 0.5, (model.num_layers, B, model.hidden_size))
-    return tok, tgt, h, c
 
 
 @pytest.mark.parametrize("order", [ti.TORCH_LSTM_GATES, ti.CHAR_RNN_GATES])
@@ -92,7 +84,7 @@ def test_second_bias_stays_zero_and_untrained(name):
         p = be.net.get_parameter(n)
         assert not p.requires_grad and id(p) not in in_opt, n
     before = be.params()
-    tok, tgt, h, c = _batch(EMBED)
+    tok, tgt, h, c = random_window(EMBED)
     t, g = be.put(tok), be.put(tgt)
     st = be.state(h, c)
     for _ in range(3):
@@ -109,7 +101,7 @@ def test_second_bias_stays_zero_and_untrained(name):
 def test_dropout_trains_and_eval_is_deterministic(name, model):
     model = dataclasses.replace(model, dropout=0.5)
     be = BACKENDS[name](model, ADAM, init_params(model, 0), seed=1)
-    tok, tgt, h, c = _batch(model)
+    tok, tgt, h, c = random_window(model)
     t, g = be.put(tok), be.put(tgt)
     l1, _ = be.forward(t, be.state(h, c))
     l2, _ = be.forward(t, be.state(h, c))
@@ -134,7 +126,7 @@ def test_dropout_trains_and_eval_is_deterministic(name, model):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_same_seed_same_dropout_masks(name):
     model = dataclasses.replace(EMBED, dropout=0.3)
-    tok, tgt, h, c = _batch(model)
+    tok, tgt, h, c = random_window(model)
     losses = []
     for _ in range(2):
         be = BACKENDS[name](model, ADAM, init_params(model, 0), seed=7)
@@ -148,7 +140,7 @@ def test_dropout_presets_take_a_step(name, preset):
     P = get_preset(preset)
     m = P.model
     be = BACKENDS[name](m, P.train, init_params(m, 0))
-    tok, tgt, h, c = _batch(m, B=2, T=5)
+    tok, tgt, h, c = random_window(m, B=2, T=5)
     before = be.params()
     loss, (hn, cn) = be.train_step(be.put(tok), be.put(tgt), be.state(h, c))
     assert np.isfinite(be.value(loss))
@@ -158,7 +150,7 @@ def test_dropout_presets_take_a_step(name, preset):
 
 def test_load_resets_the_optimiser():
     be = ti.TorchBackend(EMBED, ADAM, init_params(EMBED, 0))
-    tok, tgt, h, c = _batch(EMBED)
+    tok, tgt, h, c = random_window(EMBED)
     t, g = be.put(tok), be.put(tgt)
     first = {}
     for run in range(2):
