@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from impls import registry
@@ -71,7 +72,9 @@ def op_case(req: dict[str, Any]) -> dict[str, Any]:
     dtype = req.get("dtype") or spec.dtype
     precision = req.get("precision") if dtype == "float32" and req.get("precision") else dtype
     save_outputs(outputs, {"backend": name, "dtype": dtype, "precision": precision,
-                           "device": req.get("device", "cpu"), "version": info.get("version", "")},
+                           "device": req.get("device", "cpu"), "version": info.get("version", ""),
+                           "case": str(Path(req["case"]).resolve()),
+                           "optimizer": case.spec.train.optimizer.name},
                  req["out"])
     return {"seconds": time.perf_counter() - t0}
 

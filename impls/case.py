@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -222,6 +222,34 @@ def diff_outputs(out: dict[str, np.ndarray], expected: dict[str, np.ndarray], pr
         else:
             rows.append(Row(key, q, rel, mx, tol, "ok" if ok else "FAIL"))
     return rows
+
+
+def check_outputs(out: dict[str, np.ndarray], case: Case, backend: str, precision: str, *,
+                  expected: dict[str, np.ndarray] | None = None,
+                  cache: dict[str, dict[str, np.ndarray]] | None = None) -> list[Row]:
+    """Diff a backend's outputs against the reference for `case` (computed here unless
+    `expected` is given). A documented native-optimiser deviation of `backend` (registry) is
+    accepted only where the outputs match the reference run with that native formula; `cache`
+    keeps reference runs by formula across calls."""
+    from .registry import BACKENDS, create  # the registry imports no framework
+    cache = {} if cache is None else cache
+
+    def reference(form: str) -> dict[str, np.ndarray]:
+        if form not in cache:
+            ref = create("numpy", case.spec.model, case.spec.train, case.params, eps_form=form)
+            cache[form] = run_case(case, ref)
+        return cache[form]
+
+    spec = BACKENDS.get(backend)
+    dev = spec.deviations.get(case.spec.train.optimizer.name) if spec else None
+    rows = diff_outputs(out, expected if expected is not None else reference("spec"), precision,
+                        dev.cause if dev else "")
+    if dev is None:
+        return rows
+    native = {r.key: r for r in diff_outputs(out, reference(dev.eps_form), precision)}
+    return [r if r.status != "deviation" or native[r.key].status == "ok"
+            else replace(r, status="FAIL", note=f"not explained by the native formula ({dev.eps_form})")
+            for r in rows]
 
 
 def format_rows(rows: list[Row]) -> str:

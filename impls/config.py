@@ -207,9 +207,11 @@ class CaseSpec:
     def from_json(text: str) -> "CaseSpec":
         try:
             d = json.loads(text)
+            kind = d.get("input", "onehot")
             model = ModelConfig(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-                                num_layers=d.get("num_layers", 1), input=d.get("input", "onehot"),
-                                embed_size=d.get("embed_size", 0) or 0,
+                                num_layers=d.get("num_layers", 1), input=kind,
+                                # a one-hot case may carry any embed_size: it has no table
+                                embed_size=(d.get("embed_size") or 0) if kind == "embedding" else 0,
                                 dropout=d.get("dropout", 0.0))
             opt = dict(d.get("optimizer", {"name": "sgd", "lr": 0.1}))
             clip = dict(d.get("clip", {"kind": "none"}))

@@ -21,8 +21,10 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
     "float64": {q: Tolerance(1e-9, "float64 vs an independent float64 implementation: "
                                    "measured <= 1e-13 on every case in tests/")
                 for q in ("forward", "loss", "grads", "steps")},
-    "float32": {q: Tolerance(1e-5, "SPEC §8: float32 on CPU, T <= 200; measured <= 2e-6 for "
-                                   "every backend and case in tests/ (see README)")
+    "float32": {q: Tolerance(1e-5, "SPEC §8: float32 on CPU, T <= 200; measured worst over every "
+                                   "backend and case: 3e-7 forward, 1e-7 loss, 5e-7 grads, 9e-7 steps "
+                                   "(3e-6 for Keras Adam against its native formula: float32 beta "
+                                   "powers); see README")
                 for q in ("forward", "loss", "grads", "steps")},
     # TF32 rounds matmul inputs to a 10-bit mantissa (unit roundoff 2^-11 = 4.9e-4); errors
     # grow with T through the recurrence. Not measured here: no GPU was lent to this project

@@ -72,6 +72,8 @@ def test_listings(tmp_path):
     (["run", "--matrix", "smoke", "--python", "numpy=/no/such/python"], "no executable interpreter"),
     (["run", "--matrix", "smoke", "--backends", "numpy-f32", "--out", "afile/sub"], "cannot write there"),
     (["compare", "missing.json", "missing.json"], "no such results file"),
+    (["check", "--backends", "numpy-f32", "--json", "c.npz"], "exists"),
+    (["check", "--backends", "numpy-f32,nope"], "unknown backend 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expect):
     lstmbench("case", "make", "--preset", "tiny", "--seed", "1", "--out", "c.npz", cwd=tmp_path)
