@@ -23,18 +23,6 @@ def _backend(model: ModelConfig = EMBED, train: TrainConfig = ADAM, seed: int = 
     return ti.TensorflowBackend(model, train, init_params(model, seed))
 
 
-def test_load_params_round_trip_is_exact():
-    p = init_params(EMBED, 3)
-    p32 = {k: v.astype(np.float32).astype(np.float64) for k, v in p.items()}  # what float32 holds
-    be = _backend()
-    be.load(p32)
-    out = be.params()
-    assert set(out) == set(p32)
-    for k in p32:
-        assert out[k].dtype == np.float64
-        np.testing.assert_array_equal(out[k], p32[k], err_msg=k)
-
-
 def test_gate_blocks_land_in_keras_order():
     """Canonical [i f g o] blocks must appear in Keras' kernel as [i f c o] (c = g)."""
     H = EMBED.hidden_size
