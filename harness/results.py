@@ -141,12 +141,22 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def _is_results_file(p: Path) -> bool:
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return True  # let load_results report what is wrong with it
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+
+
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; folders searched recursively for *.json results."""
+    """Files as given; folders searched recursively for results files (other JSON in a
+    folder, such as a `check --json` report, is passed over)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*.json") if not q.name.startswith("."))
+            found = sorted(q for q in p.rglob("*.json")
+                           if not q.name.startswith(".") and _is_results_file(q))
             if not found:
                 raise ResultsError(f"{p}: folder holds no results files")
             out.extend(found)

@@ -186,3 +186,12 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, bad):
         assert "Traceback" not in r.stderr + r.stdout
     with pytest.raises(ResultsError):
         compare(good, target)
+
+
+def test_folders_pass_over_other_json(tmp_path):
+    """A results folder may also hold a `check --json` report: it is not read as a run."""
+    from harness.results import SCHEMA, SCHEMA_VERSION, expand_paths
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "cells": []}))
+    (tmp_path / "check.json").write_text(json.dumps({"precision": "float32", "backends": {}}))
+    assert expand_paths([tmp_path]) == [run]
