@@ -97,10 +97,18 @@ def _load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                         "re-create it with `lstmbench case make`") from None
 
 
+def _text(a: np.ndarray) -> str:
+    """A JSON string stored by any writer: a 0-d or 1-element str or bytes array."""
+    v = a.reshape(-1)[0] if a.size == 1 else a
+    if isinstance(v, (bytes, np.bytes_)):
+        return v.decode()
+    return str(v)
+
+
 def load_case(path: str | os.PathLike[str]) -> Case:
     z = _load_npz(path)
     try:
-        spec = CaseSpec.from_json(str(z["spec"]))
+        spec = CaseSpec.from_json(_text(z["spec"]))
         m = spec.model
         params = {k: z[f"param/{k}"].astype(np.float64) for k in param_shapes(m)}
         check_params(m, params)

@@ -149,7 +149,7 @@ def sample(spec, p, prefix, gen, uniforms):
             tok = int(np.argmax(z))
         else:
             z = z / gen["temperature"]
-            if 0 < gen["top_k"] < len(z):
+            if 0 < gen.get("top_k", 0) < len(z):
                 z = np.where(z >= np.sort(z)[::-1][gen["top_k"] - 1], z, -np.inf)
             pr = np.exp(z - z.max())
             pr /= pr.sum()
@@ -169,7 +169,8 @@ def sample(spec, p, prefix, gen, uniforms):
 def run_case_file(path):
     """Every SPEC §9 output for the case at `path`."""
     z = np.load(path)
-    spec = json.loads(str(z["spec"]))
+    raw = z["spec"].reshape(-1)[0]
+    spec = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
     p = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
     tok, tgt, h0, c0 = z["tokens"], z["targets"], z["h0"], z["c0"]
     loss, logits, h, c, g = grads(spec, p, tok, tgt, h0, c0)
