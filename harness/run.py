@@ -72,23 +72,23 @@ def _probe(workers: _Workers, backends: list[str], device: str, threads: int | N
 def _peak(workers: _Workers, backends: list[str], info: dict[str, Any], device: str) -> dict[str, Any]:
     """The matrix-multiply peak, measured on this device now, in a worker like the cells."""
     if device == "cpu":
-        cands = ["numpy-f32"] if "numpy-f32" in backends else []
-        w = workers.get(cands[0]) if cands else Worker(sys.executable, workers.threads)
-        via = "numpy"
+        backend, via = "numpy-f32", "numpy"
     else:
-        cands = [b for b in backends if info.get(b, {}).get("available")
-                 and registry.get_spec(b).framework in ("torch", "jax")]
-        if not cands:
+        gpu = [b for b in backends if info.get(b, {}).get("available")
+               and registry.get_spec(b).framework in ("torch", "jax")]
+        if not gpu:
             return {"gflops": None, "via": None, "error": "no torch or jax backend to measure with"}
-        w, via = workers.get(cands[0]), registry.get_spec(cands[0]).framework
+        backend, via = gpu[0], registry.get_spec(gpu[0]).framework
+    # the matrix's own worker for that backend, or a short-lived one in this interpreter
+    owned = backend not in backends
+    w = Worker(sys.executable, workers.threads) if owned else workers.get(backend)
     try:
-        ans = w.request({"op": "peak", "device": device, "backend": cands[0] if cands else "numpy"},
-                        timeout=300)
+        ans = w.request({"op": "peak", "device": device, "backend": backend}, timeout=300)
         return {"gflops": ans.get("gflops"), "via": via, "dtype": "float32", "error": ans.get("error")}
     except WorkerFailed as e:
         return {"gflops": None, "via": via, "error": str(e)}
     finally:
-        if not cands:
+        if owned:
             w.close()
 
 
