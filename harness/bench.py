@@ -75,6 +75,7 @@ class Prepared:
     backend: Any
     step: Callable[[], Any]  # one timed unit of work; returns a loss handle or tokens
     check: Callable[[Any], bool] = field(default=lambda x: True)  # finite result?
+    last: Any = None  # the latest step's output (checked for NaN when the cell is released)
 
 
 def prepare(cell: Cell) -> Prepared:
@@ -120,29 +121,29 @@ def _peak_rss() -> int | None:
     return None
 
 
-def _gpu_peak(backend: str, reset: bool) -> int | None:
-    """The framework's own peak-allocation counter on a GPU."""
-    fw = registry.get_spec(backend).framework
+def backend_hook(backend: str, hook_name: str) -> Callable[..., Any] | None:
+    """registry.hook(...) where the registry offers it (CONTRACTS: optional module-level hooks
+    of a backend module); None when it does not, or the module lacks the hook."""
+    hook = getattr(registry, "hook", None)
+    if hook is None:
+        return None
     try:
-        if fw == "torch":
-            import torch
-            if reset:
-                torch.cuda.reset_peak_memory_stats()
-                return None
-            return int(torch.cuda.max_memory_allocated())
-        if fw == "jax":
-            import jax
-            stats = jax.devices("gpu")[0].memory_stats() or {}
-            return None if reset else int(stats.get("peak_bytes_in_use", 0)) or None
-        if fw == "tensorflow":
-            import tensorflow as tf
-            if reset:
-                tf.config.experimental.reset_memory_stats("GPU:0")
-                return None
-            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        return hook(backend, hook_name)
+    except Exception:  # noqa: BLE001 - an unimportable backend has no hooks
+        return None
+
+
+def _gpu_peak(backend: str, reset: bool) -> int | None:
+    """The framework's own peak-allocation counter on a GPU, through the backend module's
+    device_peak_memory hook; None where it has none."""
+    fn = backend_hook(backend, "device_peak_memory")
+    if fn is None:
+        return None
+    try:
+        v = fn("gpu", reset)
     except Exception:  # noqa: BLE001 - a missing counter is recorded as unknown
         return None
-    return None
+    return None if reset or v is None else int(v)
 
 
 def first_step(prep: Prepared) -> tuple[Any, float]:
@@ -210,6 +211,72 @@ def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
     return res
 
 
+def blas_name() -> str:
+    """The BLAS NumPy uses here (for the efficiency denominator's provenance)."""
+    try:
+        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                return f"{pool.get('internal_api')} {pool.get('version')}"
+    except ImportError:
+        pass
+    try:
+        d = np.show_config(mode="dicts")  # NumPy >= 1.26
+        blas = d["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001 - older NumPy: say so rather than guess
+        return "numpy (BLAS unknown)"
+
+
+def gemm_prepared(n: int) -> Prepared:
+    """The noise probe: a fixed n x n float32 GEMM through NumPy's BLAS, with the same thread
+    settings as the backends' workers, so it suffers what they suffer (e.g. an OpenMP barrier
+    waiting on a descheduled thread)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    c = np.empty((n, n), np.float32)
+
+    class _Host:  # the probe's "backend": host memory, nothing to synchronise
+        kernel = None
+
+        @staticmethod
+        def sync() -> None:
+            return None
+
+    return Prepared(_Host(), lambda: np.matmul(a, b, out=c))
+
+
+def time_round(prep: Prepared, inner: int) -> float:
+    """One timed round: `inner` steps bracketed by sync(); seconds per step."""
+    be = prep.backend
+    be.sync()
+    t0 = time.perf_counter_ns()
+    for _ in range(inner):
+        prep.last = prep.step()
+    be.sync()
+    return (time.perf_counter_ns() - t0) / 1e9 / inner
+
+
+def inner_for(prep: Prepared, target: float = 0.03, warmup: float = 0.2) -> int:
+    """Untimed warm-up, then the step count that makes one round last about `target` seconds
+    (20-50 ms: short enough for many rounds, long enough to dwarf the timer and the IPC)."""
+    n, t0 = 0, time.perf_counter_ns()
+    while True:
+        prep.last = prep.step()
+        n += 1
+        prep.backend.sync()
+        el = (time.perf_counter_ns() - t0) / 1e9
+        if el >= warmup or n >= 50:
+            break
+    return max(1, round(target / (el / n)))
+
+
+def device_matmul_peak(device: str, backend: str) -> float | None:
+    """GFLOP/s strict float32 on a GPU, from the backend module's device_matmul_peak hook."""
+    fn = backend_hook(backend, "device_matmul_peak")
+    return None if fn is None else fn(device)
+
+
 def matmul_peak(device: str, backend: str = "numpy", n: int = 1024, repeats: int = 7) -> float:
     """Best float32 GEMM GFLOP/s on this device, measured now (the efficiency denominator).
     On the CPU with NumPy's BLAS; on a GPU with the backend's framework, strict float32."""
@@ -223,32 +290,7 @@ def matmul_peak(device: str, backend: str = "numpy", n: int = 1024, repeats: int
             a @ b
             best = min(best, (time.perf_counter_ns() - t0) / 1e9)
         return 2 * n ** 3 / best / 1e9
-    fw = registry.get_spec(backend).framework
-    n = 8192
-    if fw == "torch":
-        import torch
-        torch.backends.cuda.matmul.allow_tf32 = False
-        a = torch.rand(n, n, device="cuda")
-        b = torch.rand(n, n, device="cuda")
-        a @ b
-        torch.cuda.synchronize()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            a @ b
-            torch.cuda.synchronize()
-            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
-        return 2 * n ** 3 / best / 1e9
-    if fw == "jax":
-        import jax
-        import jax.numpy as jnp
-        f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
-        a = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices("gpu")[0])
-        f(a, a).block_until_ready()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            f(a, a).block_until_ready()
-            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
-        return 2 * n ** 3 / best / 1e9
-    raise ValueError(f"no GPU matmul peak for framework {fw}")
+    peak = device_matmul_peak(device, backend)
+    if peak is None:
+        raise ValueError(f"backend {backend} offers no GPU matmul peak (no device_matmul_peak hook)")
+    return float(peak)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from impls import registry
-from impls.case import check_outputs, load_outputs, make_case, save_case, write_new
+from impls.case import CaseError, check_outputs, load_outputs, make_case, save_case, write_file
 from impls.tolerances import TOLERANCES
 
 from .cases import CROSS_CASES
@@ -25,8 +25,10 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
               precision: str = "float32", json_path: Path | None = None,
               log: Callable[[str], None] = print) -> int:
     """Returns the exit status: 0 when every backend passes every quantity, else 1."""
-    if json_path is not None and json_path.exists():
+    if json_path is not None and (json_path.exists() or json_path.is_symlink()):
         raise UsageError(f"--json {json_path} exists; choose another name (reports are never overwritten)")
+    if not backends:
+        raise UsageError("no backends to check: name at least one with --backends")
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         return _run_check(Path(d), backends, overrides=overrides, threads=threads,
                           precision=precision, json_path=json_path, log=log)
@@ -48,7 +50,7 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
         report["backends"][name] = entry
         t0 = time.perf_counter()
         try:
-            worker = Worker(interpreter_for(name, overrides), threads)
+            worker = Worker(interpreter_for(name, overrides), threads, backend=name)
         except registry.BackendError as e:
             entry.update(status="unavailable", reason=str(e))
             failed = True
@@ -63,8 +65,11 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
                                           "precision": precision}, timeout=600)
                 except WorkerFailed as e:
                     ans = {"ok": False, "error": f"{e.kind}: {e}"}
-                    worker = Worker(interpreter_for(name, overrides), threads)
-                if not ans["ok"]:
+                    worker = Worker(interpreter_for(name, overrides), threads, backend=name)
+                if not isinstance(ans, dict):
+                    ans = {"ok": False, "error": f"malformed answer: {str(ans)[:200]}"}
+                if not ans.get("ok"):
+                    ans["error"] = (str(ans.get("error") or "no reason given").splitlines() or [""])[0]
                     entry["cases"][cid] = {"error": ans["error"]}
                     entry["status"] = "error"
                     failed = True
@@ -73,10 +78,17 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
                         entry.update(status="unavailable", reason=ans["error"])
                         break
                     continue
-                out, _ = load_outputs(out_path)
+                try:
+                    out, _ = load_outputs(out_path)
+                except CaseError as e:  # the backend wrote something that is not its outputs
+                    entry["cases"][cid] = {"error": str(e)}
+                    entry["status"] = "error"
+                    failed = True
+                    log(f"{name} {cid}: error: {e}")
+                    continue
                 rows = check_outputs(out, case, name, precision, cache=references[cid])
                 entry["cases"][cid] = [r.__dict__ for r in rows]
-                if any(r.status == "FAIL" for r in rows):
+                if not rows or any(r.status == "FAIL" for r in rows):  # nothing compared fails too
                     entry["status"] = "FAIL"
                     failed = True
         finally:
@@ -87,24 +99,30 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
     log(format_table(report))
     if json_path:
         data = json.dumps(report, indent=1).encode()
-        write_new(json_path, lambda f: f.write(data))
+        try:
+            write_file(json_path, lambda f: f.write(data), "--json")
+        except CaseError as e:  # disk full, read-only: the table above stands, the file does not
+            raise CaseError(f"{e} (the table above is complete)") from None
         log(f"details: {json_path}")
     return 1 if failed else 0
 
 
 def _worst(entry: dict[str, Any], q: str) -> tuple[float, str]:
-    """Worst error over cases for quantity q, and the worst status."""
-    worst, status = 0.0, "ok"
+    """Worst error over cases for quantity q, and the worst status; NaN is the worst error
+    (max() would drop it), and a quantity no case compared is "none", never "ok"."""
+    worst, status, seen = 0.0, "ok", False
     rank = {"ok": 0, "deviation": 1, "FAIL": 2}
     for rows in entry["cases"].values():
         if isinstance(rows, dict):
             return float("nan"), "error"
         for r in rows:
             if r["quantity"] == q:
-                worst = max(worst, r["rel"])
+                seen = True
+                rel = r["rel"]
+                worst = worst if worst != worst else rel if rel != rel else max(worst, rel)  # x != x: NaN
                 if rank[r["status"]] > rank[status]:
                     status = r["status"]
-    return worst, status
+    return (worst, status) if seen else (float("nan"), "none")
 
 
 def _line(name: str, entry: dict[str, Any]) -> str:

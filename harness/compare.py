@@ -1,56 +1,258 @@
-"""`lstmbench compare OLD NEW`: which cells got slower or faster between two runs.
+"""`lstmbench compare OLD NEW`: which cells got slower or faster between two runs, and which
+the noise of the machine leaves undecided.
 
 Cells are paired by what they measure (Cell.key(): backend, mode, sizes, optimiser, batch,
 sequence length, device, dtype, precision; and the run's thread count), never by seed or
-machine. A cell is called slower or
-faster only when the change is both significant (Mann-Whitney p < 0.05 and a bootstrap 95%
-interval of the ratio of medians that excludes 1) and larger than the threshold; anything else
-is "unchanged". Several runs of one cell on a side (folders) have their samples pooled."""
+machine. Each side's figure is the run's headline estimator (results schema v2 `estimator`,
+e.g. the minimum of the clean rounds; v1 files: the median) over its clean rounds; both sides
+are judged with the same estimator. The interval of the ratio new/old comes from a
+hierarchical bootstrap over runs (several files of one cell on a side), worker processes and
+rounds (harness.significance). Marks:
+
+- `slower` / `faster`: the interval excludes 1, the ratio is beyond --threshold, and beyond
+  both runs' noise floors (how much their probe GEMM's speed moved); nothing else stands in
+  the way (a contended run, too few clean rounds, machines of different speed);
+- `unchanged`: the interval lies within +-threshold;
+- `inconclusive`: anything else, with the reason;
+- `incomparable`: the cell's sizes, device or threads changed; `failed`: a side did not measure.
+
+--normalize divides each round's time by the probe time of the same round, so that runs on
+machines of different speed (or one machine at different moments) can be compared; the
+headline is then the median of those quotients (their minimum would select the rounds whose
+probe happened to run slow)."""
 from __future__ import annotations
 
+import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from impls.config import ConfigError
 
+from . import significance as sig
+from . import stats
 from .bench import Cell
-from .results import ResultsError, expand_paths, load_results
-from .stats import bootstrap_ratio, mann_whitney_p
-
-ALPHA = 0.05  # significance level of both tests
+from .results import SCHEMA, ResultsError, expand_paths, load_results
 
 PathLike = str | os.PathLike[str]
 
+CONTENDED_SHARE = 0.25  # a cell with this share of unclean rounds on a side is not judged
+MIN_ROUNDS = 5  # rounds a side needs before a cell can be called faster or slower
+SPEED_DIFFERS = 1.25  # best probe GFLOP/s of the two sides this far apart: machines differ
+FAILED = ("error", "nan", "oom", "timeout", "crash", "killed", "malformed", "invalid")
+
+
+# ---- reading runs (v1 and v2), validated ------------------------------------------------
+
+@dataclass
+class Run:
+    """One results file: what compare and report need of its top level."""
+    path: str
+    machine: str
+    version: int
+    estimator: str  # the headline estimator's name (v1: median)
+    threads: Any
+    probe_s: list[float | None]  # one per round of the run, in order (v2), else []
+    best_gflops: float | None
+    floor: float | None  # significance.noise_floor of the probe rounds
+    contended: float | None  # share of probe rounds slower than 1.5x the best
+    verdict: str | None  # noise verdict the run recorded (quiet | noisy | contended)
+    doc: dict[str, Any]
+
+
+@dataclass
+class RunCell:
+    """One cell as one run measured it."""
+    run: Run
+    cell: Cell
+    result: dict[str, Any]
+    status: str  # ok | noisy | a failure kind; "nan" also for NaN samples
+    error: str
+    samples: list[dict[str, Any]]  # {"s", "process", "round", "probe_s", "clean"}
+    noisy: bool
+
+    @property
+    def measured(self) -> bool:
+        return self.status in ("ok", "noisy") and bool(self.samples)
+
+    def values(self, normalize: bool = False, clean_only: bool = True) -> list[np.ndarray]:
+        """Per-process arrays of seconds per step (or s / probe_s) of the rounds the headline
+        uses: the clean ones, or every round when too few are clean (as harness.stats does)."""
+        use = [s for s in self.samples if s["clean"]] if clean_only else list(self.samples)
+        if len(use) < stats.MIN_CLEAN:
+            use = list(self.samples)
+        out: dict[int, list[float]] = {}
+        for s in use:
+            if normalize:
+                if not s["probe_s"]:
+                    continue
+                out.setdefault(s["process"], []).append(s["s"] / s["probe_s"])
+            else:
+                out.setdefault(s["process"], []).append(s["s"])
+        return [np.asarray(out[k]) for k in sorted(out)]
+
+    @property
+    def unclean_share(self) -> float:
+        return sum(not s["clean"] for s in self.samples) / len(self.samples) if self.samples else 0.0
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _load_doc(path: Path) -> dict[str, Any]:
+    """results.load_results; a v2 file is read here too while that loader reads only v1."""
+    try:
+        return load_results(path)
+    except ResultsError as e:
+        err = e
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise err from None
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("schema_version") == 2 \
+            and isinstance(doc.get("cells"), list):
+        doc["_path"] = str(path)
+        return doc
+    raise err
+
+
+def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
+    """Load and validate one results file. Impossible values (null machine, a sample that is
+    not a number, zero, negative or infinite) are a ResultsError naming the file, the cell and
+    the value; a NaN sample makes that cell failed with status "nan"."""
+    p = Path(path)
+    doc = _load_doc(p)
+    machine = doc.get("machine")
+    if not isinstance(machine, dict):
+        raise ResultsError(f"{p}: 'machine' is {machine!r}, not a machine record; the file is "
+                           "corrupt or was edited (re-run to get a valid one)")
+    version = int(doc.get("schema_version") or 1)
+    est = (doc.get("estimator") or {}).get("name") if isinstance(doc.get("estimator"), dict) else None
+    probe = doc.get("probe") if isinstance(doc.get("probe"), dict) else {}
+    rounds = probe.get("rounds_s") if isinstance(probe.get("rounds_s"), list) else []
+    probe_s = [float(v) if _num(v) and math.isfinite(v) and v > 0 else None for v in rounds]
+    best = probe.get("best_gflops")
+    best = float(best) if _num(best) and math.isfinite(best) and best > 0 else None
+    noise = doc.get("noise") if isinstance(doc.get("noise"), dict) else {}
+    contended = noise.get("contended_fraction")
+    contended = float(contended) if _num(contended) else sig.contended_share(probe_s)
+    run = Run(str(p), str(machine.get("slug", "?")), version,
+              est if isinstance(est, str) and est in stats.ESTIMATORS else "median",
+              doc.get("threads"), probe_s, best, sig.noise_floor(probe_s), contended,
+              noise.get("verdict") if isinstance(noise.get("verdict"), str) else None, doc)
+    cells: list[RunCell] = []
+    for i, entry in enumerate(doc["cells"]):
+        try:
+            cell = Cell.from_dict(entry["cell"])
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ResultsError(f"{p}: cell {i} is malformed ({type(e).__name__}: {e})") from None
+        res = entry.get("result") if isinstance(entry.get("result"), dict) else {}
+        status = str(res.get("status") or "no result")
+        error = str(res.get("error") or "").splitlines()[0] if res.get("error") else ""
+        samples = _samples(res, f"{p}: cell {i} ({cell.label()})")
+        noisy = bool(res.get("noisy")) or status == "noisy"
+        nan = [j for j, s in enumerate(samples) if math.isnan(s["s"])]
+        if nan and status in ("ok", "noisy"):
+            status, error = "nan", f"sample {nan[0]} of {len(samples)} is NaN (an invalid measurement)"
+            samples = []
+        if status in ("ok", "noisy") and not samples:
+            status, error = "error", error or "no timed rounds recorded"
+        cells.append(RunCell(run, cell, res, status, error, samples, noisy))
+    return run, cells
+
+
+def _samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The v2 samples, or v1 samples_s as process 0, round i, clean; every time checked."""
+    raw = res.get("samples")
+    if raw is None or raw == []:
+        flat = res.get("samples_s")
+        if flat is None:
+            return []
+        if not isinstance(flat, list):
+            raise ResultsError(f"{where}: samples_s is {type(flat).__name__}, not a list of seconds; "
+                               "the file is corrupt or was edited")
+        raw = [{"s": v, "process": 0, "round": j, "probe_s": None, "clean": True} for j, v in enumerate(flat)]
+    if not isinstance(raw, list):
+        raise ResultsError(f"{where}: samples is {type(raw).__name__}, not a list; the file is corrupt or was edited")
+    out = []
+    for j, s in enumerate(raw):
+        v = s.get("s") if isinstance(s, dict) else None
+        if not _num(v):
+            raise ResultsError(f"{where}: sample {j} is {v!r}, not a number of seconds; "
+                               "the file is corrupt or was edited (re-run the cell)")
+        v = float(v)
+        if not math.isnan(v) and not (math.isfinite(v) and v > 0):
+            raise ResultsError(f"{where}: sample {j} is {v!r}; times must be finite and above zero, "
+                               "so the file is corrupt or was edited (re-run the cell)")
+        pr = s.get("probe_s")
+        pr = float(pr) if _num(pr) and math.isfinite(pr) and pr > 0 else None
+        proc = s.get("process", 0)
+        out.append({"s": v, "process": int(proc) if _num(proc) else 0, "round": s.get("round", j),
+                    "probe_s": pr, "clean": s.get("clean", True) is not False})
+    return out
+
+
+# ---- one side: every run of every cell --------------------------------------------------
 
 @dataclass
 class Pooled:
     """Every run of one cell on one side of the comparison."""
     cell: Cell
     threads: Any  # the run's --threads: part of what was measured, though not of the Cell
-    samples: list[float] = field(default_factory=list)  # seconds per step, ok runs only
-    runs: int = 0  # how many runs measured this cell
-    failed: list[str] = field(default_factory=list)  # "status: error" of each run that failed
+    runs: list[RunCell] = field(default_factory=list)
+
+    @property
+    def measured(self) -> list[RunCell]:
+        return [r for r in self.runs if r.measured]
 
     @property
     def ok(self) -> bool:
-        return bool(self.samples)
+        return bool(self.measured)
+
+    @property
+    def noisy(self) -> bool:
+        return any(r.noisy for r in self.measured)
+
+    @property
+    def failed(self) -> list[str]:
+        return [f"{r.status}" + (f": {r.error}" if r.error else "") for r in self.runs if not r.measured]
 
     def status(self) -> str:
-        if not self.failed:
-            return "ok"
-        if self.samples:  # some runs ok: compare those, but say the others failed
-            return f"ok in {self.runs - len(self.failed)} of {self.runs} runs ({self.failed[0]})"
-        return self.failed[0]
+        f = self.failed
+        if not f:
+            return "noisy" if self.noisy else "ok"
+        if self.ok:
+            return f"ok in {len(self.measured)} of {len(self.runs)} runs ({f[0]})"
+        return f[0]
+
+    def side(self, normalize: bool) -> list[list[np.ndarray]]:
+        return [r.values(normalize) for r in self.measured]
+
+    def n_used(self, normalize: bool) -> int:
+        return sum(a.size for run in self.side(normalize) for a in run)
+
+    @property
+    def unclean_share(self) -> float:
+        m = self.measured
+        n = sum(len(r.samples) for r in m)
+        return sum(r.unclean_share * len(r.samples) for r in m) / n if n else 0.0
 
 
 @dataclass
 class Side:
     files: list[str]
     cells: dict[tuple, Pooled]
-    machines: set[str]
+    runs: list[Run]
+
+    @property
+    def machines(self) -> set[str]:
+        return {r.machine for r in self.runs}
 
 
 def load_side(paths: PathLike | Iterable[PathLike]) -> Side:
@@ -58,27 +260,14 @@ def load_side(paths: PathLike | Iterable[PathLike]) -> Side:
     plist = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files = expand_paths(plist)
     cells: dict[tuple, Pooled] = {}
-    machines: set[str] = set()
+    runs: list[Run] = []
     for f in files:
-        doc = load_results(f)
-        machine = str(doc.get("machine", {}).get("slug", "?"))
-        machines.add(machine)
-        for i, entry in enumerate(doc["cells"]):
-            try:
-                cell = Cell.from_dict(entry["cell"])
-            except (KeyError, TypeError, ConfigError) as e:
-                raise ResultsError(f"{f}: cell {i} is malformed ({type(e).__name__}: {e})") from None
-            res = entry.get("result") or {}
-            threads = doc.get("threads")
-            p = cells.setdefault((cell.key(), threads), Pooled(cell, threads))
-            p.runs += 1
-            samples = res.get("samples_s") or []
-            if res.get("status") == "ok" and samples:
-                p.samples.extend(float(s) for s in samples)
-            else:
-                err = str(res.get("error") or "").splitlines()[0:1]
-                p.failed.append(f"{res.get('status', 'no result')}" + (f": {err[0]}" if err else ""))
-    return Side([str(f) for f in files], cells, machines)
+        run, rcs = read_run(f)
+        runs.append(run)
+        for rc in rcs:
+            p = cells.setdefault((rc.cell.key(), run.threads), Pooled(rc.cell, run.threads))
+            p.runs.append(rc)
+    return Side([str(f) for f in files], cells, runs)
 
 
 def _loose_id(c: Cell) -> tuple:
@@ -105,6 +294,8 @@ def differences(old: Pooled, new: Pooled) -> str:
 
 
 def fmt_time(s: float) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
     if s < 1e-3:
         return f"{s * 1e6:.1f} us"
     if s < 1:
@@ -112,29 +303,96 @@ def fmt_time(s: float) -> str:
     return f"{s:.3f} s"
 
 
+# ---- the verdict ----------------------------------------------------------------------
+
 @dataclass
-class Pair:
-    old: Pooled
-    new: Pooled
-    ratio: float
-    lo: float
-    hi: float
-    p: float
-    mark: str  # slower | faster | unchanged
+class Verdict:
+    mark: str  # faster | slower | unchanged | inconclusive | incomparable | failed
+    ratio: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    p: float = math.nan
+    old_s: float = math.nan
+    new_s: float = math.nan
+    reason: str = ""
+    regression: bool = False  # counts under --fail-on-regression
 
 
-def judge(old: list[float], new: list[float], threshold: float) -> tuple[float, float, float, float, str]:
-    """Ratio of medians new/old, its 95% CI, the Mann-Whitney p, and the verdict."""
-    ratio, lo, hi = bootstrap_ratio(old, new)
-    p = mann_whitney_p(old, new)
-    significant = p < ALPHA
-    if significant and lo > 1 and ratio > 1 + threshold:
-        mark = "slower"
-    elif significant and hi < 1 and ratio < 1 / (1 + threshold):
-        mark = "faster"
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def judge(old: Pooled, new: Pooled, *, threshold: float, estimator: str, normalize: bool,
+          speeds_differ: str | None, pooled_var: tuple[float, int] | None = None, seed: int = 0) -> Verdict:
+    """The mark of one pair of measured cells (module docstring)."""
+    so, sn = old.side(normalize), new.side(normalize)
+    no, nn = sum(a.size for r in so for a in r), sum(a.size for r in sn for a in r)
+    if not no or not nn:
+        return Verdict("inconclusive", reason="no rounds with a probe time to normalise by"
+                       if normalize else "no rounds")
+    ratio, lo, hi, p = sig.ratio_interval(so, sn, estimator, seed=seed, pooled_var=pooled_var)
+    v = Verdict("inconclusive", ratio, lo, hi, p, sig.estimate(sig.pooled(so), estimator),
+                sig.estimate(sig.pooled(sn), estimator))
+    blockers: list[str] = []
+    contended: dict[str, str] = {}
+    few: dict[str, str] = {}
+    for name, pl in (("old", old), ("new", new)):
+        runs = {id(r.run): r.run for r in pl.measured}.values()
+        share = pl.unclean_share
+        worst = max((r.contended or 0.0 for r in runs), default=0.0)
+        if share >= CONTENDED_SHARE:
+            contended[name] = f"{_pct(share)} of rounds"
+        elif any(r.verdict == "contended" for r in runs):
+            contended[name] = f"{_pct(worst)} of probe rounds"
+        if pl.noisy:
+            clean = sum(sum(s["clean"] for s in r.samples) for r in pl.measured)
+            total = sum(len(r.samples) for r in pl.measured)
+            few[name] = f"{clean} of {total}"
+    if len(contended) == 1:
+        (name, what), = contended.items()
+        blockers.append(f"{name} run contended: {what}")
+    elif contended:
+        blockers.append(f"both runs contended (old {contended['old']}, new {contended['new']})")
+    if few:
+        blockers.append("too few clean rounds (" + ", ".join(f"{k} {v}" for k, v in few.items()) + ")")
+    if min(no, nn) < MIN_ROUNDS:
+        blockers.append(f"too few clean rounds (old {no}, new {nn}; {MIN_ROUNDS} needed)")
+    if speeds_differ and not normalize:
+        blockers.append(speeds_differ)
+    floors = {name: r.floor for name, pl in (("old", old), ("new", new))
+              for r in (x.run for x in pl.measured) if r.floor is not None}
+    floor = 0.0 if normalize else max(floors.values(), default=0.0)
+    up, down = 1 + threshold, 1 / (1 + threshold)
+    tight = lo >= down and hi <= up
+    if blockers:
+        v.reason = "; ".join(dict.fromkeys(blockers))
+    elif lo > 1 and ratio > up and ratio > 1 + floor:
+        v.mark = "slower"
+    elif hi < 1 and ratio < down and ratio < 1 / (1 + floor):
+        v.mark = "faster"
+    elif tight:
+        v.mark = "unchanged"
+    elif (lo > 1 and ratio > up) or (hi < 1 and ratio < down):
+        which = max(floors, key=floors.get) if floors else "old"
+        v.reason = (f"change {ratio - 1:+.0%} is within the noise floor: the {which} run's probe "
+                    f"varied {_pct(floor)}")
     else:
-        mark = "unchanged"
-    return ratio, lo, hi, p, mark
+        v.reason = f"interval [{lo:.3f}, {hi:.3f}] wider than the threshold +-{_pct(threshold)}"
+    v.regression = v.mark == "slower"
+    return v
+
+
+def machine_speeds(a: Side, b: Side) -> str | None:
+    """A reason when the two sides' best probe GFLOP/s differ by more than SPEED_DIFFERS."""
+    ga = [r.best_gflops for r in a.runs if r.best_gflops]
+    gb = [r.best_gflops for r in b.runs if r.best_gflops]
+    if not ga or not gb:
+        return None
+    x, y = max(ga), max(gb)
+    if max(x, y) / min(x, y) > SPEED_DIFFERS:
+        return (f"machine speeds differ: probe best {x:.0f} vs {y:.0f} GFLOP/s "
+                "(compare with --normalize)")
+    return None
 
 
 def _table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -146,29 +404,127 @@ def _table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]
     return [line(head), line(["-" * w for w in widths]), *map(line, rows)]
 
 
+def _fnum(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def write_json(path: PathLike, doc: dict[str, Any]) -> Path:
+    """Atomic: a temporary file beside the target, fsynced, renamed over it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"--json {path}: is a folder; give a file name")
+    data = json.dumps(doc, indent=1).encode()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                                   prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ResultsError(f"--json {path}: cannot write there ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"--json {path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
 def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[PathLike], *,
-                threshold: float, fail_on_regression: bool,
-                log: Callable[[str], None] = print) -> int:
-    """Print the comparison; returns 1 when fail_on_regression and any cell is slower, else 0."""
+                threshold: float, fail_on_regression: bool, normalize: bool = False,
+                json_path: PathLike | None = None, log: Callable[[str], None] = print) -> int:
+    """Print the comparison (and write --json). Returns 1 under fail_on_regression when a cell
+    is slower, a new cell failed or is noisy where the old one was ok, or no new cell was
+    measured; 2 when NaN samples made cells invalid (and no regression decided it); else 0."""
     a, b = load_side(old), load_side(new)
     log(f"old: {len(a.files)} file(s), machine {', '.join(sorted(a.machines))}")
     log(f"new: {len(b.files)} file(s), machine {', '.join(sorted(b.machines))}")
     if a.machines != b.machines:
         log("note: the two sides ran on different machines; cells are paired all the same")
-    pooled = sum(p.runs > 1 for s in (a, b) for p in s.cells.values())
+    ests = {r.estimator for r in a.runs + b.runs}
+    estimator = b.runs[0].estimator if len({r.estimator for r in b.runs}) == 1 else "median"
+    if len(ests) > 1:
+        log(f"note: the runs' headline estimators differ ({', '.join(sorted(ests))}); both sides "
+            f"are judged with the {estimator} ({stats.ESTIMATORS.get(estimator, ('', estimator))[1]})")
+    for name, s in (("old", a), ("new", b)):
+        for r in s.runs:
+            if not r.probe_s:
+                log(f"note: {name} {Path(r.path).name} has no noise probe (a v1 file, or run without "
+                    "one): its noise floor is unknown")
+            else:
+                log(f"{name} {Path(r.path).name}: noise {r.verdict or '?'}, probe best "
+                    f"{r.best_gflops or 0:.0f} GFLOP/s, floor {_pct(r.floor or 0)}, "
+                    f"contended {_pct(r.contended or 0)} of rounds")
+    if normalize and not all(r.probe_s for r in a.runs + b.runs):
+        raise ResultsError("--normalize needs every run's noise probe; "
+                           + ", ".join(Path(r.path).name for r in a.runs + b.runs if not r.probe_s)
+                           + " has none (a v1 file, or run without a probe)")
+    if normalize:  # the minimum of time/probe would pick the rounds whose probe was unluckily
+        estimator = "median"  # slow; the median of the per-round quotients is robust to both tails
+    speeds = machine_speeds(a, b)
+    if speeds:
+        log(f"note: {speeds}" + ("; normalised by each round's probe time" if normalize else ""))
+    pooled = sum(len(p.runs) > 1 for s in (a, b) for p in s.cells.values())
     if pooled:
-        log(f"note: {pooled} cell(s) were measured in several runs on one side; their samples are pooled")
+        log(f"note: {pooled} cell(s) were measured in several runs on one side; runs are resampled "
+            "in the interval")
 
-    pairs: list[Pair] = []
+    entries: list[dict[str, Any]] = []
+    rows: list[list[str]] = []
     not_ok: list[list[str]] = []
+    counts = {k: 0 for k in ("slower", "faster", "unchanged", "inconclusive", "incomparable", "failed")}
+    regress: list[str] = []
+    nan_cells: list[str] = []
+
+    def entry(c: Cell, mark: str, v: Verdict | None = None, **extra: Any) -> None:
+        counts[mark] += 1
+        e = {"backend": c.backend, "mode": c.mode, "preset": c.preset, "batch": c.batch,
+             "seq_len": c.seq_len, "device": c.device, "precision": c.precision, "mark": mark,
+             "ratio": _fnum(v.ratio) if v else None,
+             "ci": [_fnum(v.lo), _fnum(v.hi)] if v and math.isfinite(v.lo) else None,
+             "p": _fnum(v.p) if v else None, "old_s": _fnum(v.old_s) if v else None,
+             "new_s": _fnum(v.new_s) if v else None, "reason": v.reason if v else "",
+             "regression": bool(v.regression) if v else False, **extra}
+        entries.append(e)
+
+    # between-unit (process, run) variance pooled over every cell measured on both sides:
+    # two processes a side give one cell almost no degrees of freedom, all cells together many
+    ss, df = 0.0, 0
+    for key, po in a.cells.items():
+        pn = b.cells.get(key)
+        if pn is not None and po.ok and pn.ok:
+            s1, d1 = sig.unit_spread(po.side(normalize), pn.side(normalize), estimator)
+            ss, df = ss + s1, df + d1
+    pooled_var = (ss / df, df) if df else None
+
     for key, po in a.cells.items():
         pn = b.cells.get(key)
         if pn is None:
             continue
         c = po.cell
+        for side, pl in (("old", po), ("new", pn)):
+            if any(r.status == "nan" and r.error.startswith("sample") for r in pl.runs):
+                nan_cells.append(f"{side} {c.label()}")
         if po.ok and pn.ok:
-            pairs.append(Pair(po, pn, *judge(po.samples, pn.samples, threshold)))
+            v = judge(po, pn, threshold=threshold, estimator=estimator, normalize=normalize,
+                      speeds_differ=speeds, pooled_var=pooled_var)
+            if pn.noisy and not po.noisy:
+                v.regression = True
+                regress.append(f"{c.label()} noisy (new)")
+            if v.mark == "slower":
+                regress.append(f"{c.label()} slower")
+            entry(c, v.mark, v, old_status=po.status(), new_status=pn.status())
+            fmt = (lambda x: f"{x:.4g}" if math.isfinite(x) else "-") if normalize else fmt_time
+            rows.append([c.backend, c.mode, c.preset, str(c.batch), fmt(v.old_s), fmt(v.new_s),
+                         f"{v.ratio:.3f} [{v.lo:.3f}, {v.hi:.3f}]", f"{v.p:.3g}",
+                         v.mark.upper() if v.mark == "slower" else v.mark, v.reason])
             continue
+        reg = po.ok and not pn.ok
+        if reg:
+            regress.append(f"{c.label()} failed ({pn.status().split(':')[0]})")
+        entry(c, "failed", Verdict("failed", reason=f"old {po.status()}; new {pn.status()}", regression=reg),
+              old_status=po.status(), new_status=pn.status())
         not_ok.append([c.backend, c.mode, c.preset, str(c.batch), po.status(), pn.status()])
 
     incomparable: list[list[str]] = []
@@ -184,29 +540,30 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
         cands = by_loose.get(_loose_id(c), [])
         if cands:
             pn = cands.pop(0)
-            incomparable.append([c.backend, c.mode, c.preset, str(c.batch), differences(po, pn)])
+            why = differences(po, pn)
+            incomparable.append([c.backend, c.mode, c.preset, str(c.batch), why])
+            entry(c, "incomparable", Verdict("incomparable", reason=why))
         else:
             only.append([c.backend, c.mode, c.preset, str(c.batch), "old only"])
+            entry(c, "incomparable", Verdict("incomparable", reason="old only"))
+            counts["incomparable"] -= 1  # listed apart from changed cells in the summary line
     for rest in by_loose.values():
         for pn in rest:
             c = pn.cell
             only.append([c.backend, c.mode, c.preset, str(c.batch), "new only"])
+            entry(c, "incomparable", Verdict("incomparable", reason="new only"))
+            counts["incomparable"] -= 1
+    new_cells = list(b.cells.values())
+    if new_cells and not any(p.ok for p in new_cells):
+        regress.insert(0, "no new cell was measured")
 
-    counts = {"slower": 0, "faster": 0, "unchanged": 0}
-    if pairs:
-        rows = []
-        for pr in pairs:
-            c = pr.old.cell
-            counts[pr.mark] += 1
-            mo, mn = float(np.median(pr.old.samples)), float(np.median(pr.new.samples))
-            rows.append([c.backend, c.mode, c.preset, str(c.batch), fmt_time(mo), fmt_time(mn),
-                         f"{pr.ratio:.3f} [{pr.lo:.3f}, {pr.hi:.3f}]", f"{pr.p:.3g}",
-                         pr.mark.upper() if pr.mark == "slower" else pr.mark])
+    if rows:
         log("")
-        log(f"per-step time, median of samples (new/old ratio > 1 is slower; threshold "
-            f"{threshold:.0%}, p < {ALPHA}, 95% bootstrap CI):")
-        for ln in _table(["backend", "mode", "preset", "batch", "old median", "new median",
-                          "ratio [95% CI]", "p", "mark"], rows, {3, 4, 5, 6, 7}):
+        log((f"per-step time / the same round's probe time, {estimator} over the clean rounds" if normalize
+             else f"per-step time, {estimator} of the clean rounds")
+            + f" (new/old ratio > 1 is slower; threshold {threshold:.0%}, 95% hierarchical bootstrap CI):")
+        for ln in _table(["backend", "mode", "preset", "batch", "old", "new", "ratio [95% CI]", "p",
+                          "mark", "why"], rows, {3, 4, 5, 6, 7}):
             log(ln)
     if not_ok:
         log("")
@@ -225,7 +582,24 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
             log(ln)
     log("")
     log(f"{counts['slower']} slower, {counts['faster']} faster, {counts['unchanged']} unchanged, "
-        f"{len(incomparable)} incomparable"
-        + (f", {len(not_ok)} not ok" if not_ok else "")
+        f"{counts['inconclusive']} inconclusive, {counts['incomparable']} incomparable"
+        + (f", {counts['failed']} not ok" if counts["failed"] else "")
         + (f", {len(only)} on one side only" if only else ""))
-    return 1 if fail_on_regression and counts["slower"] else 0
+    if counts["inconclusive"]:
+        log(f"note: {counts['inconclusive']} inconclusive cell(s) are neither passed nor failed; to decide "
+            "them, re-run on a quieter machine, with more --processes, or give several runs a side")
+    if json_path is not None:
+        out = write_json(json_path, {
+            "schema": "lstmbench.compare", "schema_version": 1, "old": a.files, "new": b.files,
+            "threshold": threshold, "estimator": estimator, "normalize": normalize,
+            "unit": "round time / probe time" if normalize else "seconds per step",
+            "machines_differ": speeds, "counts": counts,
+            "regressions": regress, "cells": entries})
+        log(f"wrote {out}")
+    if fail_on_regression and regress:
+        log(f"regression: {'; '.join(regress[:5])}" + (f" and {len(regress) - 5} more" if len(regress) > 5 else ""))
+        return 1
+    if nan_cells:
+        raise ResultsError(f"{len(nan_cells)} cell(s) hold NaN samples ({nan_cells[0]}): invalid "
+                           "measurements; re-run them")
+    return 0

@@ -1,15 +1,22 @@
-"""Which Python interpreter runs each backend, and `lstmbench setup` for the environments the
-harness builds itself (chainer needs NumPy < 2, so it cannot share the main environment).
+"""Which Python interpreter runs each backend, the environment its worker gets, and
+`lstmbench setup` for the environments the harness builds itself (chainer needs NumPy < 2, so
+it cannot share the main environment).
 
 Resolution order for a backend whose environment is E:
   1. --python BACKEND=INTERPRETER on the command line
   2. the variable LSTMBENCH_PYTHON_<E> (e.g. LSTMBENCH_PYTHON_CHAINER)
-  3. E == "main": this interpreter
-  4. the environments the README's set-up creates: .venv-<E> (lstmbench setup), .tox/<E> (tox)
+  3. E == "main", or this interpreter can import the backend's framework: this interpreter
+  4. .venv-<E> (lstmbench setup) or .tox/<E> (tox) in the working directory or a parent of it,
+     up to the checkout's root (a pyproject.toml naming lstmbench, or a git root); the checkout
+     the code runs from when it is one (an editable install)
+  5. the user data folder: $XDG_DATA_HOME/lstmbench/venv-<E> (~/.local/share/lstmbench/...)
+Never the installed package's folder: in a non-editable install that is site-packages.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -17,7 +24,9 @@ from pathlib import Path
 
 from impls.registry import BACKENDS, BackendError, get_spec
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository root
+# The folder holding the imported `harness` and `impls` packages: the checkout in an editable
+# install or a source tree, site-packages in a non-editable one (never look for environments here).
+ROOT = Path(__file__).resolve().parent.parent
 
 # environment name -> (pip arguments in order, each list one `pip install` call)
 RECIPES: dict[str, list[list[str]]] = {
@@ -51,8 +60,80 @@ def parse_python_overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _is_lstmbench_checkout(d: Path) -> bool:
+    """A source tree of this project: its pyproject.toml names the project lstmbench."""
+    try:
+        text = (d / "pyproject.toml").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""^\s*name\s*=\s*["']lstmbench["']""", text, re.M) is not None
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The lstmbench checkout holding `start` (default: the working directory), or None."""
+    here = (start or Path.cwd()).resolve()
+    for d in [here, *here.parents]:
+        if _is_lstmbench_checkout(d):
+            return d
+        if (d / ".git").exists():
+            return None  # another project's root: not ours
+    return None
+
+
+def _search_dirs() -> list[Path]:
+    """The working directory and its parents up to a checkout's or a git root."""
+    out: list[Path] = []
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the working directory was removed
+        return out
+    home = Path.home().resolve()
+    for d in [here, *here.parents]:
+        out.append(d)
+        if _is_lstmbench_checkout(d) or (d / ".git").exists() or d == home:
+            break
+    return out
+
+
+def data_dir() -> Path:
+    """The user data folder for environments lstmbench builds outside a checkout."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lstmbench"
+
+
 def env_candidates(env: str) -> list[Path]:
-    return [ROOT / f".venv-{env}" / "bin" / "python", ROOT / ".tox" / env / "bin" / "python"]
+    """Interpreters that may hold environment `env`, in order of preference."""
+    dirs = _search_dirs()
+    if _is_lstmbench_checkout(ROOT) and ROOT not in dirs:  # an editable install used from elsewhere
+        dirs.append(ROOT)
+    out = [c for d in dirs for c in (d / f".venv-{env}" / "bin" / "python", d / ".tox" / env / "bin" / "python")]
+    out.append(data_dir() / f"venv-{env}" / "bin" / "python")
+    return out
+
+
+def _can_import_here(spec: "object") -> bool:
+    """This interpreter has the backend's framework (e.g. run inside chainer's own env), and
+    the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside NumPy 2
+    cannot load, and a proper environment elsewhere is then the better choice."""
+    name = getattr(spec, "framework", "")
+    if not name:
+        return False
+    try:
+        if importlib.util.find_spec(name) is None:
+            return False
+    except (ImportError, ValueError):
+        return False
+    from importlib import metadata
+    for req in (r for step in RECIPES.get(getattr(spec, "env", ""), []) for r in step):
+        m = re.fullmatch(r"numpy<(\d+)", req)
+        if m:
+            try:
+                major = int(metadata.version("numpy").split(".")[0])
+            except (metadata.PackageNotFoundError, ValueError):
+                return False
+            if major >= int(m.group(1)):
+                return False
+    return True
 
 
 def interpreter_for(backend: str, overrides: dict[str, str] | None = None) -> str:
@@ -63,34 +144,99 @@ def interpreter_for(backend: str, overrides: dict[str, str] | None = None) -> st
     var = f"LSTMBENCH_PYTHON_{spec.env.upper()}"
     if os.environ.get(var):
         return os.environ[var]
-    if spec.env == "main":
+    if spec.env == "main" or _can_import_here(spec):
         return sys.executable
     for cand in env_candidates(spec.env):
         if cand.is_file():
             return str(cand)
     raise BackendError(f"backend {backend} needs its own environment ({spec.env}, NumPy < 2) and "
-                       f"none was found; run `lstmbench setup {spec.env}` or pass "
-                       f"--python {backend}=/path/to/python")
+                       f"none was found (looked for .venv-{spec.env} and .tox/{spec.env} from the "
+                       f"working directory up, and {data_dir() / f'venv-{spec.env}'}); run "
+                       f"`lstmbench setup {spec.env}` or pass --python {backend}=/path/to/python")
 
 
-def worker_env(threads: int | None) -> dict[str, str]:
-    """Environment for a worker: the repo importable, thread pools pinned alike everywhere."""
+def code_root() -> Path:
+    """The folder holding the `harness` package this process imported."""
+    import harness
+    return Path(harness.__file__).resolve().parent.parent
+
+
+def _is_site_dir(d: Path) -> bool:
+    return d.name in ("site-packages", "dist-packages")
+
+
+def worker_env(threads: int | None, backend: str | None = None,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a worker: the same `harness`/`impls` code as this process importable,
+    thread pools pinned alike everywhere, the backend spec's env_vars (KERAS_BACKEND=jax, set
+    before any import), then `extra` (OMP_WAIT_POLICY). In a non-editable install the code's
+    folder is site-packages, which must not reach another environment's path (it would bring
+    NumPy 2 into chainer's): the worker then loads the two packages by location instead
+    (pool.Worker's bootstrap), and LSTMBENCH_CODE_ROOT names that folder."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    root = code_root()
+    env["LSTMBENCH_CODE_ROOT"] = str(root)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != root]
+    env["PYTHONPATH"] = os.pathsep.join(rest if _is_site_dir(root) else [str(root), *rest])
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
+    if backend:
+        try:
+            env.update(getattr(get_spec(backend), "env_vars", None) or {})
+        except BackendError:
+            pass  # "probe" and other non-backend participants
+    env.update(extra or {})
     return env
 
 
+_BOOT = """\
+import importlib.util, os, sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+root = os.environ.get("LSTMBENCH_CODE_ROOT")
+for name in ("impls", "harness"):
+    d = os.path.join(root or "", name)
+    if root and os.path.isfile(os.path.join(d, "__init__.py")) and name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(d, "__init__.py"),
+                                                      submodule_search_locations=[d])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+"""
+
+
+def bootstrap_code(entry: str) -> str:
+    """Python source for `python -c` in another interpreter: load `harness` and `impls` from
+    LSTMBENCH_CODE_ROOT (set by worker_env) by location, so that interpreter runs this
+    process's code without that folder (site-packages in a non-editable install, with NumPy 2
+    in it) joining its sys.path; then run `entry`."""
+    return _BOOT + entry + "\n"
+
+
+def harness_command(python: str, *args: str) -> list[str]:
+    """`lstmbench ARGS` in interpreter `python`, on this process's code; run it with
+    env=worker_env(...). (`python -m harness` would import whatever `harness` that
+    interpreter's path or working directory holds, or none: chainer's env has no lstmbench.)"""
+    return [python, "-c", bootstrap_code("from harness.cli import main\nsys.exit(main())"), *args]
+
+
+def setup_dir(env_name: str) -> Path:
+    """Where `lstmbench setup ENV` builds: the checkout's .venv-ENV when the working directory
+    is in a checkout, else the user data folder; never beside the installed package."""
+    root = project_root()
+    return root / f".venv-{env_name}" if root is not None else data_dir() / f"venv-{env_name}"
+
+
 def setup(env_name: str, *, log=print) -> Path:
-    """Create (or update) .venv-<env_name> with its recipe; idempotent."""
+    """Create (or update) the environment at setup_dir(env_name) with its recipe; idempotent."""
     if env_name not in RECIPES:
         raise UsageError(f"no environment named {env_name!r} to set up; choose from {', '.join(RECIPES)} "
                          "(the main environment is this one: pip install -e '.[torch,tensorflow,jax]')")
-    where = ROOT / f".venv-{env_name}"
+    where = setup_dir(env_name)
     py = where / "bin" / "python"
     if not py.exists():
         log(f"creating {where}")

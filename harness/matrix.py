@@ -14,6 +14,8 @@ optional batch sizes; it expands to cells for each chosen backend. File form (TO
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,22 @@ from .envs import UsageError
 
 @dataclass(frozen=True)
 class Matrix:
-    name: str  # matrix name, stored in the results
+    name: str  # matrix name, stored in the results and part of the results file's name
     groups: list[dict[str, Any]]  # each: preset or sizes, modes, batch sweep, seq_len
-    min_time: float = 1.0  # timed seconds per cell
-    min_rounds: int = 5  # timed rounds per cell, at least
-    max_rounds: int = 30  # timed rounds per cell, at most
-    timeout: float = 600.0  # seconds before a cell is recorded as hung and its worker killed
+    min_time: float = 1.0  # pytest-benchmark route: timed seconds per cell
+    min_rounds: int = 5  # pytest-benchmark route: timed rounds per cell, at least
+    max_rounds: int = 30  # pytest-benchmark route: timed rounds per cell, at most
+    timeout: float = 600.0  # seconds before a prepare or round is recorded as hung, worker killed
     default_backends: tuple[str, ...] = field(default=())  # () = every benchmarkable backend
+    rounds: int = 30  # `run`: interleaved timed rounds per workload and worker process
+    min_clean: int = 10  # `run`: clean rounds a cell needs, else it is re-measured, then noisy
+    extra_rounds: int = 60  # `run`: at most this many re-measurement rounds per workload
+    extra_time: float = 20.0  # `run`: ... and at most this many seconds of them
+    processes: int = 2  # `run`: worker sets per workload unless --processes says otherwise
+    workload_time: float = 60.0  # `run`: seconds of base rounds per workload, at most
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
     def cells(self, backends: list[str], device: str, precision: str) -> list[Cell]:
         out: list[Cell] = []
@@ -51,7 +62,70 @@ class Matrix:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "groups": self.groups, "min_time": self.min_time,
-                "min_rounds": self.min_rounds, "max_rounds": self.max_rounds, "timeout": self.timeout}
+                "min_rounds": self.min_rounds, "max_rounds": self.max_rounds, "timeout": self.timeout,
+                "rounds": self.rounds, "min_clean": self.min_clean, "extra_rounds": self.extra_rounds,
+                "extra_time": self.extra_time, "processes": self.processes,
+                "workload_time": self.workload_time}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Matrix":
+        """The inverse of to_dict (a results file's or journal's matrix), validated."""
+        if not isinstance(d, dict) or "name" not in d or "groups" not in d:
+            raise UsageError("the stored matrix has no name or groups; the file is not a run's")
+        known = set(SETTINGS) | {"name", "groups"}
+        return Matrix(**{k: v for k, v in d.items() if k in known})
+
+
+# setting -> (type, what it must be); validated for built-in and file matrices alike
+SETTINGS: dict[str, tuple[type, str]] = {
+    "min_time": (float, "seconds > 0"), "timeout": (float, "seconds > 0"),
+    "extra_time": (float, "seconds >= 0"), "workload_time": (float, "seconds > 0"),
+    "min_rounds": (int, "an integer > 0"), "max_rounds": (int, "an integer > 0"),
+    "rounds": (int, "an integer > 0"), "min_clean": (int, "an integer > 0"),
+    "extra_rounds": (int, "an integer >= 0"), "processes": (int, "an integer > 0"),
+}
+GROUP_KEYS = {"preset", "name", "modes", "batch", "seq_len", "gen_len", "vocab_size", "hidden_size",
+              "num_layers", "input", "embed_size", "dropout"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _validate(m: "Matrix") -> None:
+    """Every field checked, one line each: a bad matrix never reaches a worker."""
+    if not isinstance(m.name, str) or not _NAME_RE.match(m.name) or ".." in m.name:
+        raise UsageError(f"matrix name {m.name!r} is not allowed: use letters, digits, '_', '-' "
+                         "and '.' (it becomes part of the results file's name, never a path)")
+    for key, (typ, what) in SETTINGS.items():
+        v = getattr(m, key)
+        ok_type = (isinstance(v, int) and not isinstance(v, bool)) if typ is int else \
+            (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        if not ok_type or not (v >= 0 if ">= 0" in what else v > 0):
+            raise UsageError(f"matrix {m.name}: {key} = {v!r} is invalid; it must be {what}")
+    if m.min_rounds > m.max_rounds:
+        raise UsageError(f"matrix {m.name}: min_rounds = {m.min_rounds} exceeds max_rounds = {m.max_rounds}")
+    if not isinstance(m.groups, list) or not m.groups:
+        raise UsageError(f"matrix {m.name}: needs at least one group")
+    for i, g in enumerate(m.groups, 1):
+        if not isinstance(g, dict):
+            raise UsageError(f"matrix {m.name}: group {i} is not a table")
+        unknown = sorted(set(g) - GROUP_KEYS)
+        if unknown:
+            raise UsageError(f"matrix {m.name}: group {i} has unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(GROUP_KEYS))}")
+        modes = g.get("modes", list(MODES))
+        if not isinstance(modes, list) or not modes or any(md not in MODES for md in modes):
+            raise UsageError(f"matrix {m.name}: group {i} modes = {modes!r}; give a list from {', '.join(MODES)}")
+        batch = g.get("batch", [1])
+        if not isinstance(batch, list) or not batch or not all(_pos_int(b) for b in batch):
+            raise UsageError(f"matrix {m.name}: group {i} batch = {batch!r}; give a list of integers > 0")
+        for k in ("seq_len", "gen_len", "vocab_size", "hidden_size", "num_layers", "embed_size"):
+            if k in g and not _pos_int(g[k]):
+                raise UsageError(f"matrix {m.name}: group {i} {k} = {g[k]!r}; it must be an integer > 0")
+        if "preset" not in g and not ("vocab_size" in g and "hidden_size" in g):
+            raise UsageError(f"matrix {m.name}: group {i} needs a preset or vocab_size and hidden_size")
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _group_preset(g: dict[str, Any]) -> Preset:
@@ -75,7 +149,8 @@ SMOKE_SIZES = {"vocab_size": 65, "hidden_size": 32, "num_layers": 1}
 MATRICES: dict[str, Matrix] = {
     "smoke": Matrix("smoke", [{"name": "smoke", **SMOKE_SIZES, "seq_len": 16, "batch": [8],
                                "gen_len": 30, "modes": list(MODES)}],
-                    min_time=0.2, min_rounds=3, max_rounds=10, timeout=180),
+                    min_time=0.2, min_rounds=3, max_rounds=10, timeout=180, rounds=30,
+                    extra_rounds=30, extra_time=5.0, processes=1, workload_time=15.0),
     "default": Matrix("default", [
         {"preset": "polstm", "modes": list(MODES)},
         {"preset": "char-rnn", "modes": list(MODES)},
@@ -83,7 +158,8 @@ MATRICES: dict[str, Matrix] = {
         {"preset": "tutorial", "modes": ["train", "eval"]},
         # the batch sweep: char-rnn's sizes, B from 1 to 128 (B = 50 is in its group above)
         {"preset": "char-rnn", "modes": ["train"], "batch": [1, 8, 128]},
-    ], min_time=1.0, min_rounds=3, max_rounds=20, timeout=300),
+    ], min_time=1.0, min_rounds=3, max_rounds=20, timeout=300, rounds=20, extra_rounds=40,
+        extra_time=15.0, workload_time=40.0),
     "gpu": Matrix("gpu", [
         {"preset": "polstm", "modes": list(MODES)},
         {"preset": "char-rnn", "modes": list(MODES)},
@@ -122,5 +198,14 @@ def load_matrix(name_or_path: str) -> Matrix:
         raise UsageError(f"matrix file {p} cannot be parsed ({type(e).__name__}: {e})".splitlines()[0]) from None
     if not isinstance(d, dict) or not isinstance(d.get("group"), list) or not d["group"]:
         raise UsageError(f"matrix file {p} needs at least one [[group]] table")
-    known = {"min_time", "min_rounds", "max_rounds", "timeout"}
-    return Matrix(d.get("name", p.stem), d["group"], **{k: v for k, v in d.items() if k in known})
+    unknown = sorted(set(d) - set(SETTINGS) - {"name", "group"})
+    if unknown:
+        raise UsageError(f"matrix file {p}: unknown key(s) {', '.join(unknown)}; "
+                         f"known: name, group, {', '.join(SETTINGS)}")
+    settings = {k: v for k, v in d.items() if k in SETTINGS}
+    return Matrix(d.get("name", _stem_name(p)), d["group"], **settings)
+
+
+def _stem_name(p: Path) -> str:
+    """A file's stem as a matrix name: characters outside the allowed set become '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", p.stem).strip("-.") or "matrix"

@@ -1,101 +1,269 @@
 """The harness's side of the worker protocol (harness/worker.py): start a worker in a given
 interpreter, send a request, wait for its answer with a timeout, and notice a worker that
-died or hung, so the caller can record that cell and start a fresh worker."""
+died, hung or answered nonsense, so the caller can record that cell and start a fresh worker.
+
+The channel: requests go to the worker's stdin; answers come back, one JSON object per line,
+on a pipe of their own (the worker's fd LSTMBENCH_PROTO_FD, passed with pass_fds). The
+worker's stdout and stderr go to a log file, so nothing a library prints (from Python or from
+C, before or after the worker starts) can reach the protocol. The log is an anonymous
+temporary file (unlinked at birth): it can never be left behind; its tail goes into errors.
+
+Workers never outlive the harness: each runs in its own process group (Ctrl-C in a terminal
+reaches only the harness), which is killed on close(), when a request is interrupted, at
+exit (atexit) and on a second Ctrl-C (signals.on_second_signal); the kernel kills a worker
+whose parent died (PR_SET_PDEATHSIG, set between fork and exec), even after a SIGKILL."""
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import os
-import selectors
+import select
+import signal
 import subprocess
+import sys
 import tempfile
 import time
-from typing import Any
+import weakref
+from typing import Any, Callable
 
-from .envs import ROOT, worker_env
+from .envs import bootstrap_code, worker_env
+from .failures import classify_message
+
+# Run in the worker's interpreter: `harness` and `impls` loaded from the folder this process
+# imported them from, by location (envs.bootstrap_code), then the worker's loop.
+_BOOT = bootstrap_code("from harness.worker import main\nmain()")
+
+MAX_LINE = 256 << 20  # an answer this long without a newline is not an answer
 
 
 class WorkerFailed(Exception):
-    """The worker died or timed out; `kind` is "crash", "timeout", "oom" or "killed"."""
+    """The worker died, hung, or answered something that is not an answer; `kind` is one of
+    "crash", "killed", "timeout", "oom", "malformed". The worker is gone: start a new one."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up in the parent (nothing is loaded between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+_live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+
+
+def kill_all() -> None:
+    """SIGKILL every live worker's process group now (at exit, on a second Ctrl-C); no waiting."""
+    for w in list(_live):
+        w._killpg()
+
+
+atexit.register(kill_all)
+try:
+    from .signals import on_second_signal
+    on_second_signal(kill_all)
+except ImportError:  # pragma: no cover - signals.py ships with this file
+    pass
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    prctl = _PRCTL
+
+    def setup() -> None:  # in the child, between fork and exec: no imports, no allocation
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return setup
+
+
 class Worker:
-    def __init__(self, python: str, threads: int | None) -> None:
+    """One worker process in interpreter `python`. `backend` gives the spec's env_vars to its
+    environment, `extra_env` more variables (OMP_WAIT_POLICY)."""
+
+    def __init__(self, python: str, threads: int | None, *, backend: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.python, self.threads = python, threads
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="lstmbench-worker-", suffix=".log",
-                                               delete=False)
-        self.proc = subprocess.Popen(
-            [python, "-m", "harness.worker"], cwd=ROOT, env=worker_env(threads),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            bufsize=1, start_new_session=True)  # its own group: Ctrl-C reaches only us
-        self._sel = selectors.DefaultSelector()
-        assert self.proc.stdout is not None
-        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self._buf = bytearray()
+        self._closed = False
+        # anonymous: unlinked as it is made, so no /tmp/lstmbench-worker-*.log is ever left
+        self.log = tempfile.TemporaryFile("w+b", prefix="lstmbench-worker-", suffix=".log")
+        r, w = os.pipe()
+        env = worker_env(threads, backend=backend, extra=extra_env)
+        env["LSTMBENCH_PROTO_FD"] = str(w)
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-c", _BOOT], env=env, stdin=subprocess.PIPE, stdout=self.log,
+                stderr=self.log, pass_fds=(w,), start_new_session=True,  # Ctrl-C reaches only us
+                preexec_fn=_child_setup(os.getpid()))
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            self.log.close()
+            raise
+        os.close(w)  # the worker holds the only write end: EOF here means it is gone
+        self._fd = r
+        _live.add(self)
+
+    # ---- the log -------------------------------------------------------------------------
 
     def stderr_tail(self, n: int = 3) -> str:
-        self.log.flush()
+        """The last `n` non-blank lines the worker printed, joined by " | "."""
         try:
-            with open(self.log.name, errors="replace") as f:
-                lines = [ln.rstrip() for ln in f if ln.strip()]
-        except OSError:
+            fd = self.log.fileno()
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, min(size, 65536), max(0, size - 65536))  # offset untouched
+        except (OSError, ValueError):
             return ""
+        lines = [ln.rstrip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
         return " | ".join(lines[-n:])
 
+    # ---- requests ------------------------------------------------------------------------
+
     def request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one request; the answer dict, or WorkerFailed (and the worker is gone)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        """Send one request; the answer dict ({"ok": True, ...} or {"ok": False, "kind": "oom" |
+        "error", "error": ONE_LINE, "traceback": ...}), or WorkerFailed (and the worker is gone)."""
+        if self._closed:
+            raise WorkerFailed("crash", "the worker was closed")
+        if self.proc.poll() is not None:
+            raise self._died()
+        assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died() from None
+        except BaseException:
+            self.kill()
+            raise
+        try:
+            return self._await(timeout)
+        except BaseException as e:  # Ctrl-C/SIGTERM mid-request: the worker goes with it
+            if not isinstance(e, WorkerFailed):
+                self.kill()
+            raise
+
+    def _await(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line, rest = bytes(self._buf[:nl]), bytes(self._buf[nl + 1:])
+                self._buf = bytearray()
+                ans = self._parse(line)  # WorkerFailed("malformed") when it is not an answer
+                if rest.strip():  # one request, one answer: the channel is out of step
+                    self.kill()
+                    raise WorkerFailed("malformed", f"the worker sent more than one answer: "
+                                                    f"{rest[:120]!r} after {line[:120]!r}")
+                return ans
+            if len(self._buf) > MAX_LINE:
+                self.kill()
+                raise WorkerFailed("malformed", f"the worker's answer exceeds {MAX_LINE} bytes without a line end")
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
                 raise WorkerFailed("timeout", f"no answer within {timeout:.0f} s; worker killed")
-            if self._sel.select(timeout=min(left, 1.0)):
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise self._died()
-                return json.loads(line)
-            if self.proc.poll() is not None:
+            ready, _, _ = select.select([self._fd], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(self._fd, 1 << 16)
+                if chunk:
+                    self._buf += chunk
+                    continue
+                if self._buf.strip():  # EOF in the middle of an answer
+                    part = bytes(self._buf[:120])
+                    died = self._died()
+                    raise WorkerFailed("malformed", f"truncated answer {part!r}; {died}")
                 raise self._died()
+            if self.proc.poll() is not None and not select.select([self._fd], [], [], 0)[0]:
+                raise self._died()
+
+    def _parse(self, line: bytes) -> dict[str, Any]:
+        try:
+            ans = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.kill()
+            raise WorkerFailed("malformed", f"the worker's answer is not JSON ({e}): {line[:120]!r}") from None
+        if not isinstance(ans, dict) or not isinstance(ans.get("ok"), bool):
+            self.kill()
+            raise WorkerFailed("malformed", f"the worker's answer is not an answer object: {line[:120]!r}")
+        if not ans["ok"]:
+            err = str(ans.get("error") or "").strip()
+            ans["error"] = err.splitlines()[0] if err else "the worker gave no reason"
+            if ans.get("kind") not in ("oom", "error"):
+                ans["kind"] = classify_message(ans["error"])
+        return ans
 
     def _died(self) -> WorkerFailed:
         code = self.proc.wait()
+        _live.discard(self)
         tail = self.stderr_tail()
-        if "MemoryError" in tail or "out of memory" in tail.lower():
+        if classify_message(tail) == "oom":
             kind = "oom"
-        elif code == -9:  # SIGKILL: the kernel's out-of-memory killer, or someone's kill -9
+        elif code == -signal.SIGKILL:  # the kernel's out-of-memory killer, or someone's kill -9
             kind = "killed"
         else:
             kind = "crash"
         return WorkerFailed(kind, f"worker exited with status {code}" + (f": {tail}" if tail else ""))
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
+    # ---- ending ----------------------------------------------------------------------------
+
+    def _killpg(self) -> None:
+        if self.proc.returncode is None:  # not yet reaped: the group id is still ours
             try:
-                os.killpg(self.proc.pid, 9)
+                os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (it and anything it started) and reap it."""
+        self._killpg()
+        try:
             self.proc.wait()
+        except BaseException:  # interrupted while reaping: the kill was sent, that is enough
+            pass
+        _live.discard(self)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write('{"op": "exit"}\n')
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
-        self.log.close()
+        """Ask the worker to exit (SIGKILL after 10 s); release the pipe and the log. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
+            if self.proc.poll() is None:
+                try:
+                    assert self.proc.stdin is not None
+                    self.proc.stdin.write(b'{"op": "exit"}\n')
+                    self.proc.stdin.close()
+                    self.proc.wait(timeout=10)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    pass
+            self.kill()  # its group too: anything it left running
+        finally:
+            for f in (self.proc.stdin,):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError:
+                    pass
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self.log.close()
+            _live.discard(self)
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

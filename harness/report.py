@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import html
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,12 +23,17 @@ import numpy as np
 from impls import registry
 from impls.config import ConfigError, flops_per_char, get_preset
 
+from . import significance as sig
 from .bench import Cell
-from .results import ResultsError, expand_paths, load_results
+from .compare import Run, RunCell, read_run
+from .envs import UsageError
+from .stats import CLEAN_FACTOR
+from .results import ResultsError, expand_paths
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")  # as in harness.check
 PLOTS = {"throughput_batch.png", "throughput.png", "efficiency.png", "generate_latency.png",
-         "first_step.png", "memory.png"}
+         "first_step.png", "memory.png", "noise.png"}
+MANIFEST = ".lstmbench-report.json"  # what a report wrote into its folder (name -> sha256)
 _BACKEND_ORDER = list(registry.BACKENDS)
 
 
@@ -36,7 +44,7 @@ class Entry:
     """One cell as measured in one context (machine, device, precision); runs pooled."""
     cell: Cell
     context: tuple[str, str, str, Any]  # machine slug, device, precision, threads
-    samples: list[float] = field(default_factory=list)
+    measured: list[RunCell] = field(default_factory=list)  # runs that timed it
     first_steps: list[float] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)  # matmul peak GFLOP/s of each ok run
     rss: list[int] = field(default_factory=list)
@@ -47,32 +55,61 @@ class Entry:
     # derived, filled by finish()
     label: str = ""
     group: str = ""
+    estimate_s: float = math.nan  # the headline seconds per step
+    lo_s: float = math.nan  # its 95% interval
+    hi_s: float = math.nan
     cps: float = math.nan
     cps_lo: float = math.nan
     cps_hi: float = math.nan
     us_per_char: float = math.nan
     us_lo: float = math.nan
     us_hi: float = math.nan
+    noisy: bool = False
+    estimator: str = "median"
+
+    @property
+    def samples(self) -> list[float]:
+        return [s["s"] for r in self.measured for s in r.samples]
+
+    @property
+    def clean_rounds(self) -> int:
+        return sum(s["clean"] for r in self.measured for s in r.samples)
 
     @property
     def ok(self) -> bool:
-        return bool(self.samples)
+        return bool(self.measured) and math.isfinite(self.estimate_s) and self.estimate_s > 0
 
     def finish(self, label: str) -> None:
         c = self.cell
         self.label = label
         self.group = f"{c.preset} {c.mode}" + ("" if c.mode == "generate" else f" B{c.batch}")
-        if not self.ok:
+        if not self.measured:
             return
-        q25, q50, q75 = np.percentile(self.samples, [25, 50, 75])
+        self.noisy = any(r.noisy for r in self.measured)
+        self.estimator = self.measured[0].run.estimator
+        one = self.measured[0].result if len(self.measured) == 1 else {}
+        est, ci = one.get("estimate_s"), one.get("ci_s")
+        if (isinstance(est, (int, float)) and math.isfinite(est) and est > 0 and isinstance(ci, list)
+                and len(ci) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci)):
+            self.estimate_s, self.lo_s, self.hi_s = float(est), float(ci[0]), float(ci[1])
+        else:  # v1, or runs pooled: the estimator over the clean rounds, bootstrap interval
+            side = [r.values() for r in self.measured]
+            self.estimate_s = sig.estimate(sig.pooled(side), self.estimator)
+            reps = sig.replicates(side, self.estimator, reps=500)
+            reps = reps[np.isfinite(reps)]
+            if reps.size:
+                self.lo_s, self.hi_s = (float(x) for x in np.percentile(reps, [2.5, 97.5]))
         n = c.chars_per_call()
-        self.cps, self.cps_lo, self.cps_hi = n / q50, n / q75, n / q25
+        self.cps = n / self.estimate_s
+        self.cps_lo = n / self.hi_s if self.hi_s > 0 else math.nan
+        self.cps_hi = n / self.lo_s if self.lo_s > 0 else math.nan
         if c.mode == "generate":
-            self.us_per_char, self.us_lo, self.us_hi = (1e6 * q / c.seq_len for q in (q50, q25, q75))
+            self.us_per_char, self.us_lo, self.us_hi = (1e6 * q / c.seq_len
+                                                        for q in (self.estimate_s, self.lo_s, self.hi_s))
 
     @property
     def median_s(self) -> float:
-        return float(np.median(self.samples)) if self.samples else math.nan
+        return self.estimate_s
 
     @property
     def gflops(self) -> float:
@@ -83,32 +120,36 @@ class Entry:
         return self.gflops / float(np.median(self.peaks)) if self.peaks else math.nan
 
 
-def load(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[str, Any]], list[Entry]]:
-    docs = [load_results(p) for p in expand_paths(paths)]
+def check_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Run, list[RunCell]]]:
+    """Every results file read and validated (compare.read_run): a bad one fails here,
+    before anything is written."""
+    return [read_run(p) for p in expand_paths(paths)]
+
+
+def load(paths: Iterable[str | os.PathLike[str]],
+         runs: list[tuple[Run, list[RunCell]]] | None = None) -> tuple[list[dict[str, Any]], list[Entry]]:
+    runs = runs if runs is not None else check_inputs(paths)
+    docs = [run.doc for run, _ in runs]
     entries: dict[tuple, Entry] = {}
-    for doc in docs:
-        machine = str(doc.get("machine", {}).get("slug", "?"))
-        peak = (doc.get("peak") or {}).get("gflops")
-        for i, ce in enumerate(doc["cells"]):
-            try:
-                cell = Cell.from_dict(ce["cell"])
-            except (KeyError, TypeError, ConfigError) as e:
-                raise ResultsError(f"{doc['_path']}: cell {i} is malformed ({type(e).__name__}: {e})") from None
-            ctx = (machine, cell.device, cell.precision, doc.get("threads"))
+    for run, rcs in runs:
+        peak = (run.doc.get("peak") or {}).get("gflops") if isinstance(run.doc.get("peak"), dict) else None
+        for rc in rcs:
+            cell = rc.cell
+            ctx = (run.machine, cell.device, cell.precision, run.threads)
             e = entries.setdefault((ctx, cell.key()), Entry(cell, ctx))
             e.runs += 1
-            res = ce.get("result") or {}
-            if res.get("status") != "ok" or not res.get("samples_s"):
-                e.failures.append((str(res.get("status", "no result")), str(res.get("error") or "")))
+            res = rc.result
+            if not rc.measured:
+                e.failures.append((rc.status, rc.error))
                 continue
-            e.samples.extend(float(s) for s in res["samples_s"])
-            if res.get("first_step_s") is not None:
+            e.measured.append(rc)
+            if isinstance(res.get("first_step_s"), (int, float)) and res["first_step_s"] > 0:
                 e.first_steps.append(float(res["first_step_s"]))
-            if peak:
+            if isinstance(peak, (int, float)) and peak > 0:
                 e.peaks.append(float(peak))
-            if res.get("peak_rss_bytes"):
+            if isinstance(res.get("peak_rss_bytes"), int) and res["peak_rss_bytes"] > 0:
                 e.rss.append(int(res["peak_rss_bytes"]))
-            if res.get("peak_device_bytes"):
+            if isinstance(res.get("peak_device_bytes"), int) and res["peak_device_bytes"] > 0:
                 e.device_bytes.append(int(res["peak_device_bytes"]))
     contexts = {e.context for e in entries.values()}
     varying = [i for i in range(4) if len({c[i] for c in contexts}) > 1]
@@ -171,6 +212,28 @@ def _log_ticks(ax: Any, plain: bool = False) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _errs(vals: list[float], los: list[float], his: list[float]) -> np.ndarray:
+    """Error bar lengths (2, n), never negative or NaN (a missing interval draws no bar)."""
+    v, lo, hi = (np.asarray(x, np.float64) for x in (vals, los, his))
+    down, up = np.nan_to_num(v - lo, nan=0.0), np.nan_to_num(hi - v, nan=0.0)
+    return np.stack([np.clip(down, 0, None), np.clip(up, 0, None)])
+
+
+def _usable(es: list[Entry], what: str, value: Callable[[Entry], float], notes: list[str] | None) -> list[Entry]:
+    """Entries whose value can be drawn (finite, above zero); the rest named in notes."""
+    keep, skip = [], []
+    for e in es:
+        try:
+            v = float(value(e))
+        except (TypeError, ValueError, ZeroDivisionError):
+            v = math.nan
+        (keep if math.isfinite(v) and v > 0 else skip).append(e)
+    if skip and notes is not None:
+        notes.append(f"{what}: {len(skip)} cell(s) without a positive finite value not drawn "
+                     f"({', '.join(f'{e.label} {e.group}' for e in skip[:3])}{' ...' if len(skip) > 3 else ''})")
+    return keep
+
+
 def _sweeps(entries: list[Entry]) -> dict[tuple, list[Entry]]:
     """Cells that differ only in batch size, where at least two batch sizes were measured."""
     sweeps: dict[tuple, list[Entry]] = {}
@@ -198,7 +261,7 @@ def plot_batch_sweep(entries: list[Entry], colors: dict[str, Any], out_dir: Path
             pts = sorted((e for e in es if e.label == lab), key=lambda e: e.cell.batch)
             x = [e.cell.batch for e in pts]
             y = np.array([e.cps for e in pts])
-            err = np.array([[e.cps - e.cps_lo for e in pts], [e.cps_hi - e.cps for e in pts]])
+            err = _errs([e.cps for e in pts], [e.cps_lo for e in pts], [e.cps_hi for e in pts])
             ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=lab, color=colors[lab])
         m = es[0].cell.model
         ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="characters / s",
@@ -210,7 +273,7 @@ def plot_batch_sweep(entries: list[Entry], colors: dict[str, Any], out_dir: Path
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle("Throughput against batch size (median, bars: interquartile range)")
+    fig.suptitle("Throughput against batch size (headline estimate, bars: 95% interval)")
     fig.tight_layout()
     return _save(fig, out_dir, "throughput_batch.png")
 
@@ -250,25 +313,33 @@ def plot_throughput(entries: list[Entry], colors: dict[str, Any], out_dir: Path)
         labs = _labels(ge)
         byl = {e.label: e for e in ge}
         y = [byl[lab].cps for lab in labs]
-        err = [[byl[lab].cps - byl[lab].cps_lo for lab in labs], [byl[lab].cps_hi - byl[lab].cps for lab in labs]]
-        ax.bar(range(len(labs)), y, yerr=err, capsize=3, color=[colors[lab] for lab in labs])
+        err = _errs(y, [byl[lab].cps_lo for lab in labs], [byl[lab].cps_hi for lab in labs])
+        ax.bar(range(len(labs)), y, yerr=err, capsize=3, color=[colors[lab] for lab in labs],
+               hatch=None, edgecolor=["#b42318" if byl[lab].noisy else "none" for lab in labs])
         ax.set_xticks(range(len(labs)), labs, rotation=35, ha="right", fontsize=8)
         c = ge[0].cell
         ax.set_title(f"{g} (T={c.seq_len}, {c.model.num_layers}x{c.model.hidden_size})")
         ax.set_ylabel("characters / s")
         ax.grid(axis="x", visible=False)
-        ax.yaxis.set_major_formatter(_count_formatter())
+        if max(y) / min(y) > 20:  # orders of magnitude apart: linear would hide the slow ones
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=min(y) / 4)  # room under the slowest, so its bar stays visible
+            ax.set_ylabel("characters / s (log)")
+            _log_ticks(ax)
+        else:
+            ax.yaxis.set_major_formatter(_count_formatter())
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle("Throughput per preset and mode (median, bars: interquartile range)")
+    fig.suptitle("Throughput per preset and mode (headline estimate, bars: 95% interval; red edge: noisy)")
     fig.tight_layout()
     return _save(fig, out_dir, "throughput.png")
 
 
 def _grouped_bars(entries: list[Entry], value: Callable[[Entry], float],
                   err: Callable[[Entry], tuple[float, float]] | None, colors: dict[str, Any],
-                  ylabel: str, title: str, log: bool | None, out_dir: Path, name: str) -> Path | None:
-    es = [e for e in entries if e.ok and math.isfinite(value(e)) and value(e) > 0]
+                  ylabel: str, title: str, log: bool | None, out_dir: Path, name: str,
+                  notes: list[str] | None = None) -> Path | None:
+    es = _usable([e for e in entries if e.ok], title, value, notes)
     if not es:
         return None
     plt = _plt()
@@ -276,22 +347,26 @@ def _grouped_bars(entries: list[Entry], value: Callable[[Entry], float],
     width = 0.8 / len(labs)
     fig, ax = plt.subplots(figsize=(max(6.0, min(11.5, 1.0 + len(groups) * (0.35 + 0.22 * len(labs)))), 3.8))
     for j, lab in enumerate(labs):
-        xs, ys, lo, hi = [], [], [], []
+        xs, ys, lo, hi, edges = [], [], [], [], []
         for i, g in enumerate(groups):
             for e in es:
                 if e.group == g and e.label == lab:
                     v = value(e)
+                    edges.append("#b42318" if e.noisy else "none")  # noisy: never a clean-looking bar
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(v)
                     a, b = err(e) if err else (v, v)
-                    lo.append(v - a)
-                    hi.append(b - v)
-        ax.bar(xs, ys, width, yerr=[lo, hi] if err else None, capsize=2, label=lab, color=colors[lab])
+                    d = _errs([v], [a], [b])
+                    lo.append(float(d[0, 0]))
+                    hi.append(float(d[1, 0]))
+        ax.bar(xs, ys, width, yerr=[lo, hi] if err else None, capsize=2, label=lab, color=colors[lab],
+               edgecolor=edges, linewidth=1.2)
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0,
                   ha="right" if len(groups) > 4 else "center")
     vals = [value(e) for e in es]
-    if log or (log is None and max(vals) / min(vals) > 50):
+    if log or (log is None and max(vals) / min(vals) > 20):
         ax.set_yscale("log")
+        ax.set_ylim(bottom=min(vals) / 4)  # room under the smallest, so its bar stays visible
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
@@ -429,21 +504,141 @@ def backends_table(docs: list[dict[str, Any]]) -> Table:
     return Table(["backend", "version", "kernel", "interpreter", "status"], list(rows.values()), css=css)
 
 
+def _eff(e: Entry) -> str:
+    if not math.isfinite(e.efficiency):
+        return "-"
+    txt = f"{100 * e.efficiency:.2f}%"
+    return txt + " (above 100%: measurement error)" if e.efficiency > 1 else txt
+
+
 def results_table(entries: list[Entry]) -> Table:
-    rows = []
-    for e in sorted((e for e in entries if e.ok), key=lambda e: (_groups(entries).index(e.group),
-                                                                 _labels(entries).index(e.label))):
+    rows, css = [], []
+    groups, labels = _groups(entries), _labels(entries)
+    for e in sorted((e for e in entries if e.ok), key=lambda e: (groups.index(e.group), labels.index(e.label))):
         c = e.cell
-        rows.append([e.label, c.mode, c.preset, str(c.batch), str(c.seq_len), _si(e.cps),
-                     f"{_si(e.cps_lo)} - {_si(e.cps_hi)}", _secs(e.median_s),
+        rows.append([e.label + (" (noisy)" if e.noisy else ""), c.mode, c.preset, str(c.batch), str(c.seq_len),
+                     _si(e.cps) + (" noisy" if e.noisy else ""),
+                     f"{_si(e.cps_lo)} - {_si(e.cps_hi)}", _secs(e.estimate_s),
                      f"{e.us_per_char:.1f}" if math.isfinite(e.us_per_char) else "-",
                      _secs(float(np.median(e.first_steps))) if e.first_steps else "-",
-                     f"{e.gflops:.3g}", f"{100 * e.efficiency:.2f}%" if math.isfinite(e.efficiency) else "-",
+                     f"{e.gflops:.3g}", _eff(e),
                      _mib(max(e.device_bytes) if e.device_bytes else (max(e.rss) if e.rss else None)),
-                     f"{len(e.samples)}" + (f" ({e.runs} runs)" if e.runs > 1 else "")])
-    return Table(["backend", "mode", "preset", "B", "T", "chars/s", "IQR chars/s", "step median",
-                  "us/char", "first step", "GFLOP/s", "efficiency", "peak memory", "rounds"], rows,
-                 right=set(range(3, 14)))
+                     f"{e.clean_rounds} of {len(e.samples)}" + (f" ({e.runs} runs)" if e.runs > 1 else "")])
+        css.append(["warn" if e.noisy else ""] + [""] * 4 + ["warn" if e.noisy else ""] + [""] * 5
+                   + ["bad" if math.isfinite(e.efficiency) and e.efficiency > 1 else ""] + ["", ""])
+    return Table(["backend", "mode", "preset", "B", "T", "chars/s", "95% interval chars/s", "step time",
+                  "us/char", "first step", "GFLOP/s", "efficiency", "peak memory", "clean rounds"], rows,
+                 right=set(range(3, 14)), css=css)
+
+
+def _run_name(doc: dict[str, Any]) -> str:
+    return Path(doc["_path"]).name
+
+
+def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) -> list[tuple[str, Table]]:
+    """Per run: one row per workload, each backend's time ratio to the fastest with its
+    interval (v2 `workloads[].ratios`, from paired rounds; v1: from the estimates, no
+    interval). Noisy ratios say so."""
+    by_cell = {(e.context, e.cell.key()): e for e in entries}
+    out = []
+    for run, rcs in runs:
+        backends: list[str] = []
+        rows_by_w: dict[str, dict[str, str]] = {}
+        noisy_by_w: dict[str, set[str]] = {}
+        stored = {w.get("id"): w for w in (run.doc.get("workloads") or []) if isinstance(w, dict)}
+        groups: dict[str, list[RunCell]] = {}
+        for rc in rcs:
+            c = rc.cell
+            wid = f"{c.preset} {c.mode} B{c.batch} T{c.seq_len}"
+            groups.setdefault(wid, []).append(rc)
+            if c.backend not in backends:
+                backends.append(c.backend)
+        for wid, members in groups.items():
+            cells = {}
+            for rc in members:
+                e = by_cell.get(((run.machine, rc.cell.device, rc.cell.precision, run.threads), rc.cell.key()))
+                cells[rc.cell.backend] = (rc, e)
+            row: dict[str, str] = {}
+            ratios = None
+            for w in stored.values():
+                rs = w.get("ratios")
+                if isinstance(rs, dict) and set(rs) and set(rs) <= set(cells) and \
+                        w.get("mode") == members[0].cell.mode and w.get("batch") == members[0].cell.batch \
+                        and w.get("preset") == members[0].cell.preset and w.get("seq_len") == members[0].cell.seq_len:
+                    ratios = rs
+            ok = {b: e for b, (rc, e) in cells.items() if rc.measured and e is not None and e.ok}
+            fastest = min(ok, key=lambda b: ok[b].estimate_s) if ok else None
+            for b, (rc, e) in cells.items():
+                if not rc.measured:
+                    row[b] = rc.status
+                    continue
+                r = ratios.get(b) if ratios else None
+                noisy = bool(rc.noisy)
+                if isinstance(r, dict) and isinstance(r.get("ratio"), (int, float)):
+                    noisy = noisy or bool(r.get("noisy"))
+                    txt = "1 (fastest)" if r["ratio"] == 1 and r.get("to") == b else \
+                        f"{r['ratio']:.2f} [{r.get('lo', math.nan):.2f}, {r.get('hi', math.nan):.2f}]"
+                elif fastest and b in ok:
+                    q = ok[b].estimate_s / ok[fastest].estimate_s
+                    txt = "1 (fastest)" if b == fastest else f"{q:.2f}"
+                else:
+                    txt = "-"
+                row[b] = txt + (" noisy" if noisy else "")
+            rows_by_w[wid] = row
+        rows = [[wid, *[rows_by_w[wid].get(b, "") for b in backends]] for wid in rows_by_w]
+        css = [[""] + ["warn" if "noisy" in x else ("ok" if "fastest" in x else "") for x in r[1:]] for r in rows]
+        out.append((_run_name(run.doc), Table(["workload", *backends], rows, set(range(1, len(backends) + 1)), css)))
+    return out
+
+
+def noise_table(runs: list[tuple[Run, list[RunCell]]]) -> Table:
+    """The machine's noise per run: probe GFLOP/s at start, during and end, contended share,
+    collapses, verdict."""
+    def g(x: Any) -> str:
+        return f"{x:.1f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+    rows, css = [], []
+    for run, _ in runs:
+        n = run.doc.get("noise") if isinstance(run.doc.get("noise"), dict) else {}
+        p = run.doc.get("probe") if isinstance(run.doc.get("probe"), dict) else {}
+        st = n.get("start") if isinstance(n.get("start"), dict) else {}
+        en = n.get("end") if isinstance(n.get("end"), dict) else {}
+        verdict = run.verdict or ("unknown (no noise probe)" if not run.probe_s else "?")
+        rows.append([_run_name(run.doc), g(st.get("gflops")), g(p.get("best_gflops")), g(p.get("median_gflops")),
+                     g(en.get("gflops")),
+                     f"{100 * run.contended:.0f}%" if run.contended is not None else "-",
+                     str(n.get("collapse_rounds", "-")),
+                     f"{100 * run.floor:.0f}%" if run.floor is not None else "-", verdict.upper()
+                     if verdict in ("quiet", "noisy", "contended") else verdict])
+        css.append([""] * 8 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, "")])
+    return Table(["run", "probe GFLOP/s at start", "best", "median", "at end", "contended rounds",
+                  "collapse rounds", "probe spread (noise floor)", "verdict"], rows, set(range(1, 8)), css)
+
+
+def plot_noise(runs: list[tuple[Run, list[RunCell]]], out_dir: Path) -> Path | None:
+    """Probe GFLOP/s round by round, per run (log scale: contention moves it by 10x and more)."""
+    series = []
+    for run, _ in runs:
+        flop = (run.doc.get("probe") or {}).get("flop") if isinstance(run.doc.get("probe"), dict) else None
+        if not isinstance(flop, (int, float)) or flop <= 0:
+            continue
+        pts = [(i, flop / s / 1e9) for i, s in enumerate(run.probe_s) if s]
+        if pts:
+            series.append((_run_name(run.doc), pts, run.best_gflops))
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 3.2))
+    for name, pts, best in series:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=3, label=name)
+        if best:
+            ax.axhline(best / CLEAN_FACTOR, color="0.5", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set(xlabel="round", ylabel="probe GFLOP/s (log)",
+           title=f"Noise probe per round (dashed: best / {CLEAN_FACTOR}, below it a round is not clean)")
+    _log_ticks(ax, plain=True)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _save(fig, out_dir, "noise.png")
 
 
 def failures_table(entries: list[Entry]) -> Table:
@@ -533,17 +728,97 @@ ul.notes{font-size:13px;color:#3d4556}
 """
 
 
+def _need_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("report needs matplotlib, which is not installed: "
+                         "pip install 'lstmbench[report]'") from None
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _previous_report(out_dir: Path) -> list[Path]:
+    """The files in an existing --out that a previous report wrote (its manifest lists them
+    with their hashes, and none changed since); a UsageError when it holds anything else."""
+    present = sorted(out_dir.iterdir())
+    if not present:
+        return []
+    mpath = out_dir / MANIFEST
+    owned: dict[str, str] = {}
+    if mpath.is_file():
+        try:
+            m = json.loads(mpath.read_text())
+            owned = {str(k): str(v) for k, v in (m.get("files") or {}).items()}
+        except (OSError, ValueError, AttributeError):
+            owned = {}
+    foreign = [p.name for p in present if p.name != MANIFEST and
+               (p.is_symlink() or not p.is_file() or p.name not in owned or _sha(p) != owned[p.name])]
+    if foreign or (present and not mpath.is_file()):
+        names = foreign or [p.name for p in present]
+        raise UsageError(f"--out {out_dir}: holds files this report did not write "
+                         f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
+                         "give a new or empty folder (nothing was written)")
+    return present
+
+
 def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None,
                  log: Callable[[str], None] = print) -> Path:
-    """Write out_dir/report.md, out_dir/report.html and the plots; returns the HTML path."""
-    docs, entries = load(paths)
-    equiv = equivalence_table(check_json) if check_json else None  # fail before writing anything
+    """Write out_dir/report.md, out_dir/report.html and the plots; returns the HTML path.
+    The report is assembled in a temporary folder beside out_dir and renamed into place, so a
+    failure leaves nothing half-written; out_dir must be new, empty, or a previous report's."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    colors = _colors(_labels(entries))
+    _need_matplotlib()  # before anything is created
+    runs = check_inputs(paths)  # every file validated first
+    equiv = equivalence_table(check_json) if check_json else None  # fail before writing anything
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UsageError(f"--out {out_dir}: exists and is not a folder (or is a link); give a new folder")
+    old_files = _previous_report(out_dir) if out_dir.is_dir() else []
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed folder
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot write there ({e.strerror or e}); choose another folder") from None
+    try:
+        html_name = _build(runs, tmp, check_json, equiv)
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"tool": "lstmbench report", "files": {n: _sha(tmp / n) for n in files}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if old_files:  # a previous report: set it aside, put the new one in place, then drop it
+            aside = parent / f".{out_dir.name}.old-{os.getpid()}-{tmp.name[-8:]}"
+            os.rename(out_dir, aside)
+            try:
+                os.rename(tmp, out_dir)
+            except OSError:
+                os.rename(aside, out_dir)
+                raise
+            for f in old_files:
+                (aside / f.name).unlink(missing_ok=True)
+            aside.rmdir()
+        else:  # new, or an empty folder (which rename replaces)
+            os.rename(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(f"--out {out_dir}: cannot write the report ({e.strerror or e}); nothing was left behind") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out_dir / 'report.md'}, {out_dir / html_name} and {len(files) - 2} plots")
+    return out_dir / html_name
 
-    def iqr_cps(e: Entry) -> tuple[float, float]:
-        return e.cps_lo, e.cps_hi
+
+def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Path | None,
+           equiv: tuple[Table, list[str], str] | None) -> str:
+    """Every file of the report into out_dir (a fresh folder); returns the HTML file's name."""
+    docs, entries = load([], runs)
+    colors = _colors(_labels(entries))
+    plot_notes: list[str] = []
 
     def eff(e: Entry) -> float:
         return 100 * e.efficiency
@@ -551,53 +826,87 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     figures: list[tuple[Path | None, str, str]] = [
         (plot_batch_sweep(entries, colors, out_dir), "Throughput against batch size",
          "Characters per second against B for cells measured at several batch sizes "
-         "(log-log); bars span the interquartile range of the timed rounds."),
+         "(log-log); bars span the 95% interval of the headline estimate."),
         (plot_throughput(entries, colors, out_dir), "Throughput per preset and mode",
          "Characters per second (B x T per step; generate: characters drawn), one panel per "
-         "preset and mode at the preset's own batch size; bars span the interquartile range."),
+         "preset and mode at the preset's own batch size (log scale where values span more "
+         "than 20x); bars span the 95% interval; a red edge marks a noisy cell."),
         (_grouped_bars(entries, eff, lambda e: (100 * e.efficiency * e.cps_lo / e.cps,
                                                 100 * e.efficiency * e.cps_hi / e.cps),
                        colors, "% of matmul peak", "Efficiency: achieved GFLOP/s / measured matmul peak",
-                       None, out_dir, "efficiency.png"),
+                       None, out_dir, "efficiency.png", plot_notes),
          "Efficiency", "Achieved GFLOP/s (SPEC §7 FLOP count: forward 2N, train 6N per character) "
-         "divided by the float32 matrix-multiply peak measured on the same device in the same run."),
+         "divided by the float32 matrix-multiply peak measured on the same device in the same run "
+         "(the best noise-probe GFLOP/s); above 100% is a measurement error, flagged in the "
+         "results table. Bars with a red edge: noisy cells."),
         (_grouped_bars([e for e in entries if e.cell.mode == "generate"], lambda e: e.us_per_char,
                        lambda e: (e.us_lo, e.us_hi), colors, "microseconds / character",
-                       "Generation latency (lower is better)", None, out_dir, "generate_latency.png"),
+                       "Generation latency (lower is better)", None, out_dir, "generate_latency.png", plot_notes),
          "Generation latency", "Microseconds per sampled character, batch 1, one token at a "
-         "time; bars span the interquartile range."),
+         "time; bars span the 95% interval."),
         (_grouped_bars(entries, lambda e: float(np.median(e.first_steps)) if e.first_steps else math.nan,
                        None, colors, "seconds (log)", "First step: tracing, compiling, autotuning",
-                       True, out_dir, "first_step.png"),
+                       True, out_dir, "first_step.png", plot_notes),
          "First-step time", "Wall time of the first step of each cell, timed apart from the "
          "steady state (includes tracing, JIT compilation and autotuning)."),
         (_grouped_bars(entries, lambda e: (max(e.device_bytes) if e.device_bytes else
                                            max(e.rss) if e.rss else math.nan) / 2**20,
-                       None, colors, "MiB", "Peak memory", False, out_dir, "memory.png"),
+                       None, colors, "MiB", "Peak memory", None, out_dir, "memory.png", plot_notes),
          "Peak memory", "On a GPU the framework's peak device allocation; on the CPU the worker "
          "process's peak resident set size (VmHWM, reset before each cell), which includes the "
          "framework itself."),
     ]
+    figures.append((plot_noise(runs, out_dir), "Machine noise",
+                    "GFLOP/s of the noise probe (a fixed float32 GEMM timed in every round beside "
+                    "the backends), round by round over each run; log scale."))
     figures = [f for f in figures if f[0] is not None]
-    made = {f[0].name for f in figures}
-    for name in PLOTS - made:  # a plot this report has no data for: drop one left from an earlier report
-        (out_dir / name).unlink(missing_ok=True)
     fails = failures_table(entries)
     n_ok = sum(e.ok for e in entries)
+    n_noisy = sum(e.ok and e.noisy for e in entries)
+    n_over = sum(e.ok and math.isfinite(e.efficiency) and e.efficiency > 1 for e in entries)
     title = "lstmbench report"
-    sub = (f"{len(docs)} run(s), {len(entries)} cells ({n_ok} measured, {len(entries) - n_ok} failed); "
-           f"generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+    sub = (f"{len(docs)} run(s), {len(entries)} cells ({n_ok} measured, {n_noisy} of them noisy, "
+           f"{len(entries) - n_ok} failed); generated "
+           f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+    est = sorted({e.estimator for e in entries if e.ok}) or ["median"]
 
     sections: list[tuple[str, list[tuple[str, Any]]]] = []  # (heading, [(kind, payload)])
-    sections.append(("Machine and software", [("kv", header_table(docs)), ("table", backends_table(docs))]))
-    sections.append(("Results", [("note", "Medians over the timed rounds; IQR: interquartile range. "
-                                  "Per-step times are seconds per train/eval step or per generated sequence."),
-                                 ("table", results_table(entries))]))
+    ratio_items: list[tuple[str, Any]] = [(
+        "note", "Each backend's time per step relative to the fastest backend of the workload "
+                "(1 = fastest; 2.00 = twice as slow), with its 95% interval: from rounds measured "
+                "side by side (results v2), or from the headline estimates (v1: no interval). "
+                "'noisy': too few clean rounds, not a clean figure.")]
+    for name, t in ratio_tables(runs, entries):
+        if len(runs) > 1:
+            ratio_items.append(("note", name))
+        ratio_items.append(("table", t))
+    sections.append(("Backends against the fastest, per workload", ratio_items))
+    noise_items: list[tuple[str, Any]] = [
+        ("note", f"How fast and how steady the machine was: the noise probe's GFLOP/s, the share of "
+                 f"rounds whose probe ran slower than {CLEAN_FACTOR}x its best (not clean), "
+                 "collapses, and the probe's interquartile spread (compare's noise floor)."),
+        ("table", noise_table(runs))]
+    sections.append(("Machine noise", noise_items))
+    res_items: list[tuple[str, Any]] = [
+        ("note", f"Headline: {', '.join(est)} of the clean rounds (results' estimator), with its 95% "
+                 "interval (hierarchical bootstrap over processes and rounds). Per-step times are "
+                 "seconds per train/eval step or per generated sequence. Cells marked noisy had too "
+                 "few clean rounds: their figures are not clean measurements.")]
+    if n_over:
+        res_items.append(("note", f"{n_over} cell(s) show an efficiency above 100% of the measured "
+                                  "matmul peak: a measurement error (the peak was measured under "
+                                  "contention, or the cell's time is too low), flagged in the table."))
+    res_items.append(("table", results_table(entries)))
+    sections.append(("Results", res_items))
     if fails.rows:
         sections.append(("Cells that did not run", [("note", "Not plotted; a cell measured in "
                                                      "several runs is listed once per failed run."),
                                                     ("table", fails)]))
-    sections.append(("Plots", [("fig", f) for f in figures]))
+    plot_items: list[tuple[str, Any]] = [("fig", f) for f in figures]
+    if plot_notes:
+        plot_items.append(("list", plot_notes))
+    sections.append(("Plots", plot_items))
+    sections.append(("Machine and software", [("kv", header_table(docs)), ("table", backends_table(docs))]))
     if equiv:
         table, notes, prec = equiv
         items: list[tuple[str, Any]] = [("note", f"Worst relative error over every cross-check case "
@@ -644,7 +953,5 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
                 h.append(f"<figure><img alt=\"{html.escape(cap_title)}\" src=\"data:image/png;base64,{b64}\">"
                          f"<figcaption><b>{html.escape(cap_title)}.</b> {html.escape(cap)}</figcaption></figure>")
     h.append("</body></html>")
-    out = out_dir / "report.html"
-    out.write_text("\n".join(h))
-    log(f"wrote {out_dir / 'report.md'}, {out} and {len(figures)} plots")
-    return out
+    (out_dir / "report.html").write_text("\n".join(h))
+    return "report.html"

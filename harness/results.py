@@ -1,10 +1,12 @@
 """Results files: one JSON document per run, versioned, written atomically, never overwritten;
-the machine and software they were measured on; loading them back (validated), and a
-pandas loader that flattens one or many files into a tidy DataFrame (one row per cell)."""
+the machine and software they were measured on; loading them back (validated; version 1 files
+migrated to version 2 on read), and a pandas loader that flattens one or many files into a
+tidy DataFrame (one row per cell)."""
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -18,7 +20,8 @@ from impls.case import write_new
 from .envs import ROOT
 
 SCHEMA = "lstmbench.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1 is migrated on read (migrate_v1)
 
 
 class ResultsError(Exception):
@@ -78,9 +81,15 @@ def machine_slug(cpu: str, cores: int, gpu: dict[str, str] | None) -> str:
     return base
 
 
+def _code_checkout() -> Path:
+    """Where to ask git: the checkout in the working directory, else the code's folder."""
+    from .envs import project_root
+    return project_root() or ROOT
+
+
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run(["git", *args], cwd=_code_checkout(), capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
     return {"commit": git("rev-parse", "HEAD") or None,
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
@@ -93,10 +102,25 @@ def new_document(**fields: Any) -> dict[str, Any]:
             "git": git_info(), **fields}
 
 
+def safe_name(text: Any, fallback: str = "run") -> str:
+    """`text` as one harmless path component: no separators, no "..", no leading dot."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip(".-")
+    return name[:80] or fallback
+
+
 def default_path(out_dir: Path, doc: dict[str, Any]) -> Path:
-    stamp = doc["created"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    name = f"{stamp}-{doc['matrix']['name']}-{doc['device']}.json"
-    return out_dir / doc["machine"]["slug"] / name
+    """out_dir/<machine slug>/<time>-<matrix>-<device>.json; every part sanitised, so a matrix
+    named "../../x" stays inside out_dir."""
+    stamp = str(doc["created"]).replace(":", "").replace("-", "").replace("+0000", "Z")
+    matrix = doc.get("matrix")
+    mname = matrix.get("name") if isinstance(matrix, dict) else matrix
+    name = f"{safe_name(stamp, 'now')}-{safe_name(mname, 'matrix')}-{safe_name(doc.get('device'), 'cpu')}.json"
+    machine = doc.get("machine")
+    slug = safe_name(machine.get("slug") if isinstance(machine, dict) else None, "machine")
+    path = Path(out_dir) / slug / name
+    if Path(os.path.abspath(path)).parent.parent != Path(os.path.abspath(out_dir)):  # belt and braces
+        raise ResultsError(f"results path {path} would fall outside {out_dir}")
+    return path
 
 
 def write_results(doc: dict[str, Any], path: Path) -> Path:
@@ -122,21 +146,119 @@ def check_writable(out_dir: Path) -> None:
                          "choose another folder")
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A cell result's samples as v2 sample dicts (v1's samples_s become process 0, round i,
+    clean), every time checked: a sample that is not a number, or is zero, negative or
+    infinite, is a ResultsError naming `where` (file and cell) and the value. NaN is kept:
+    it is a failed measurement (status "nan"), which the caller reports as such."""
+    raw = res.get("samples")
+    if raw is None or raw == []:
+        flat = res.get("samples_s")
+        if flat is None:
+            return []
+        if not isinstance(flat, list):
+            raise ResultsError(f"{where}: samples_s is {type(flat).__name__}, not a list of seconds; "
+                               "the file is corrupt or was edited")
+        raw = [{"s": v, "process": 0, "round": j, "probe_s": None, "clean": True} for j, v in enumerate(flat)]
+    if not isinstance(raw, list):
+        raise ResultsError(f"{where}: samples is {type(raw).__name__}, not a list; the file is corrupt or was edited")
+    out = []
+    for j, smp in enumerate(raw):
+        v = smp.get("s") if isinstance(smp, dict) else smp
+        if not _num(v):
+            raise ResultsError(f"{where}: sample {j} is {v!r}, not a number of seconds; "
+                               "the file is corrupt or was edited (re-run the cell)")
+        v = float(v)
+        if not math.isnan(v) and not (math.isfinite(v) and v > 0):
+            raise ResultsError(f"{where}: sample {j} is {v!r}; times must be finite and above zero, "
+                               "so the file is corrupt or was edited (re-run the cell)")
+        d = smp if isinstance(smp, dict) else {}
+        pr = d.get("probe_s")
+        proc = d.get("process", 0)
+        rnd = d.get("round", j)
+        out.append({"s": v, "process": int(proc) if _num(proc) else 0,
+                    "round": int(rnd) if _num(rnd) else j,
+                    "probe_s": float(pr) if _num(pr) and math.isfinite(pr) and pr > 0 else None,
+                    "clean": d.get("clean", True) is not False})
+    return out
+
+
+def migrate_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 document as version 2 (in place): samples_s -> samples (process 0, round i,
+    clean), estimate_s = the median, workloads = [], probe/noise/peak/estimator None.
+    schema_version is left at 1 and "migrated": True is added."""
+    for c in doc.get("cells") or []:
+        res = c.get("result") if isinstance(c, dict) else None
+        if not isinstance(res, dict):
+            continue
+        flat = res.get("samples_s")
+        if "samples" not in res and isinstance(flat, list):
+            res["samples"] = [{"s": v, "process": 0, "round": j, "probe_s": None, "clean": True}
+                              for j, v in enumerate(flat)]
+        stats = res.get("stats") if isinstance(res.get("stats"), dict) else {}
+        if "estimate_s" not in res and _num(stats.get("median")):
+            res["estimate_s"] = stats["median"]
+        if "clean_rounds" not in res and isinstance(flat, list):
+            res["clean_rounds"] = len(flat)
+        res.setdefault("noisy", False)
+    doc.setdefault("workloads", [])
+    for key in ("probe", "noise", "peak", "estimator", "omp_wait_policy"):
+        doc.setdefault(key, None)
+    doc.setdefault("processes", 1)
+    doc.setdefault("interrupted", False)
+    # schema_version stays the file's own (1): it says what the file holds (no noise probe,
+    # one process), which readers report; the fields are v2's shape all the same
+    doc["migrated"] = True
+    return doc
+
+
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check one results file (version 1 is migrated to 2); ResultsError, one line
+    naming the file (and the cell), when it cannot be used."""
     p = Path(path)
+    if p.is_dir():
+        raise ResultsError(f"{p} is a folder, not a results file")
     if not p.is_file():
         raise ResultsError(f"{p}: no such results file")
     try:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultsError(f"{p}: not valid JSON ({e}); the file is corrupt or truncated") from None
+    except (OSError, RecursionError) as e:
+        raise ResultsError(f"{p}: cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsError(f"{p}: not an lstmbench results file (no schema {SCHEMA!r})")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ResultsError(f"{p}: results schema version {doc.get('schema_version')!r}; this lstmbench "
-                           f"reads version {SCHEMA_VERSION} (re-run, or use the matching lstmbench)")
+    version = doc.get("schema_version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise ResultsError(f"{p}: results schema version {version!r}; this lstmbench reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))} (use the lstmbench that wrote it, "
+                           "or re-run)")
     if not isinstance(doc.get("cells"), list):
         raise ResultsError(f"{p}: has no list of cells")
+    machine = doc.get("machine")
+    if not isinstance(machine, dict):
+        raise ResultsError(f"{p}: 'machine' is {machine!r}, not a machine record; the file is "
+                           "corrupt or was edited (re-run to get a valid one)")
+    if not isinstance(doc.get("created"), str):
+        raise ResultsError(f"{p}: 'created' is {doc.get('created')!r}, not a time stamp; the file "
+                           "is corrupt or was edited")
+    for i, c in enumerate(doc["cells"]):
+        cell = c.get("cell") if isinstance(c, dict) else None
+        if not isinstance(cell, dict) or not isinstance(cell.get("model"), dict):
+            raise ResultsError(f"{p}: cell {i} is malformed (no cell record with a model); "
+                               "the file is corrupt or was edited")
+        res = c.get("result")
+        if res is None:
+            c["result"] = res = {}
+        if not isinstance(res, dict):
+            raise ResultsError(f"{p}: cell {i} has a result that is {type(res).__name__}, not an object")
+        validate_samples(res, f"{p}: cell {i} ({cell.get('backend', '?')} {cell.get('mode', '?')})")
+    if version == 1:
+        migrate_v1(doc)
     doc["_path"] = str(p)
     return doc
 
@@ -146,7 +268,8 @@ def _is_results_file(p: Path) -> bool:
         doc = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return True  # let load_results report what is wrong with it
-    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+    # other lstmbench documents (a quality run has backends, no cells) are passed over too
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA and "cells" in doc
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -165,26 +288,44 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+def _f(v: Any) -> float | None:
+    """A finite number, or None (a row never carries a string or an infinity)."""
+    return float(v) if _num(v) and math.isfinite(v) else None
+
+
 def cell_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat dict per cell: sizes, status, stats and derived numbers (no raw samples)."""
+    """One flat dict per cell: sizes, status, the estimate and its interval, stats and derived
+    numbers (no raw samples). chars_per_s follows estimate_s (v2's headline) where present."""
     rows = []
+    machine = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
     for c in doc["cells"]:
-        cell, res = c["cell"], c.get("result", {})
-        m = cell["model"]
-        stats = res.get("stats", {})
+        cell, res = c["cell"], c.get("result") or {}
+        m = cell.get("model") or {}
+        stats = res.get("stats") if isinstance(res.get("stats"), dict) else {}
+        ci = res.get("ci_s") if isinstance(res.get("ci_s"), list) and len(res["ci_s"]) == 2 else [None, None]
+        est = _f(res.get("estimate_s"))
+        cps = _f(res.get("chars_per_s"))
+        B, T = cell.get("batch"), cell.get("seq_len")
+        if est and est > 0 and _num(B) and _num(T) and cell.get("mode") != "generate":
+            cps = B * T / est
         rows.append({
-            "file": doc.get("_path"), "run": doc["created"], "machine": doc["machine"]["slug"],
-            "device": cell["device"], "precision": cell["precision"], "backend": cell["backend"],
-            "mode": cell["mode"], "preset": cell["preset"], "batch": cell["batch"],
-            "seq_len": cell["seq_len"], "hidden_size": m["hidden_size"],
-            "num_layers": m["num_layers"], "vocab_size": m["vocab_size"], "input": m["input"],
+            "file": doc.get("_path"), "run": doc.get("created"), "machine": machine.get("slug"),
+            "device": cell.get("device"), "precision": cell.get("precision"), "backend": cell.get("backend"),
+            "mode": cell.get("mode"), "preset": cell.get("preset"), "batch": B, "seq_len": T,
+            "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
+            "vocab_size": m.get("vocab_size"), "input": m.get("input"),
+            "workload": c.get("workload"), "threads": doc.get("threads"),
             "status": res.get("status"), "error": res.get("error"),
-            "chars_per_s": res.get("chars_per_s"), "us_per_char": res.get("us_per_char"),
-            "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "min_s": stats.get("min"),
-            "mean_s": stats.get("mean"), "stddev_s": stats.get("stddev"), "rounds": stats.get("rounds"),
-            "first_step_s": res.get("first_step_s"), "gflops": res.get("gflops"),
-            "efficiency": res.get("efficiency"), "peak_rss_bytes": res.get("peak_rss_bytes"),
-            "peak_device_bytes": res.get("peak_device_bytes"),
+            "chars_per_s": cps, "us_per_char": _f(res.get("us_per_char")),
+            "estimate_s": est, "ci_lo_s": _f(ci[0]), "ci_hi_s": _f(ci[1]),
+            "clean_rounds": res.get("clean_rounds") if _num(res.get("clean_rounds")) else None,
+            "noisy": bool(res.get("noisy")) or res.get("status") == "noisy",
+            "median_s": _f(stats.get("median")), "iqr_s": _f(stats.get("iqr")), "min_s": _f(stats.get("min")),
+            "mean_s": _f(stats.get("mean")), "stddev_s": _f(stats.get("stddev")), "rounds": stats.get("rounds"),
+            "first_step_s": _f(res.get("first_step_s")), "gflops": _f(res.get("gflops")),
+            "efficiency": _f(res.get("efficiency")), "efficiency_flag": res.get("efficiency_flag"),
+            "peak_rss_bytes": res.get("peak_rss_bytes"), "peak_device_bytes": res.get("peak_device_bytes"),
+            "kernel": res.get("kernel"), "schema_version": doc.get("schema_version"),
         })
     return rows
 

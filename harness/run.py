@@ -1,58 +1,416 @@
-"""`lstmbench run`: the throughput matrix. Each backend runs in a worker process of its own
-(in its own environment); a cell that crashes, hangs, gives NaN or runs out of memory is
-recorded with that status and the run goes on with a fresh worker. Ctrl-C stops the run and
-keeps every finished cell. The results file is written once, atomically, at the end."""
+"""`lstmbench run`: the throughput matrix, measured by interleaving.
+
+The unit of scheduling is a *workload*: one (mode, sizes, device, precision) with all its
+backends. For each workload and each of `--processes` worker sets, every backend's worker
+prepares the cell (first step timed apart, warm-up, a round sized to ~30 ms); then short timed
+rounds follow in a seeded random order, each round a fresh permutation of the backends plus a
+noise probe (a fixed float32 GEMM in a worker of its own with the same thread settings). So
+every backend sees the same machine states, and each round carries the probe's time: a round
+whose probe ran slower than CLEAN_FACTOR x the run's best is not clean. A cell with too few
+clean rounds gets more interleaved rounds within a time budget, and is marked `noisy` if that
+does not help. Cross-backend ratios come from rounds paired by index (harness.stats).
+
+Each finished workload is appended to a journal beside the target file (harness.journal), so
+an interrupted run keeps it and `run --resume` measures only what is missing; the results file
+is assembled from the journal at the end. A backend that crashes, hangs, gives NaN or runs out
+of memory gets that status for its cell; the others go on."""
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
+
+import numpy as np
 
 from impls import registry
+from impls.config import flops_per_char
 
+from . import stats
 from .bench import Cell
-from .envs import interpreter_for
+from .envs import UsageError, interpreter_for
 from .matrix import Matrix
 from .pool import Worker, WorkerFailed
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
+
+PROBE = "probe"  # the noise probe's participant name in `order`
+PROBE_N = 256  # the probe GEMM's size: ~1 ms per multiply on a laptop core, many per round
+ROUND_TIME = 0.03  # target seconds per timed round (20-50 ms)
+
+
+class ParticipantFailed(Exception):
+    """A participant could not prepare or time a round; `kind` is a results status."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Participant(Protocol):
+    """One thing timed in the rotation: a backend's prepared cell, or the noise probe."""
+    name: str
+
+    def prepare(self) -> dict[str, Any]: ...  # {"status": "ok"|"nan", "first_step_s", "inner", ...}
+
+    def round(self) -> float: ...  # seconds per step of one timed round
+
+    def release(self) -> dict[str, Any]: ...  # {"finite": bool, "peak_rss_bytes", ...}
 
 
 def _fmt_s(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
-class _Workers:
-    """One live worker per backend, started on first use and after a failure."""
+# ---- worker processes ---------------------------------------------------------------------
 
-    def __init__(self, overrides: dict[str, str], threads: int | None) -> None:
+def _new_worker(python: str, threads: int | None, extra_env: dict[str, str], backend: str | None) -> Worker:
+    """pool.Worker with extra environment variables (OMP_WAIT_POLICY): passed as an argument
+    where the pool takes one, else set in this process's environment while it starts."""
+    params = inspect.signature(Worker).parameters
+    kw: dict[str, Any] = {}
+    if "backend" in params and backend and backend != PROBE:
+        kw["backend"] = backend
+    if "extra_env" in params:
+        return Worker(python, threads, extra_env=extra_env, **kw)
+    saved = {k: os.environ.get(k) for k in extra_env}
+    os.environ.update(extra_env)
+    try:
+        return Worker(python, threads, **kw)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Workers:
+    """Live workers keyed by (backend, process index): process p of every workload uses set
+    p, each workload preparing its cell anew in it; a failed worker is replaced on next use."""
+
+    def __init__(self, overrides: dict[str, str], threads: int | None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.overrides, self.threads = overrides, threads
-        self.live: dict[str, Worker] = {}
+        self.extra_env = extra_env or {}
+        self.live: dict[tuple[str, int], Worker] = {}
 
-    def get(self, backend: str) -> Worker:
-        if backend not in self.live:
-            self.live[backend] = Worker(interpreter_for(backend, self.overrides), self.threads)
-        return self.live[backend]
+    def get(self, backend: str, p: int = 0) -> Worker:
+        if (backend, p) not in self.live:
+            py = sys.executable if backend == PROBE else interpreter_for(backend, self.overrides)
+            self.live[(backend, p)] = _new_worker(py, self.threads, self.extra_env, backend)
+        return self.live[(backend, p)]
 
-    def drop(self, backend: str) -> None:
-        w = self.live.pop(backend, None)
+    def drop(self, backend: str, p: int = 0) -> None:
+        w = self.live.pop((backend, p), None)
         if w:
             w.kill()
             w.close()
 
     def close(self) -> None:
-        for b in list(self.live):
-            self.live.pop(b).close()
+        for k in list(self.live):
+            self.live.pop(k).close()
 
 
-def _probe(workers: _Workers, backends: list[str], device: str, threads: int | None,
-           log: Callable[[str], None]) -> dict[str, Any]:
+def _answer(ans: dict[str, Any]) -> dict[str, Any]:
+    if not ans.get("ok"):
+        err = str(ans.get("error", ""))
+        kind = ans.get("kind") or ("oom" if ("MemoryError" in err or "out of memory" in err.lower()
+                                             or "OOM" in err) else "error")
+        raise ParticipantFailed(kind, err)
+    return ans
+
+
+class WorkerParticipant:
+    """A backend's cell in worker process p (or the probe, with cell None)."""
+
+    def __init__(self, workers: Workers, name: str, p: int, cell: Cell | None, timeout: float,
+                 round_time: float = ROUND_TIME) -> None:
+        self.workers, self.name, self.p, self.cell = workers, name, p, cell
+        self.timeout, self.round_time = timeout, round_time
+        self.round_timeout = timeout
+
+    def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            return _answer(self.workers.get(self.name, self.p).request(req, timeout))
+        except WorkerFailed as e:
+            self.workers.drop(self.name, self.p)
+            raise ParticipantFailed(e.kind, str(e)) from None
+        except registry.BackendError as e:
+            raise ParticipantFailed("unavailable", str(e)) from None
+
+    def prepare(self) -> dict[str, Any]:
+        if self.cell is None:
+            ans = self._request({"op": "probe", "n": PROBE_N, "round_time": self.round_time}, self.timeout)
+        else:
+            ans = self._request({"op": "prepare", "cell": self.cell.to_dict(), "threads": self.workers.threads,
+                                 "round_time": self.round_time}, self.timeout)
+        if ans.get("first_step_s") is not None:
+            # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
+            self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
+                                                       + 1000 * self.round_time))
+        return ans
+
+    def round(self) -> float:
+        return float(self._request({"op": "round"}, self.round_timeout)["s"])
+
+    def release(self) -> dict[str, Any]:
+        return self._request({"op": "release"}, self.timeout)
+
+
+# ---- the scheduler ------------------------------------------------------------------------
+
+@dataclass
+class Schedule:
+    rounds: int = 30  # interleaved rounds per process set
+    processes: int = 1  # fresh worker sets per workload
+    min_clean: int = stats.MIN_CLEAN  # clean rounds a cell needs (over all processes)
+    extra_rounds: int = 60  # at most this many more rounds when a cell lacks clean ones
+    extra_time: float = 20.0  # ... and at most this many seconds
+    clean_factor: float = stats.CLEAN_FACTOR
+    max_time: float | None = None  # seconds of base rounds per workload (shared by the process
+    # sets); under heavy contention a round can take 100x longer, and the run must still end
+    min_rounds: int = 3  # base rounds per process set even when max_time has run out
+
+
+@dataclass
+class BackendData:
+    status: str = "ok"
+    error: str | None = None
+    first_step_s: list[float] = field(default_factory=list)
+    inner: list[int] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    released: dict[str, Any] = field(default_factory=dict)
+    kernel: str | None = None
+
+
+@dataclass
+class WorkloadData:
+    backends: dict[str, BackendData]
+    order: list[list[Any]]  # [round, slot, participant]
+    probe_s: list[float | None]  # one per round, in order
+    rounds: int = 0
+    remeasured: int = 0  # rounds added because cells lacked clean rounds
+    short: bool = False  # the time budget cut the base rounds short
+
+
+class ProbeState:
+    """The run's noise probe: its best time so far (the clean threshold's base)."""
+
+    def __init__(self, participant: Participant | None, flop: int = 2 * PROBE_N ** 3) -> None:
+        self.participant, self.flop = participant, flop
+        self.best_s: float | None = None
+        self.rounds_s: list[float | None] = []
+
+    def see(self, s: float | None) -> None:
+        if s is not None and s > 0 and (self.best_s is None or s < self.best_s):
+            self.best_s = s
+
+
+def measure_workload(backends: list[str], make: Callable[[str, int], Participant],
+                     probe: ProbeState, sched: Schedule, rng: np.random.Generator,
+                     log: Callable[[str], None] = lambda s: None) -> WorkloadData:
+    """Time `backends` interleaved: for each process set p, prepare each backend's participant
+    (make(backend, p)), then rounds in a fresh random permutation of backends + probe; after
+    the last set's rounds, add rounds while a cell lacks `min_clean` clean rounds and the
+    budget lasts. Clean: the round's probe within clean_factor x the best probe so far."""
+    data = {b: BackendData() for b in backends}
+    wd = WorkloadData(data, [], [])
+    rnd = 0
+    for p in range(sched.processes):
+        live: dict[str, Participant] = {}
+        for b in backends:
+            if data[b].status != "ok":
+                continue  # failed in an earlier process set: do not retry it
+            part = make(b, p)
+            try:
+                info = part.prepare()
+            except ParticipantFailed as e:
+                data[b].status, data[b].error = e.kind, str(e)
+                continue
+            if info.get("first_step_s") is not None:
+                data[b].first_step_s.append(float(info["first_step_s"]))
+            data[b].kernel = info.get("kernel") or data[b].kernel
+            if info.get("status", "ok") != "ok":
+                data[b].status, data[b].error = info["status"], info.get("error")
+                continue
+            data[b].inner.append(int(info.get("inner", 1)))
+            live[b] = part
+        last = p == sched.processes - 1
+        r, extra_start = 0, None
+        t_block = time.monotonic()
+        while live:
+            if (sched.max_time is not None and r < sched.rounds and r >= sched.min_rounds
+                    and time.monotonic() - t_block > sched.max_time / sched.processes):
+                log(f"      time budget for this workload spent after {r} rounds of process set {p}")
+                wd.short = True
+                r = sched.rounds  # on to re-measurement (if any) or the next process set
+            if r >= sched.rounds:
+                if not last or not _needs_more(data, live, probe, sched):
+                    break
+                if extra_start is None:
+                    extra_start = (time.monotonic(), r)
+                    log(f"      re-measuring: too few clean rounds ({_clean_counts(data, live, probe, sched)})")
+                if (time.monotonic() - extra_start[0] > sched.extra_time
+                        or r - extra_start[1] >= sched.extra_rounds):
+                    break
+                wd.remeasured += 1
+            names = list(live) + ([PROBE] if probe.participant is not None else [])
+            perm = [names[i] for i in rng.permutation(len(names))]
+            got: dict[str, tuple[float, int]] = {}
+            for slot, name in enumerate(perm):
+                wd.order.append([rnd, slot, name])
+                if name == PROBE:
+                    try:
+                        got[name] = (probe.participant.round(), slot)  # type: ignore[union-attr]
+                    except ParticipantFailed as e:
+                        log(f"      noise probe failed ({e}); going on without it")
+                        probe.participant = None
+                    continue
+                try:
+                    got[name] = (live[name].round(), slot)
+                except ParticipantFailed as e:
+                    data[name].status, data[name].error = e.kind, str(e)
+                    live.pop(name)
+            probe_s = got.pop(PROBE, (None, 0))[0]
+            probe.see(probe_s)
+            probe.rounds_s.append(probe_s)
+            wd.probe_s.append(probe_s)
+            for name, (s, slot) in got.items():
+                data[name].samples.append({"s": s, "process": p, "round": rnd, "slot": slot,
+                                           "probe_s": probe_s, "clean": True})
+            rnd += 1
+            r += 1
+        for b, part in live.items():
+            try:
+                rel = part.release()
+            except ParticipantFailed as e:
+                data[b].status, data[b].error = e.kind, str(e)
+                continue
+            data[b].released = rel
+            if not rel.get("finite", True):
+                data[b].status, data[b].error = "nan", "non-finite loss during timing"
+    wd.rounds = rnd
+    _mark(data, probe, sched)
+    return wd
+
+
+def _clean_counts(data: dict[str, BackendData], live: dict[str, Any], probe: ProbeState,
+                  sched: Schedule) -> str:
+    return ", ".join(f"{b} {sum(stats.mark_clean(s['probe_s'], probe.best_s, sched.clean_factor) for s in data[b].samples)}"
+                     for b in live)
+
+
+def _needs_more(data: dict[str, BackendData], live: dict[str, Any], probe: ProbeState,
+                sched: Schedule) -> bool:
+    return any(sum(stats.mark_clean(s["probe_s"], probe.best_s, sched.clean_factor)
+                   for s in data[b].samples) < sched.min_clean for b in live)
+
+
+def _mark(data: dict[str, BackendData], probe: ProbeState, sched: Schedule) -> None:
+    """Final clean flags: probe within clean_factor x the best so far, and the backend's own
+    round not a collapse (> COLLAPSE_FACTOR x its median)."""
+    for d in data.values():
+        col = stats.collapses([s["s"] for s in d.samples])
+        for s, c in zip(d.samples, col):
+            s["clean"] = stats.mark_clean(s["probe_s"], probe.best_s, sched.clean_factor) and not c
+            if c:
+                s["collapse"] = True
+
+
+# ---- results -------------------------------------------------------------------------------
+
+def workload_id(cell: Cell) -> str:
+    return f"{cell.preset}/{cell.mode}/B{cell.batch}xT{cell.seq_len}/{cell.device}/{cell.precision}"
+
+
+def group_workloads(cells: list[Cell]) -> list[tuple[str, list[Cell]]]:
+    """Cells grouped by workload (everything but the backend), in matrix order."""
+    out: dict[str, list[Cell]] = {}
+    for c in cells:
+        out.setdefault(workload_id(c), []).append(c)
+    return list(out.items())
+
+
+def cell_result(cell: Cell, d: BackendData, sched: Schedule, seed: int = 0) -> dict[str, Any]:
+    """The v2 result of one cell from its measured data."""
+    res: dict[str, Any] = {"status": d.status, "error": d.error,
+                           "first_step_s": d.first_step_s[0] if d.first_step_s else None,
+                           "first_step_s_all": d.first_step_s,
+                           "inner": d.inner[0] if d.inner else None, "kernel": d.kernel,
+                           "samples": d.samples, "samples_s": [s["s"] for s in d.samples]}
+    for k in ("peak_rss_bytes", "peak_device_bytes"):
+        if k in d.released:
+            res[k] = d.released[k]
+    if d.released.get("kernel"):
+        res["kernel"] = d.released["kernel"]
+    if d.status != "ok":
+        return res
+    if not d.samples:
+        res.update(status="error", error="no timed rounds")
+        return res
+    res.update(stats.cell_estimate(d.samples, min_clean=sched.min_clean, seed=seed))
+    res["stats"] = summarize(res["samples_s"])
+    res["collapse_rounds"] = sum(bool(s.get("collapse")) for s in d.samples)
+    est = res["estimate_s"]
+    cps = cell.chars_per_call() / est
+    res["chars_per_s"] = cps
+    res["gflops"] = flops_per_char(cell.model, cell.mode) * cps / 1e9
+    if cell.mode == "generate":
+        res["us_per_char"] = 1e6 * est / cell.seq_len
+    return res
+
+
+def workload_ratios(cells: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each ok backend's time ratio to the fastest (by estimate), by the same estimator over
+    the rounds both ran (paired by (process, round)): clean rounds when both cells are clean,
+    every round (and the ratio marked noisy) when either is noisy, as their estimates are."""
+    ok = {b: r for b, r in cells.items() if r.get("status") == "ok" and r.get("estimate_s")}
+    if not ok:
+        return {}
+    fastest = min(ok, key=lambda b: ok[b]["estimate_s"])
+
+    def rounds(r: dict[str, Any], clean: bool) -> dict[tuple[int, int], float]:
+        return {(s["process"], s["round"]): s["s"] for s in r["samples"] if s["clean"] or not clean}
+
+    out: dict[str, dict[str, Any]] = {}
+    for b, r in ok.items():
+        noisy = bool(r["noisy"] or ok[fastest]["noisy"])
+        if b == fastest:
+            out[b] = {"to": fastest, "ratio": 1.0, "lo": 1.0, "hi": 1.0,
+                      "pairs": len(r["samples"]), "noisy": noisy}
+            continue
+        pr = stats.paired_ratio(rounds(r, not noisy), rounds(ok[fastest], not noisy), seed=seed)
+        if pr is None:
+            continue
+        out[b] = {"to": fastest, "ratio": pr[0], "lo": pr[1], "hi": pr[2], "pairs": pr[3], "noisy": noisy}
+    return out
+
+
+def apply_peak(doc: dict[str, Any]) -> None:
+    """Efficiency of every ok cell against the run's peak; above 100% is flagged."""
+    peak = (doc.get("peak") or {}).get("gflops")
+    for c in doc.get("cells", []):
+        res = c["result"]
+        if res.get("status") != "ok" or not res.get("gflops"):
+            continue
+        res["efficiency"] = res["gflops"] / peak if peak else None
+        res["efficiency_flag"] = ("above 100%: measurement error"
+                                  if res["efficiency"] is not None and res["efficiency"] > 1 else None)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def _probe_info(workers: Workers, backends: list[str], device: str, threads: int | None,
+                log: Callable[[str], None]) -> dict[str, Any]:
     """Availability, versions and kernel paths, asked of each backend's own worker."""
     info: dict[str, Any] = {}
     for b in backends:
         try:
-            w = workers.get(b)
+            w = workers.get(b, 0)
             ans = w.request({"op": "info", "backends": [b], "threads": threads, "device": device},
                             timeout=300)
             entry = ans["backends"][b] if ans.get("ok") else {"available": False, "reason": ans.get("error")}
@@ -61,7 +419,7 @@ def _probe(workers: _Workers, backends: list[str], device: str, threads: int | N
         except (registry.BackendError, WorkerFailed) as e:
             entry = {"available": False, "reason": str(e)}
         if not entry.get("available"):
-            workers.drop(b)
+            workers.drop(b, 0)
             log(f"  {b}: unavailable: {entry.get('reason')}")
         else:
             log(f"  {b}: {entry.get('version', '?')} ({entry.get('kernel', '?')})")
@@ -69,126 +427,378 @@ def _probe(workers: _Workers, backends: list[str], device: str, threads: int | N
     return info
 
 
-def _peak(workers: _Workers, backends: list[str], info: dict[str, Any], device: str) -> dict[str, Any]:
-    """The matrix-multiply peak, measured on this device now, in a worker like the cells."""
+def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15) -> dict[str, Any]:
+    """The probe alone for a few rounds: how fast and how steady the machine is right now."""
+    got: list[float] = []
+    if probe.participant is not None:
+        for _ in range(rounds):
+            try:
+                got.append(probe.participant.round())
+            except ParticipantFailed:
+                probe.participant = None
+                break
+    for s in got:
+        probe.see(s)
+    return stats.probe_summary(got, probe.flop)
+
+
+def _gemm_peak(workers: Workers, device: str, backends: list[str], info: dict[str, Any]) -> float | None:
+    """A larger GEMM's best GFLOP/s now: NumPy's BLAS in the probe's worker on the CPU; the
+    device_matmul_peak hook of an available backend's worker on a GPU."""
     if device == "cpu":
-        backend, via = "numpy-f32", "numpy"
+        try:
+            return _answer(workers.get(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
+        except (WorkerFailed, ParticipantFailed):
+            workers.drop(PROBE)
+            return None
+    for b in backends:  # the first whose module has the hook (asked in its own worker)
+        if not info.get(b, {}).get("available"):
+            continue
+        try:
+            g = _answer(workers.get(b).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
+        except WorkerFailed:
+            workers.drop(b)
+            continue
+        except ParticipantFailed:  # no device_matmul_peak hook in this backend's module
+            continue
+        if g:
+            return float(g)
+    return None
+
+
+def _unsupported(cell: Cell) -> str | None:
+    fn = getattr(registry, "unsupported", None)
+    if fn is None:
+        return None
+    return fn(cell.backend, mode=cell.mode, device=cell.device, precision=cell.precision)
+
+
+def journal_path_for(target: Path) -> Path:
+    try:
+        from . import journal as jmod
+        fn = getattr(jmod, "journal_path", None) or getattr(jmod, "journal_path_for", None)
+        if fn is not None:
+            return Path(fn(target))
+    except ImportError:
+        pass
+    return target.with_name(target.name + ".journal.jsonl")
+
+
+def target_for_journal(path: Path) -> Path:
+    s = str(path)
+    return Path(s[: -len(".journal.jsonl")]) if s.endswith(".journal.jsonl") else path
+
+
+class _NullJournal:
+    """Stands in when harness.journal is not there: nothing kept until the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write_header(self, header: dict[str, Any]) -> None:
+        pass
+
+    def append(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def _journal(path: Path) -> Any:
+    try:
+        from .journal import Journal
+    except ImportError:
+        return _NullJournal(path)
+    return Journal(path)
+
+
+def _finalize(journal_file: Path, target: Path, doc: dict[str, Any]) -> Path:
+    try:
+        from .journal import finalize
+    except ImportError:
+        return write_results(doc, target)
+    return finalize(journal_file, target, doc)
+
+
+def _interruptible() -> Any:
+    try:
+        from .signals import interruptible
+        return interruptible()
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+
+
+@dataclass
+class RunOptions:
+    device: str = "cpu"
+    precision: str = "float32"
+    threads: int | None = None
+    processes: int = 1
+    omp_wait_policy: str | None = None
+    seed: int | None = None  # the interleaving order's seed (default: from the clock, recorded)
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], list[dict[str, Any]]]:
+    """(journal, target, header, records) of an interrupted run; UsageError if none there."""
+    journal_file = path if str(path).endswith(".journal.jsonl") else journal_path_for(path)
+    if not journal_file.is_file():
+        raise UsageError(f"--resume {path}: no journal at {journal_file}; give the journal "
+                         "(*.journal.jsonl) an interrupted run left, or its target file")
+    try:
+        from .journal import Journal
+    except ImportError:
+        raise UsageError("--resume needs harness.journal, which this installation lacks") from None
+    header, records = Journal.read(journal_file)
+    if not header or header.get("schema") != "lstmbench.results":
+        raise UsageError(f"--resume {path}: {journal_file} has no results header; it is not a run's journal")
+    return journal_file, target_for_journal(journal_file), header, records
+
+
+def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", precision: str = "float32",
+               threads: int | None = None, overrides: dict[str, str] | None = None,
+               out_dir: Path = Path("results"), command: list[str] | None = None,
+               processes: int = 1, omp_wait_policy: str | None = None, seed: int | None = None,
+               resume: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Measure every workload of `matrix` on `backends`; returns the results file's path."""
+    opts = RunOptions(device, precision, threads, processes, omp_wait_policy, seed, overrides or {})
+    done: dict[str, dict[str, Any]] = {}
+    if resume is not None:
+        journal_file, target, header, records = load_resume(resume)
+        for rec in records:
+            done[rec["workload"]["id"]] = rec
+        doc = {k: v for k, v in header.items()}
+        log(f"resuming {journal_file}: {len(done)} workloads already measured")
     else:
-        gpu = [b for b in backends if info.get(b, {}).get("available")
-               and registry.get_spec(b).framework in ("torch", "jax")]
-        if not gpu:
-            return {"gflops": None, "via": None, "error": "no torch or jax backend to measure with"}
-        backend, via = gpu[0], registry.get_spec(gpu[0]).framework
-    # the matrix's own worker for that backend, or a short-lived one in this interpreter
-    owned = backend not in backends
-    w = Worker(sys.executable, workers.threads) if owned else workers.get(backend)
-    try:
-        ans = w.request({"op": "peak", "device": device, "backend": backend}, timeout=300)
-        return {"gflops": ans.get("gflops"), "via": via, "dtype": "float32", "error": ans.get("error")}
-    except WorkerFailed as e:
-        return {"gflops": None, "via": via, "error": str(e)}
-    finally:
-        if owned:
-            w.close()
-
-
-def run_matrix(matrix: Matrix, backends: list[str], *, device: str, precision: str,
-               threads: int | None, overrides: dict[str, str], out_dir: Path,
-               command: list[str], log: Callable[[str], None] = print) -> Path:
-    check_writable(out_dir)
+        check_writable(out_dir)
+        doc = {}
+    if opts.seed is None:
+        opts.seed = int(doc.get("seed") or time.time_ns() % 2**31)
     cells = matrix.cells(backends, device, precision)
-    workers = _Workers(overrides, threads)
-    log(f"matrix {matrix.name}: {len(cells)} cells, {len(backends)} backends, device {device}, "
-        f"precision {precision}, threads {threads}")
-    doc: dict[str, Any] = {}
+    workloads = group_workloads(cells)
+    extra_env = {"OMP_WAIT_POLICY": omp_wait_policy.upper()} if omp_wait_policy else {}
+    workers = Workers(opts.overrides, threads, extra_env)
+    sched = Schedule(rounds=matrix.rounds, processes=processes, min_clean=matrix.min_clean,
+                     extra_rounds=matrix.extra_rounds, extra_time=matrix.extra_time,
+                     max_time=matrix.workload_time)
+    rng = np.random.default_rng(opts.seed)
+    log(f"matrix {matrix.name}: {len(workloads)} workloads x {len(backends)} backends, device {device}, "
+        f"precision {precision}, threads {threads}, processes {processes}, "
+        f"OMP_WAIT_POLICY {omp_wait_policy or 'unset'}, {sched.rounds} rounds per process, seed {opts.seed}")
     t_start = time.monotonic()
+    probe = ProbeState(None)
+    finished: list[dict[str, Any]] = list(done.values())
+    interrupted: BaseException | None = None
+    journal: Any = None
+    blas = "?"
+    if resume is None:
+        journal_file = target = Path()  # set once the document exists
     try:
-        log("backends:")
-        info = _probe(workers, backends, device, threads, log)
-        peak = _peak(workers, backends, info, device)
-        log(f"matrix-multiply peak: {peak['gflops'] and round(peak['gflops'], 1)} GFLOP/s float32 ({peak['via']})")
-        doc = new_document(command=command, matrix=matrix.to_dict(), device=device,
-                           precision=precision, threads=threads, backends=info, peak=peak,
-                           python=sys.version.split()[0], cells=[])
-        done_time = 0.0
-        for i, cell in enumerate(cells, 1):
-            t0 = time.monotonic()
-            elapsed = t0 - t_start
-            eta = done_time / (i - 1) * (len(cells) - i + 1) if i > 1 else None
-            log(f"[{i}/{len(cells)}] {cell.label():44} elapsed {_fmt_s(elapsed)}"
-                + (f", ~{_fmt_s(eta)} left" if eta is not None else ""))
-            result = _run_cell(workers, cell, info, matrix, threads, peak)
-            doc["cells"].append({"cell": cell.to_dict(), "result": result})
-            done_time += time.monotonic() - t0
-            log("      " + _describe(result))
-    except KeyboardInterrupt:
-        log(f"interrupted: keeping {len(doc.get('cells', []))} finished cells")
-        if doc:
-            doc["interrupted"] = True
+        with _interruptible():
+            log("backends:")
+            info = _probe_info(workers, backends, device, threads, log)
+            probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300)
+            try:
+                pinfo = probe.participant.prepare()
+                probe.flop = int(pinfo.get("flop", probe.flop))
+                blas = pinfo.get("blas", "?")
+            except ParticipantFailed as e:
+                log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
+                probe.participant, blas = None, "?"
+            start = _noise_burst(workers, probe)
+            big = _gemm_peak(workers, device, backends, info)
+            log(_noise_line("machine at start", start, big, blas))
+            if not doc:
+                doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
+                                   precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
+                                   processes=processes, seed=opts.seed, backends=info,
+                                   python=sys.version.split()[0], interrupted=False,
+                                   estimator=stats.estimator_info())
+                doc["schema_version"] = 2
+                target = default_path(out_dir, doc)
+                journal_file = journal_path_for(target)
+                journal = _journal(journal_file)
+                journal.write_header({**doc, "target": str(target)})
+            else:
+                journal = _journal(journal_file)
+                doc["backends"] = {**info, **doc.get("backends", {})}
+                doc["resumed"] = True
+            doc.setdefault("noise", {})["start"] = start
+            doc["_big_peak"] = max([v for v in (big, doc.get("_big_peak")) if v] or [0]) or None
+            todo = [(wid, cs) for wid, cs in workloads if wid not in done]
+            spent: list[float] = []
+            for i, (wid, wcells) in enumerate(todo, 1):
+                t0 = time.monotonic()
+                eta = (sum(spent) / len(spent) * (len(todo) - i + 1)) if spent else None
+                log(f"[{i}/{len(todo)}] {wid:44} elapsed {_fmt_s(t0 - t_start)}"
+                    + (f", ~{_fmt_s(eta)} left" if eta is not None else ""))
+                rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log)
+                journal.append(rec)
+                finished.append(rec)
+                spent.append(time.monotonic() - t0)
+                for c in rec["cells"]:
+                    log(f"      {c['cell']['backend']:15} " + _describe(c["result"]))
+            end = _noise_burst(workers, probe)
+            big_end = _gemm_peak(workers, device, backends, info)
+            doc["_big_peak"] = max([v for v in (doc["_big_peak"], big_end) if v] or [0]) or None
+            doc["noise"]["end"] = end
+    except KeyboardInterrupt as e:
+        interrupted = e
     finally:
         workers.close()
-    if not doc:
-        raise KeyboardInterrupt
-    doc["wall_s"] = round(time.monotonic() - t_start, 1)
-    path = write_results(doc, default_path(out_dir, doc))
+    if interrupted is not None:
+        where = getattr(journal, "path", None) or journal_file
+        if journal is None or not finished:
+            log("\ninterrupted before any workload finished")
+            raise interrupted
+        if isinstance(journal, _NullJournal):  # no harness.journal: keep them the old way
+            doc.pop("target", None)
+            doc["interrupted"] = True
+            _assemble(doc, finished, probe, blas, t_start, device)
+            path = write_results(doc, target)
+            log(f"\ninterrupted: {len(finished)} finished workloads kept in {path}")
+            raise interrupted
+        log(f"\ninterrupted: {len(finished)} finished workloads kept in {where}; "
+            f"continue with: lstmbench run --resume {where}")
+        raise interrupted
+    doc.pop("target", None)
+    _assemble(doc, finished, probe, blas, t_start, device)
     log("")
     log(summary_table(doc))
+    log("")
+    log(noise_report(doc))
+    path = _finalize(journal_file, target, doc)
     log(f"\nresults: {path}")
     return path
 
 
-def _run_cell(workers: _Workers, cell: Cell, info: dict[str, Any], matrix: Matrix,
-              threads: int | None, peak: dict[str, Any]) -> dict[str, Any]:
-    if not info.get(cell.backend, {}).get("available"):
-        return {"status": "unavailable", "error": info.get(cell.backend, {}).get("reason")}
-    try:
-        w = workers.get(cell.backend)
-        ans = w.request({"op": "cell", "cell": cell.to_dict(), "threads": threads,
-                         "min_time": matrix.min_time, "min_rounds": matrix.min_rounds,
-                         "max_rounds": matrix.max_rounds},
-                        timeout=matrix.timeout)
-    except WorkerFailed as e:
-        workers.drop(cell.backend)
-        return {"status": e.kind, "error": str(e)}
-    if not ans.get("ok"):
-        err = ans.get("error", "")
-        oom = "MemoryError" in err or "out of memory" in err.lower() or "OOM" in err
-        return {"status": "oom" if oom else "error", "error": err}
-    res = ans["result"]
-    if res.get("samples_s"):
-        res["stats"] = summarize(res["samples_s"])
-        if peak.get("gflops") and res.get("gflops"):
-            res["efficiency"] = res["gflops"] / peak["gflops"]
-    return res
+def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: Workers,
+                  probe: ProbeState, sched: Schedule, rng: np.random.Generator, matrix: Matrix,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Measure one workload; its journal record {"workload": {...}, "cells": [...]}."""
+    by_b = {c.backend: c for c in wcells}
+    pre: dict[str, dict[str, Any]] = {}
+    for b, c in by_b.items():
+        why = _unsupported(c)
+        if why:
+            pre[b] = {"status": "unsupported", "error": why}
+        elif not info.get(b, {}).get("available"):
+            pre[b] = {"status": "unavailable", "error": info.get(b, {}).get("reason")}
+    timed = [b for b in by_b if b not in pre]
+
+    def make(b: str, p: int) -> Participant:
+        return WorkerParticipant(workers, b, p, by_b[b], matrix.timeout)
+
+    wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
+    results = {b: pre.get(b) or cell_result(by_b[b], wd.backends[b], sched) for b in by_b}
+    c0 = wcells[0]
+    workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
+                "seq_len": c0.seq_len, "device": c0.device, "precision": c0.precision,
+                "backends": list(by_b), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
+                "cut_short": wd.short,
+                "processes": sched.processes, "order": wd.order, "probe_s": wd.probe_s,
+                "probe_best_s": probe.best_s, "ratios": workload_ratios(results)}
+    return {"workload": workload,
+            "cells": [{"cell": by_b[b].to_dict(), "workload": wid, "result": results[b]} for b in by_b]}
+
+
+def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeState, blas: str,
+              t_start: float, device: str) -> None:
+    """The final v2 document from the journal's records and the run's probe figures."""
+    doc["workloads"] = [r["workload"] for r in records]
+    doc["cells"] = [c for r in records for c in r["cells"]]
+    rounds_s = [s for w in doc["workloads"] for s in w.get("probe_s", [])]
+    probes = [s for s in rounds_s if s]
+    flop = probe.flop
+    seen = probes + ([probe.best_s] if probe.best_s else [])  # with the start/end bursts
+    best_s = min(seen) if seen else None
+    doc["probe"] = {"kind": "gemm", "n": PROBE_N, "blas": blas, "flop": flop, "rounds_s": rounds_s,
+                    "best_gflops": flop / best_s / 1e9 if best_s else None,
+                    "median_gflops": flop / float(np.median(probes)) / 1e9 if probes else None}
+    big = doc.pop("_big_peak", None)
+    bursts = [(doc.get("noise") or {}).get(k) or {} for k in ("start", "end")]
+    cands = [v for v in (doc["probe"]["best_gflops"], big, *(b.get("gflops") for b in bursts)) if v]
+    if device == "cpu":
+        doc["peak"] = {"gflops": max(cands) if cands else None, "via": f"numpy {blas}", "dtype": "float32"}
+    else:
+        doc["peak"] = {"gflops": big, "via": "device_matmul_peak hook", "dtype": "float32"}
+    collapse = sum(stats.collapses(probes)) + sum(c["result"].get("collapse_rounds", 0) for c in doc["cells"])
+    frac, verdict = stats.noise_verdict(probes, best_s, collapse)
+    doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict)
+    doc["noise"].setdefault("start", None)
+    doc["noise"].setdefault("end", None)
+    doc["estimator"] = stats.estimator_info()
+    doc["wall_s"] = round(time.monotonic() - t_start + float(doc.get("wall_s") or 0), 1)
+    doc["schema_version"] = 2
+    apply_peak(doc)
+
+
+def _noise_line(what: str, s: dict[str, Any] | None, big: float | None, blas: str) -> str:
+    if not s or not s.get("gflops"):
+        return f"{what}: no noise probe"
+    return (f"{what}: probe GEMM {s['gflops']:.1f} GFLOP/s best, cv {100 * s['cv']:.0f}% over "
+            f"{s['rounds']} rounds" + (f"; peak GEMM {big:.1f} GFLOP/s" if big else "") + f" ({blas})")
+
+
+def noise_report(doc: dict[str, Any]) -> str:
+    """How noisy the machine was: probe GFLOP/s at start and end, contended share, verdict."""
+    n = doc.get("noise") or {}
+    p = doc.get("probe") or {}
+    lines = [f"machine noise: {n.get('verdict', 'unknown').upper()}"]
+    for k in ("start", "end"):
+        s = n.get(k) or {}
+        if s.get("gflops"):
+            lines.append(f"  {k:5}: probe {s['gflops']:.1f} GFLOP/s best, cv {100 * s['cv']:.0f}%")
+    if p.get("best_gflops"):
+        lines.append(f"  during: probe best {p['best_gflops']:.1f}, median {p['median_gflops']:.1f} GFLOP/s "
+                     f"over {len([x for x in p['rounds_s'] if x])} rounds; "
+                     f"{100 * n.get('contended_fraction', 0):.0f}% of rounds contended "
+                     f"(probe > {stats.CLEAN_FACTOR}x best), {n.get('collapse_rounds', 0)} collapse rounds")
+    pk = doc.get("peak") or {}
+    if pk.get("gflops"):
+        lines.append(f"  efficiency denominator: {pk['gflops']:.1f} GFLOP/s float32 ({pk['via']})")
+    flagged = [c for c in doc.get("cells", []) if c["result"].get("efficiency_flag")]
+    for c in flagged:
+        lines.append(f"  FLAGGED {c['cell']['backend']} {c['workload']}: efficiency "
+                     f"{100 * c['result']['efficiency']:.0f}% ({c['result']['efficiency_flag']})")
+    return "\n".join(lines)
 
 
 def _describe(res: dict[str, Any]) -> str:
     if res.get("status") != "ok":
         return f"{res.get('status')}: {res.get('error')}"
-    s = res["stats"]
+    lo, hi = res["ci_s"]
     extra = f", {res['us_per_char']:.1f} us/char" if "us_per_char" in res else ""
-    return (f"{res['chars_per_s']:,.0f} chars/s (median {s['median'] * 1e3:.2f} ms, "
-            f"IQR {s['iqr'] * 1e3:.2f} ms, {s['rounds']} rounds){extra}, "
-            f"first step {res['first_step_s']:.2f} s")
+    noisy = "  NOISY" if res.get("noisy") else ""
+    return (f"{res['chars_per_s']:,.0f} chars/s ({res['estimate_s'] * 1e3:.3f} ms "
+            f"[{lo * 1e3:.3f}, {hi * 1e3:.3f}], {res['clean_rounds']}/{len(res['samples'])} clean rounds)"
+            f"{extra}, first step {res['first_step_s']:.2f} s{noisy}")
 
 
 def summary_table(doc: dict[str, Any]) -> str:
-    """Characters per second, one row per cell group, one column per backend."""
-    backends: list[str] = []
-    rows: dict[str, dict[str, str]] = {}
+    """Per workload: each backend's time ratio to the fastest with its interval (paired
+    rounds), then characters per second; noisy figures are marked, never shown as clean."""
+    lines = [f"time ratio to the fastest backend per workload (95% interval, paired rounds); "
+             f"chars/s from the {doc.get('estimator', {}).get('name', '?')} estimator; * = noisy"]
+    by_w: dict[str, list[dict[str, Any]]] = {}
     for c in doc["cells"]:
-        cell, res = c["cell"], c["result"]
-        if cell["backend"] not in backends:
-            backends.append(cell["backend"])
-        key = f"{cell['preset']} {cell['mode']} B{cell['batch']}"
-        if res.get("status") == "ok":
-            txt = f"{res['chars_per_s']:,.0f}"
-        else:
-            txt = res.get("status", "?")
-        rows.setdefault(key, {})[cell["backend"]] = txt
-    width = max([len(k) for k in rows] + [10])
-    lines = ["characters per second (median):",
-             f"{'cell':{width}}" + "".join(f"{b:>15}" for b in backends)]
-    for k, r in rows.items():
-        lines.append(f"{k:{width}}" + "".join(f"{r.get(b, ''):>15}" for b in backends))
+        by_w.setdefault(c.get("workload") or workload_id(Cell.from_dict(c["cell"])), []).append(c)
+    ratios = {w["id"]: w.get("ratios", {}) for w in doc.get("workloads", [])}
+    for wid, cs in by_w.items():
+        lines.append(wid)
+        rs = ratios.get(wid, {})
+        order = sorted(cs, key=lambda c: (rs.get(c["cell"]["backend"], {}).get("ratio", float("inf"))))
+        for c in order:
+            b, res = c["cell"]["backend"], c["result"]
+            if res.get("status") != "ok":
+                lines.append(f"  {b:15} {res.get('status')}: {str(res.get('error'))[:70]}")
+                continue
+            r = rs.get(b)
+            mark = "*" if res.get("noisy") or (r and r.get("noisy")) else " "
+            rtxt = f"{r['ratio']:7.2f}x [{r['lo']:.2f}, {r['hi']:.2f}]" if r else f"{'':7}"
+            eff = res.get("efficiency")
+            efft = f"{100 * eff:5.1f}%" if eff is not None else ""
+            if res.get("efficiency_flag"):
+                efft += " (>100%: measurement error)"
+            lines.append(f"  {b:15} {rtxt:26}{mark} {res['chars_per_s']:>14,.0f} chars/s"
+                         f"{' NOISY' if res.get('noisy') else ''}  eff {efft}")
     return "\n".join(lines)

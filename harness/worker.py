@@ -1,12 +1,16 @@
 """A worker process: runs inside one backend's environment and answers requests from the
-harness, one JSON object per line. Requests arrive on stdin; answers go to the file
-descriptor the process started with as stdout, while sys.stdout is pointed at stderr so
-that nothing a framework prints can corrupt the protocol.
+harness, one JSON object per line. Requests arrive on stdin; answers go to a pipe of their
+own (the fd named by LSTMBENCH_PROTO_FD, see harness.pool), while stdout and stderr go to the
+worker's log, so that nothing a framework prints can corrupt the protocol.
 
     {"op": "info", "backends": [...], "threads": N, "device": "cpu"}
     {"op": "case", "backend": B, "case": PATH, "out": PATH}
     {"op": "cell", "cell": {...harness.bench.Cell fields...}}
     {"op": "peak", "device": "cpu", "backend": B}
+    {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine (harness.run):
+    {"op": "probe", "n": 256, "round_time": 0.03}          prepare a cell or the GEMM noise probe,
+    {"op": "round"}                                        time one round of it,
+    {"op": "release"}                                      and let it go
 
 Only NumPy, the standard library and the backend's framework are imported here, so the same
 file runs in the main environment and in chainer's NumPy < 2 one.
@@ -36,12 +40,17 @@ def configure_backend(name: str, threads: int | None, device: str) -> dict[str, 
 
 
 def backend_info(name: str, threads: int | None, device: str) -> dict[str, str]:
-    """configure()'s facts for one backend; a variant's own kernel path, where the module
-    reports one as kernel_<variant> (e.g. kernel_xla for tensorflow-xla), replaces the default."""
+    """configure()'s facts for one backend, with this variant's own kernel path from the
+    module's kernel_info hook (registry.hook) where it offers one."""
     info = dict(configure_backend(name, threads, device))
-    variant = name.partition("-")[2]
-    if variant and f"kernel_{variant}" in info:
-        info["kernel"] = info[f"kernel_{variant}"]
+    from harness.bench import backend_hook
+    fn = backend_hook(name, "kernel_info")
+    if fn is not None:
+        info.update({k: str(v) for k, v in (fn(name, device) or {}).items()})
+    else:  # registry without hooks: the module may report a variant's path as kernel_<variant>
+        variant = name.partition("-")[2]
+        if variant and f"kernel_{variant}" in info:
+            info["kernel"] = info[f"kernel_{variant}"]
     return {k: v for k, v in info.items() if not k.startswith("kernel_")}
 
 
@@ -68,7 +77,7 @@ def op_case(req: dict[str, Any]) -> dict[str, Any]:
     kw = {"precision": req["precision"]} if req.get("precision", "float32") != "float32" else {}
     be = registry.create(name, case.spec.model, case.spec.train, case.params,
                          device=req.get("device", "cpu"), dtype=req.get("dtype"), **kw)
-    outputs = run_case(case, be)
+    outputs = run_case(case, be, spec.modes)
     dtype = req.get("dtype") or spec.dtype
     precision = req.get("precision") if dtype == "float32" and req.get("precision") else dtype
     save_outputs(outputs, {"backend": name, "dtype": dtype, "precision": precision,
@@ -93,25 +102,139 @@ def op_peak(req: dict[str, Any]) -> dict[str, Any]:
     return {"gflops": matmul_peak(req.get("device", "cpu"), req.get("backend", "numpy"))}
 
 
-OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak}
+# The interleaved engine's ops (harness.run): one prepared participant per worker process.
+_held: dict[str, Any] = {}  # "prep": bench.Prepared, "inner": steps per round, "cell": Cell | None
+
+
+def op_prepare(req: dict[str, Any]) -> dict[str, Any]:
+    """Build the cell, time its first step, warm up and size a round to ~round_time seconds."""
+    from harness.bench import Cell, _gpu_peak, _reset_peak_rss, first_step, inner_for, prepare
+    _held.clear()
+    cell = Cell.from_dict(req["cell"])
+    info = backend_info(cell.backend, req.get("threads"), cell.device)
+    _reset_peak_rss()
+    if cell.device == "gpu":
+        _gpu_peak(cell.backend, reset=True)
+    prep = prepare(cell)
+    out, first = first_step(prep)
+    if not prep.check(out):
+        return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
+    inner = inner_for(prep, req.get("round_time", 0.03), req.get("warmup", 0.2))
+    _held.update(prep=prep, inner=inner, cell=cell)
+    return {"status": "ok", "first_step_s": first, "inner": inner, "kernel": info.get("kernel")}
+
+
+def op_probe(req: dict[str, Any]) -> dict[str, Any]:
+    """Prepare the noise probe (a fixed float32 GEMM) as this worker's participant."""
+    from harness.bench import blas_name, gemm_prepared, inner_for
+    _held.clear()
+    n = int(req.get("n", 256))
+    prep = gemm_prepared(n)
+    inner = inner_for(prep, req.get("round_time", 0.03), 0.1)
+    _held.update(prep=prep, inner=inner, cell=None)
+    return {"status": "ok", "inner": inner, "n": n, "flop": 2 * n ** 3, "blas": blas_name()}
+
+
+def op_round(req: dict[str, Any]) -> dict[str, Any]:
+    """One timed round of the prepared participant: seconds per step."""
+    from harness.bench import time_round
+    if "prep" not in _held:
+        raise RuntimeError("round before prepare")
+    return {"s": time_round(_held["prep"], int(req.get("inner") or _held["inner"]))}
+
+
+def op_release(req: dict[str, Any]) -> dict[str, Any]:
+    """Finish the cell: was the last result finite, peak memory; then drop it."""
+    from harness.bench import _gpu_peak, _peak_rss
+    prep, cell = _held.get("prep"), _held.get("cell")
+    _held.clear()
+    if prep is None:
+        return {"finite": True}
+    out: dict[str, Any] = {"finite": bool(prep.check(prep.last)) if prep.last is not None else True,
+                           "peak_rss_bytes": _peak_rss(),
+                           "kernel": getattr(prep.backend, "kernel", None)}
+    if cell is not None and cell.device == "gpu":
+        out["peak_device_bytes"] = _gpu_peak(cell.backend, reset=False)
+    return out
+
+
+OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak,
+       "prepare": op_prepare, "probe": op_probe, "round": op_round, "release": op_release}
+
+
+def _test_ops(proto: Any) -> dict[str, Any]:
+    """Faults for tests/test_durability.py, present only with LSTMBENCH_TEST_FAULTS=1."""
+    def stray(req: dict[str, Any]) -> dict[str, Any]:  # prints reach the log, not the protocol
+        print("a stray line from a library")
+        os.write(1, b"a stray line written to fd 1 from C\n")
+        return {"value": 1}
+
+    def garbage(req: dict[str, Any]) -> dict[str, Any]:  # nonsense on the protocol itself
+        proto.write("this is not JSON\n")
+        proto.flush()
+        return {"value": 2}
+
+    def truncate(req: dict[str, Any]) -> dict[str, Any]:  # half an answer, then gone
+        proto.write('{"ok": true, "val')
+        proto.flush()
+        os._exit(3)
+
+    def sleep(req: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(float(req.get("s", 60)))
+        return {"slept": True}
+
+    def oom(req: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory")
+
+    def pid(req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "env": {k: os.environ.get(k) for k in req.get("env", [])},
+                "harness": sys.modules["harness"].__file__}
+
+    return {"_stray": stray, "_garbage": garbage, "_truncate": truncate, "_sleep": sleep,
+            "_oom": oom, "_pid": pid}
 
 
 def main() -> None:
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    """Answer requests from stdin until {"op": "exit"} or EOF. Answers go to the pipe the
+    harness passed as LSTMBENCH_PROTO_FD (pool.Worker); without one, to the original stdout.
+    Either way sys.stdout and fd 1 are pointed at stderr (the worker's log)."""
+    from harness.failures import classify
+    fd = os.environ.pop("LSTMBENCH_PROTO_FD", None)
+    if fd:
+        proto = os.fdopen(int(fd), "w", buffering=1)
+    else:  # started by hand (python -m harness.worker): answer on the original stdout
+        proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed from here on goes to stderr
     sys.stdout = sys.stderr
+    ops = dict(OPS)
+    if os.environ.get("LSTMBENCH_TEST_FAULTS") == "1":
+        ops.update(_test_ops(proto))
     for line in sys.stdin:
         if not line.strip():
             continue
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
         try:
-            ans = {"ok": True, **OPS[req["op"]](req)}
-        except Exception as e:  # noqa: BLE001 - reported to the harness, which records it
-            ans = {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0],
-                   "traceback": traceback.format_exc()}
-        proto.write(json.dumps(ans) + "\n")
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                raise ValueError(f"a request is a JSON object with an op, got {line[:80]!r}")
+        except ValueError as e:
+            ans: dict[str, Any] = {"ok": False, "kind": "error", "error": f"bad request: {e}".splitlines()[0]}
+        else:
+            if req["op"] == "exit":
+                break
+            try:
+                if req["op"] not in ops:
+                    raise ValueError(f"unknown op {req['op']!r}; ops are: {', '.join(OPS)}")
+                ans = {"ok": True, **ops[req["op"]](req)}
+            except Exception as e:  # noqa: BLE001 - reported to the harness, which records it
+                ans = {"ok": False, "kind": classify(e),
+                       "error": (f"{type(e).__name__}: {e}".splitlines() or [""])[0],
+                       "traceback": traceback.format_exc()}
+        try:
+            text = json.dumps(ans)
+        except (TypeError, ValueError) as e:  # an op returned something JSON cannot carry
+            text = json.dumps({"ok": False, "kind": "error",
+                               "error": f"the answer could not be encoded: {e}".splitlines()[0]})
+        proto.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The backend interface: what every `impls/<framework>_impl.py` module provides.
 
-NumPy arrays and the canonical parameter dict (SPEC §2) are the boundary. Inside, a backend
+NumPy arrays and the canonical parameter dict (docs/SPEC.md §2) are the boundary. Inside, a backend
 keeps whatever its framework wants (device tensors, native layouts); the harness only moves
 data across the boundary outside of timed regions.
 
@@ -14,7 +14,14 @@ Each backend module exposes the same public names (as Keras's backend folders do
         Cls(model: ModelConfig, train: TrainConfig, params: Params, *, device: str = "cpu",
             dtype: str = "float32", seed: int = 0)
     and implementing `Backend` below. There is no base class to inherit: the Protocol is the
-    contract, and `tests/` checks it.
+    contract; `registry.create` returns it, and tests/test_conformance.py checks every
+    registered backend against it (isinstance through runtime_checkable, plus each method's
+    arity).
+
+    optional hooks (impls.registry.HOOKS): kernel_info, device_peak_memory, device_matmul_peak.
+
+A backend whose spec lacks a mode (registry.BackendSpec.modes, e.g. no "train") still has
+every method; the ones of the missing mode raise NotImplementedError naming the mode.
 
 Semantics shared by every method:
 - tokens and targets are (B, T) integer arrays; a state is (h, c), each (L, B, H).
@@ -26,13 +33,13 @@ Semantics shared by every method:
   returns the loss before the update and the final state, detached (truncated BPTT).
 - `load(params)` replaces the weights and resets the optimiser state (step count t = 0).
 - `generate`: from a zero (L, 1, H) state, feed `prefix`, then draw n tokens one at a time
-  with SPEC §5's rule (impls.sampling) using uniforms[i] for the i-th draw.
+  with docs/SPEC.md §5's rule (impls.sampling) using uniforms[i] for the i-th draw.
 - `sync()` blocks until all queued device work is done (the harness calls it before every
   clock read); `value(x)` fetches a scalar to a Python float.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,6 +50,7 @@ State = Any  # a backend's own (h, c) representation
 Tokens = Any  # a backend's own (B, T) token representation
 
 
+@runtime_checkable
 class Backend(Protocol):
     model: ModelConfig
     train: TrainConfig

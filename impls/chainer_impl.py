@@ -17,14 +17,13 @@ Input layer:
   extra cost is a (B, V) @ (V, 4H) product per step, small next to the recurrent one for
   character vocabularies (V ~ 65-100).
 
-Layouts (SPEC §3): L.LSTM keeps `upward.W` (4H, D), `upward.b` (4H,) and `lateral.W` (4H, H)
+Layouts (docs/SPEC.md §3): L.LSTM keeps `upward.W` (4H, D), `upward.b` (4H,) and `lateral.W` (4H, H)
 without bias, with the 4H rows INTERLEAVED per unit: row 4j+k is unit j, gate k in
 (a=g, i, f, o). The conversion below is an explicit table. L.LSTM has a single bias, so the
 canonical b is held as is (no second bias to pin at 0).
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -36,6 +35,7 @@ import chainer.links as L
 from chainer import optimizer_hooks, optimizers
 from chainer.backends import intel64
 
+from . import layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
 
@@ -68,49 +68,25 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     return info
 
 
-# ---- canonical <-> Chainer L.LSTM layout (SPEC §3) ---------------------------------
-
-CANONICAL_GATES = ("i", "f", "g", "o")  # canonical column blocks of width H, in order
-CHAINER_GATE_INDEX = {"g": 0, "i": 1, "f": 2, "o": 3}  # k in L.LSTM row 4j+k (k=0 is a = g)
-
-
-@functools.lru_cache(maxsize=None)
-def chainer_row_source(H: int) -> np.ndarray:
-    """(4H,) int: entry r is the canonical column (block*H + j) that L.LSTM row r holds."""
-    src = np.full(4 * H, -1, dtype=np.int64)
-    for block, gate in enumerate(CANONICAL_GATES):
-        k = CHAINER_GATE_INDEX[gate]
-        for j in range(H):
-            src[4 * j + k] = block * H + j
-    assert np.array_equal(np.sort(src), np.arange(4 * H)), "gate table is not a permutation"
-    src.setflags(write=False)
-    return src
+# ---- canonical <-> Chainer L.LSTM layout (docs/SPEC.md §3) ---------------------------------
+# L.LSTM interleaves the gates per unit: row 4j+k of upward.W (4H, D), lateral.W (4H, H) and
+# upward.b (4H,) is gate k in (a = g, i, f, o) of unit j. The table row is layouts.CHAINER.
 
 
 def canonical_to_chainer(w: np.ndarray, H: int) -> np.ndarray:
     """Canonical W (D, 4H) -> L.LSTM W (4H, D); canonical b (4H,) -> (4H,)."""
-    src = chainer_row_source(H)
     if w.ndim == 1:
-        assert w.shape == (4 * H,), f"bias shape {w.shape}, expected {(4 * H,)}"
-        return w[src].copy()
-    assert w.ndim == 2 and w.shape[1] == 4 * H, f"weight shape {w.shape}, expected (D, {4 * H})"
-    out = w.T[src]  # row r of the result = canonical column src[r]
-    assert out.shape == (4 * H, w.shape[0])
-    return np.ascontiguousarray(out)
+        return layouts.bias_to_native(layouts.CHAINER, w)
+    return layouts.weight_to_native(layouts.CHAINER, w, H)
 
 
 def chainer_to_canonical(w: np.ndarray, H: int) -> np.ndarray:
     """L.LSTM W (4H, D) -> canonical W (D, 4H); L.LSTM b (4H,) -> (4H,). Exact inverse."""
-    src = chainer_row_source(H)
     if w.ndim == 1:
-        assert w.shape == (4 * H,), f"bias shape {w.shape}, expected {(4 * H,)}"
-        out = np.empty_like(w)
-        out[src] = w
-        return out
-    assert w.ndim == 2 and w.shape[0] == 4 * H, f"weight shape {w.shape}, expected ({4 * H}, D)"
-    out = np.empty((w.shape[1], 4 * H), w.dtype)
-    out[:, src] = w.T
-    return out
+        return layouts.bias_to_canonical(layouts.CHAINER, w, H)
+    if w.ndim != 2:
+        raise layouts.LayoutError(f"chainer weight: expected (4H, D), got {w.shape}")
+    return layouts.weight_to_canonical(layouts.CHAINER, w, w.shape[1], H)
 
 
 # ---- the network ----------------------------------------------------------------------
@@ -218,9 +194,9 @@ class ChainerBackend:
             opt = optimizers.SGD(lr=o.lr)
         elif o.name == "adam":  # eps added to sqrt(v) before bias correction (registry Deviation)
             opt = optimizers.Adam(alpha=o.lr, beta1=o.beta1, beta2=o.beta2, eps=o.eps)
-        elif o.name == "rmsprop":  # eps outside the root: SPEC §4 exactly
+        elif o.name == "rmsprop":  # eps outside the root: docs/SPEC.md §4 exactly
             opt = optimizers.RMSprop(lr=o.lr, alpha=o.alpha, eps=o.eps, eps_inside_sqrt=False)
-        elif o.name == "adagrad":  # accumulator starts at 0, eps outside the root: SPEC §4
+        elif o.name == "adagrad":  # accumulator starts at 0, eps outside the root: docs/SPEC.md §4
             opt = optimizers.AdaGrad(lr=o.lr, eps=o.eps)
         else:
             raise ValueError(f"unknown optimizer {o.name!r}")
@@ -336,7 +312,7 @@ class ChainerBackend:
         # so no gradient can flow across windows.
         return loss.array, self._final_state()
 
-    # ---- generation (SPEC §5) ----------------------------------------------------------
+    # ---- generation (docs/SPEC.md §5) ----------------------------------------------------------
     def _draw(self, logits: np.ndarray, temperature: float, top_k: int, u: float) -> int:
         """One token id from (V,) logits: impls.sampling's rule, computed with Chainer."""
         if temperature == 0:

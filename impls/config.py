@@ -28,6 +28,11 @@ def _positive_float(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
 
+def _number(value: Any) -> bool:
+    """A real number, not a bool (True would pass as 1 silently)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int  # V: number of token ids (characters of the corpus)
@@ -47,7 +52,7 @@ class ModelConfig:
             _positive_int("embed_size", self.embed_size)
         elif self.embed_size != 0:
             raise ConfigError(f"embed_size must be 0 for one-hot input, got {self.embed_size!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not _number(self.dropout) or not 0.0 <= self.dropout < 1.0:  # NaN fails too
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def layer_input_size(self, layer: int) -> int:
@@ -72,7 +77,7 @@ class OptimizerConfig:
         _positive_float("optimizer lr", self.lr)
         for f in ("beta1", "beta2", "alpha"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            if not _number(v) or not 0.0 <= v < 1.0:  # NaN fails too
                 raise ConfigError(f"optimizer {f} must be in [0, 1), got {v!r}")
         _positive_float("optimizer eps", self.eps)
 
@@ -93,6 +98,8 @@ class ClipConfig:
             raise ConfigError(f"clip kind must be one of {', '.join(CLIP_KINDS)}, got {self.kind!r}")
         if self.kind != "none":
             _positive_float("clip value", self.value)
+        elif not _number(self.value) or not 0.0 <= self.value < float("inf"):
+            raise ConfigError(f"clip value must be a finite number >= 0, got {self.value!r}")
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,9 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         _positive_int("generate n", self.n)
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not _number(self.temperature) or not 0 <= self.temperature < float("inf"):  # NaN fails
+            raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), "
+                              f"got {self.temperature!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}")
 
@@ -187,12 +195,17 @@ def flops_per_char(m: ModelConfig, mode: str) -> int:
 
 # ---- the case-file spec (SPEC §9) ------------------------------------------------
 
+MAX_SPEC_CHARS = 65536  # a real spec is a few hundred characters; bounds json's work
+
 @dataclass(frozen=True)
 class CaseSpec:
     model: ModelConfig  # network sizes (dropout is 0 in cross-checks)
     train: TrainConfig  # optimiser and clip for the `steps` updates
     steps: int  # K optimiser steps
     generate: GenerateConfig  # sampling after the prefix
+
+    def __post_init__(self) -> None:
+        _positive_int("steps", self.steps)
 
     def to_json(self) -> str:
         m = self.model
@@ -205,23 +218,34 @@ class CaseSpec:
 
     @staticmethod
     def from_json(text: str) -> "CaseSpec":
+        if len(text) > MAX_SPEC_CHARS:
+            raise ConfigError(f"case spec is {len(text):,} characters long; SPEC §9's spec is a "
+                              f"small JSON object (at most {MAX_SPEC_CHARS:,} characters)")
         try:
             d = json.loads(text)
+        except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+            raise ConfigError(f"case spec is not valid JSON ({str(e).splitlines()[0]})") from None
+        except RecursionError:  # e.g. [[[[...]]]] nested 10,000 deep
+            raise ConfigError("case spec is nested too deeply to be SPEC §9's JSON object") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"case spec must be a JSON object, got {type(d).__name__}")
+        subs = {}
+        for key, default in (("optimizer", {"name": "sgd", "lr": 0.1}), ("clip", {"kind": "none"}),
+                             ("generate", {})):
+            sub = d.get(key, default)
+            if not isinstance(sub, dict):
+                raise ConfigError(f"case spec field {key!r} must be a JSON object, got {type(sub).__name__}")
+            subs[key] = sub
+        try:
             kind = d.get("input", "onehot")
             model = ModelConfig(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
                                 num_layers=d.get("num_layers", 1), input=kind,
                                 # a one-hot case may carry any embed_size: it has no table
                                 embed_size=(d.get("embed_size") or 0) if kind == "embedding" else 0,
                                 dropout=d.get("dropout", 0.0))
-            opt = dict(d.get("optimizer", {"name": "sgd", "lr": 0.1}))
-            clip = dict(d.get("clip", {"kind": "none"}))
-            gen = dict(d.get("generate", {}))
-            steps = d.get("steps", 1)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ConfigError(f"case spec is not valid JSON of SPEC §9 ({type(e).__name__}: {e})") from None
-        _positive_int("steps", steps)
-        try:
-            train = TrainConfig(OptimizerConfig(**opt), ClipConfig(**clip))
-            return CaseSpec(model, train, steps, GenerateConfig(**gen))
+            train = TrainConfig(OptimizerConfig(**subs["optimizer"]), ClipConfig(**subs["clip"]))
+            return CaseSpec(model, train, d.get("steps", 1), GenerateConfig(**subs["generate"]))
+        except KeyError as e:
+            raise ConfigError(f"case spec lacks the field {e.args[0]!r} (SPEC §9)") from None
         except TypeError as e:  # an unknown key in a sub-object
             raise ConfigError(f"case spec has an unknown field ({e})") from None

@@ -1,6 +1,6 @@
 """The JAX backend: the model as pure functions over a parameter pytree, compiled by XLA.
 
-- The params pytree is the canonical layout (SPEC §2 is already JAX's natural layout:
+- The params pytree is the canonical layout (docs/SPEC.md §2 is already JAX's natural layout:
   x @ W_x with W_x (D, 4H), column blocks [i | f | g | o], one bias), grouped per layer.
   `_to_native`/`_to_canonical` map names to pytree paths through an explicit table with
   shape asserts, so a load/params round trip is exact.
@@ -9,10 +9,10 @@
   W_x for one-hot layer 0; the scan body only adds h @ W_h and does the gate arithmetic.
 - The whole train step (forward, loss, value_and_grad, clip, optimiser update, next dropout
   key) is one `jax.jit` program; parameters and optimiser state are donated, so the update
-  reuses their buffers. Optimisers are written out to SPEC §4's formulas (no optax: its
+  reuses their buffers. Optimisers are written out to docs/SPEC.md §4's formulas (no optax: its
   rmsprop/adagrad put eps inside the root).
 - Generation is one compiled program: a scan feeds the prefix, a second scan over the
-  caller's uniforms draws the n tokens with SPEC §5's rule (impls.sampling).
+  caller's uniforms draws the n tokens with docs/SPEC.md §5's rule (impls.sampling).
 - Strict float32: every matmul passes Precision.HIGHEST (on a GPU XLA would otherwise use
   TF32); the constructor's precision="tf32" selects XLA's default precision instead.
 
@@ -106,10 +106,48 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     return info
 
 
+# ---- hooks (impls.registry.HOOKS): what the harness asks of this module ------------------
+
+def kernel_info(backend_name: str, device: str) -> dict[str, str]:
+    """The whole step is one XLA program on every device."""
+    return {"kernel": "XLA:GPU" if device == "gpu" else "XLA:CPU"}
+
+
+def device_peak_memory(device: str, reset: bool) -> int | None:
+    """XLA's peak bytes in use on the first GPU. XLA's counter cannot be reset: reset=True
+    returns None and the next read is the process-lifetime peak (one cell per worker keeps
+    that honest). None on the CPU."""
+    if device != "gpu" or reset:
+        return None
+    try:
+        stats = _gpu().memory_stats() or {}
+    except ValueError:
+        return None
+    return int(stats.get("peak_bytes_in_use", 0)) or None
+
+
+def device_matmul_peak(device: str) -> float | None:
+    """Best strict-float32 (Precision.HIGHEST) 8192^2 GEMM GFLOP/s on the GPU, measured
+    now; None on the CPU (the harness measures NumPy's BLAS there)."""
+    if device != "gpu":
+        return None
+    import time
+    n, repeats = 8192, 7
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=lax.Precision.HIGHEST))
+    a = jax.device_put(jnp.ones((n, n), jnp.float32), _gpu())
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        f(a, a).block_until_ready()
+        best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+    return 2 * n ** 3 / best / 1e9
+
+
 # ---- the canonical <-> native table ------------------------------------------------------
 
 def _layout(m: ModelConfig) -> list[tuple[str, tuple[Any, ...], tuple[int, ...]]]:
-    """(canonical name, path in the native pytree, shape). The layouts coincide (SPEC §2/§3:
+    """(canonical name, path in the native pytree, shape). The layouts coincide (docs/SPEC.md §2, §3:
     x @ W_x, blocks [i, f, g, o], one bias), so every row is the identity on values; the
     table fixes the names and shapes both ways."""
     rows = []
@@ -240,7 +278,7 @@ def _loss_fn(st: _Static, p: dict[str, Any], tok: jax.Array, tgt: jax.Array, h0:
     return _loss(logits, tgt), (logits, h, c)
 
 
-# ---- clipping and optimisers (SPEC §4) --------------------------------------------------------
+# ---- clipping and optimisers (docs/SPEC.md §4) --------------------------------------------------------
 
 def _clip(st: _Static, g: Any) -> Any:
     clip = st.train.clip
@@ -298,7 +336,7 @@ def _update(st: _Static, p: Any, opt: dict[str, Any], g: Any) -> tuple[Any, dict
     return p, new
 
 
-# ---- sampling (SPEC §5, impls.sampling) ------------------------------------------------------
+# ---- sampling (docs/SPEC.md §5, impls.sampling) ------------------------------------------------------
 
 def _draw(logits: jax.Array, u: jax.Array, temperature: jax.Array, greedy: bool,
           top_k: int) -> jax.Array:

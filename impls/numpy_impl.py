@@ -75,7 +75,7 @@ class NumpyBackend:
         if eps_form not in EPS_FORMS:
             raise ValueError(f"eps_form must be one of {', '.join(EPS_FORMS)}, got {eps_form!r}")
         self.model, self.train = model, train
-        # "spec" is SPEC §4; the others reproduce a framework's native formula so that a
+        # "spec" is docs/SPEC.md §4; the others reproduce a framework's native formula so that a
         # documented deviation can be checked exactly (impls.registry.Deviation).
         self.eps_form = eps_form
         self.dtype = np.dtype(dtype)
@@ -286,7 +286,7 @@ class NumpyBackend:
         loss, logits, final, grads, _, _ = self.loss_and_grads_full(tokens, targets, state)
         return loss, logits, final, {k: v.astype(np.float64) for k, v in grads.items()}
 
-    # ---- optimisation (SPEC §4) ----------------------------------------------------
+    # ---- optimisation (docs/SPEC.md §4) ----------------------------------------------------
     def _clip(self, grads: Params) -> None:
         clip = self.train.clip
         if clip.kind == "norm":
@@ -339,7 +339,7 @@ class NumpyBackend:
         self._update(grads)
         return loss, final
 
-    # ---- generation (SPEC §5) -------------------------------------------------------
+    # ---- generation (docs/SPEC.md §5) -------------------------------------------------------
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         m = self.model

@@ -1,12 +1,53 @@
-"""Every backend and variant, as data. Nothing here imports a framework: `load` imports a
-backend module lazily, and a missing framework makes that one backend unavailable with the
-reason, never the others."""
+"""Every backend and variant, as data, and what each can do. Nothing here imports a framework:
+`load_module` imports a backend module lazily, and a missing framework makes that one backend
+unavailable with the reason, never the others.
+
+The contract (docs/SPEC.md §10):
+- `BackendSpec` says what a backend is and what it supports (modes, devices, precisions) and
+  which environment variables its process needs set before its framework is imported.
+- `unsupported(name, mode=, device=, precision=)` gives the reason a combination cannot run,
+  or None; the harness records such a cell as "unsupported" with that reason, never an error.
+- `hook(name, hook_name)` returns one of a backend module's optional module-level functions
+  (HOOKS), so the harness never switches on framework names.
+- `create(...)` returns an object satisfying `impls.base.Backend`.
+
+A new backend is one module `impls/<x>_impl.py` plus one `BackendSpec` entry in BACKENDS.
+"""
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .base import Backend
+
+MODES: tuple[str, ...] = ("train", "eval", "generate")  # what a cell can measure
+DEVICES: tuple[str, ...] = ("cpu", "gpu")
+PRECISIONS: tuple[str, ...] = ("float32", "tf32")  # tf32: TensorFloat-32 matmuls, a GPU mode
+
+# The optional module-level functions a backend module may define, with their signatures:
+#   kernel_info(backend_name: str, device: str) -> dict[str, str]
+#       the kernel path THIS variant runs on, e.g. {"kernel": "oneDNN"}; merged over configure()'s
+#       facts for the results file. Call after configure().
+#   device_peak_memory(device: str, reset: bool) -> int | None
+#       the framework allocator's peak bytes on a GPU since the last reset; reset=True resets
+#       the counter and returns None. None where the framework has no such counter.
+#   device_matmul_peak(device: str) -> float | None
+#       best strict-float32 GEMM GFLOP/s measured now on `device` with this framework (the
+#       efficiency denominator on a GPU); None where it cannot measure there.
+HOOKS: tuple[str, ...] = ("kernel_info", "device_peak_memory", "device_matmul_peak")
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A native optimiser formula that differs from docs/SPEC.md §4 by design. `eps_form` names
+    the NumpyBackend variant that computes the native formula exactly, so the check can prove
+    that the measured difference has this cause and no other."""
+    eps_form: str  # "eps_hat" | "eps_inside" (impls.numpy_impl.EPS_FORMS)
+    cause: str  # one line, shown by `lstmbench backends` and `case diff`
 
 
 @dataclass(frozen=True)
@@ -17,20 +58,25 @@ class BackendSpec:
     framework: str  # the import name whose absence makes this backend unavailable
     env: str  # the environment it lives in: "main" (NumPy 2) or "chainer" (NumPy < 2)
     dtype: str  # the dtype it computes in by default
-    devices: tuple[str, ...]  # where it can run
     description: str  # what it is, honestly: fused kernel, per-step loop, ...
+    devices: tuple[str, ...] = ("cpu",)  # where it can run
+    modes: tuple[str, ...] = MODES  # what it can run: a subset of MODES
+    precisions: tuple[str, ...] = ("float32",)  # "tf32" too where a GPU TF32 path exists
+    # set in the worker's environment BEFORE the framework is imported (KERAS_BACKEND=jax):
+    # such a backend cannot be created in a process whose environment differs
+    env_vars: dict[str, str] = field(default_factory=dict)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
-    # optimiser name -> how the framework's native formula differs from SPEC §4
-    deviations: dict[str, "Deviation"] = field(default_factory=dict)
+    # optimiser name -> how the framework's native formula differs from docs/SPEC.md §4
+    deviations: dict[str, Deviation] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class Deviation:
-    """A native optimiser formula that differs from SPEC §4 by design. `eps_form` names the
-    NumpyBackend variant that computes the native formula exactly, so the check can prove
-    that the measured difference has this cause and no other."""
-    eps_form: str  # "eps_hat" | "eps_inside" (impls.numpy_impl.EPS_FORMS)
-    cause: str  # one line, shown by `lstmbench backends` and `case diff`
+    def __post_init__(self) -> None:
+        # a typo in an entry must fail at import, not as a silently skipped cell
+        for what, got, allowed in (("modes", self.modes, MODES), ("devices", self.devices, DEVICES),
+                                   ("precisions", self.precisions, PRECISIONS)):
+            bad = [x for x in got if x not in allowed]
+            if bad or not got:
+                raise ValueError(f"backend {self.name}: {what} {got!r} must be a non-empty subset "
+                                 f"of {allowed!r}")
 
 
 KERAS_DEVIATIONS = {
@@ -45,27 +91,62 @@ CHAINER_DEVIATIONS = {
                                  "effective eps = eps*sqrt(1-beta2^t)"),
 }
 
+_GPU = ("cpu", "gpu")
+_TF32 = ("float32", "tf32")
+
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
-    BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64", ("cpu",),
+    BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64",
                 "the float64 reference: hand-written BPTT, the oracle"),
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",
-                ("cpu",), "the reference in float32: what you get with no framework"),
+                "the reference in float32: what you get with no framework"),
     BackendSpec("torch", "impls.torch_impl", "TorchBackend", "torch", "main", "float32",
-                ("cpu", "gpu"), "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)"),
+                "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)",
+                devices=_GPU, precisions=_TF32),
     BackendSpec("torch-cell", "impls.torch_impl", "TorchCellBackend", "torch", "main", "float32",
-                ("cpu", "gpu"), "char-rnn's cell: per-step loop of i2h + h2h Linear layers"),
+                "char-rnn's cell: per-step loop of i2h + h2h Linear layers",
+                devices=_GPU, precisions=_TF32),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
-                "float32", ("cpu", "gpu"), "Keras 3 layers.LSTM, train step in tf.function",
-                deviations=KERAS_DEVIATIONS),
+                "float32", "Keras 3 layers.LSTM, train step in tf.function",
+                devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
-                "main", "float32", ("cpu", "gpu"), "as tensorflow, tf.function(jit_compile=True)",
-                kwargs={"jit_compile": True},
+                "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
+                devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
                 deviations=KERAS_DEVIATIONS),
-    BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32", ("cpu", "gpu"),
-                "pure functions, lax.scan over time, whole step under jax.jit"),
+    BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
+                "pure functions, lax.scan over time, whole step under jax.jit",
+                devices=_GPU, precisions=_TF32),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
-                ("cpu",), "RNNForLM shape: one L.LSTM per layer called per time step",
+                "RNNForLM shape: one L.LSTM per layer called per time step",
                 deviations=CHAINER_DEVIATIONS),
+    BackendSpec("torch-compile", "impls.torch_impl", "TorchCompileBackend", "torch", "main",
+                "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
+                "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
+                "optimiser step compiled; generation a compiled one-token step"),
+    BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
+                "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
+                "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
+                "token, drawn on the host", modes=("eval", "generate")),
+    BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
+                "the tensorflow backend's Keras 3 model on the JAX engine: stateless_call + "
+                "jax.grad + optimizer.stateless_apply, the step under jax.jit",
+                env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
+                deviations=KERAS_DEVIATIONS),
+    BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
+                "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
+                "loss.backward(), optimizer.apply; the LSTM a per-step loop of torch ops",
+                env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
+                deviations=KERAS_DEVIATIONS),
+    BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
+                "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
+                "step under nnx.jit; generation a jitted one-token step per token",
+                deviations={"adagrad": Deviation(
+                    "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
+                                  "(no option to move it out)")}),
+    BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
+                "tensorflow", "main", "float32",
+                "tensorflow with the whole generation loop (prefix, steps, draws) in one "
+                "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
+                modes=("eval", "generate")),
 )}
 
 
@@ -80,6 +161,38 @@ def get_spec(name: str) -> BackendSpec:
         raise BackendError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)}") from None
 
 
+def unsupported(name: str, *, mode: str | None = None, device: str | None = None,
+                precision: str | None = None) -> str | None:
+    """Why backend `name` cannot run this mode/device/precision (one line), or None when its
+    spec supports it. Arguments left None are not checked. Says nothing about whether the
+    framework is installed here: that is `availability`."""
+    spec = get_spec(name)
+    if mode is not None and mode not in spec.modes:
+        return f"backend {name} has no {mode} mode (it runs {', '.join(spec.modes)})"
+    if device is not None and device not in spec.devices:
+        return f"backend {name} does not run on {device} (it runs on {', '.join(spec.devices)})"
+    if precision is not None:
+        if precision not in spec.precisions:
+            return f"backend {name} has no {precision} precision (it has {', '.join(spec.precisions)})"
+        if precision == "tf32" and device is not None and device != "gpu":
+            return "precision tf32 exists only on a GPU"
+    return None
+
+
+def env_mismatch(name: str, environ: Any = None) -> str | None:
+    """Why this process cannot host backend `name` because its spec's env_vars differ from
+    `environ` (default os.environ), or None. Such a backend runs in its own worker, whose
+    environment the harness sets (harness.envs)."""
+    spec = get_spec(name)
+    env = os.environ if environ is None else environ
+    wrong = {k: v for k, v in spec.env_vars.items() if env.get(k) != v}
+    if not wrong:
+        return None
+    need = " ".join(f"{k}={v}" for k, v in wrong.items())
+    return (f"backend {name} needs {need} set before its framework is imported; run it in its "
+            f"own worker (lstmbench case run / check do) or start Python with {need}")
+
+
 def load_module(spec: BackendSpec) -> ModuleType:
     """Import the backend module, turning a missing framework into a BackendError."""
     try:
@@ -90,14 +203,32 @@ def load_module(spec: BackendSpec) -> ModuleType:
         raise BackendError(f"backend {spec.name} is unavailable here ({e}); {hint}") from None
 
 
+def hook(name: str, hook_name: str) -> Callable[..., Any] | None:
+    """Backend `name`'s module-level hook `hook_name` (one of HOOKS; signatures above), or
+    None when its module does not define it. Imports the module: raises BackendError when
+    the backend is unknown or its framework is missing here."""
+    if hook_name not in HOOKS:
+        raise ValueError(f"unknown hook {hook_name!r}; hooks are: {', '.join(HOOKS)}")
+    fn = getattr(load_module(get_spec(name)), hook_name, None)
+    return fn if callable(fn) else None
+
+
 def create(name: str, model: Any, train: Any, params: Any, *, device: str = "cpu",
-           dtype: str | None = None, seed: int = 0, **extra: Any) -> Any:
-    """Construct backend `name` (module imported lazily); `extra` goes to the constructor."""
+           dtype: str | None = None, seed: int = 0, **extra: Any) -> "Backend":
+    """Construct backend `name` (module imported lazily); `extra` goes to the constructor
+    (e.g. precision="tf32"). Raises BackendError when the spec does not support the device or
+    precision, when this process's environment lacks the spec's env_vars, or when the
+    framework is missing."""
     spec = get_spec(name)
-    if device not in spec.devices:
-        raise BackendError(f"backend {name} does not run on {device}; it runs on {', '.join(spec.devices)}")
+    why = unsupported(name, device=device, precision=extra.get("precision"))
+    if why:
+        raise BackendError(why)
+    why = env_mismatch(name)
+    if why:
+        raise BackendError(why)
     cls = getattr(load_module(spec), spec.cls)
-    return cls(model, train, params, device=device, dtype=dtype or spec.dtype, seed=seed, **spec.kwargs, **extra)
+    return cls(model, train, params, device=device, dtype=dtype or spec.dtype, seed=seed,
+               **spec.kwargs, **extra)
 
 
 def availability(name: str) -> tuple[bool, str]:

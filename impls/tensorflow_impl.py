@@ -17,9 +17,9 @@ Generation calls each layer's `LSTMCell` (the LSTM layer's own weights) once per
 step needs no time loop, and the drawn token stays on the device to be fed straight back.
 
 Dropout is done by separate `keras.layers.Dropout` layers in front of each LSTM layer and of
-the output layer (SPEC §1), not by the LSTM's own `dropout` argument: that one draws one mask
+the output layer (docs/SPEC.md §1), not by the LSTM's own `dropout` argument: that one draws one mask
 per sequence and reuses it at every time step (on both the cuDNN and the cell path), where
-SPEC §1 (like the reference and Chainer's RNNForLM) drops each element independently.
+docs/SPEC.md §1 (like the reference and Chainer's RNNForLM) drops each element independently.
 
 Optimisers are Keras' own (SGD, Adam, RMSprop, Adagrad with initial_accumulator_value=0) with
 native clipping (`global_clipnorm`, `clipvalue`); Adam's epsilon-hat and RMSprop/Adagrad's
@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
+from . import layouts  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
 from .params import Params, check_params, init_params, param_shapes  # noqa: E402
 from .registry import BackendError  # noqa: E402
@@ -68,7 +69,7 @@ def _onednn_enabled() -> bool:
 
 def configure(threads: int | None, device: str) -> dict[str, str]:
     """Thread pools (must run before TF initialises its runtime) and facts for the results.
-    `kernel` is the `tensorflow` variant's path; `kernel_xla` the `tensorflow-xla` one's."""
+    `kernel` is the `tensorflow` variant's path; kernel_info() gives each variant's own."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     if threads is not None:
@@ -86,30 +87,78 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
         if not tf.config.list_physical_devices("GPU"):
             raise ValueError("device 'gpu' requested but TensorFlow sees no GPU "
                              "(tensorflow-cpu installed, or no CUDA device visible)")
-        kernel, kernel_xla = "cuDNN", "XLA:GPU"
+        kernel = "cuDNN"
     else:
-        kernel, kernel_xla = ("oneDNN" if _onednn_enabled() else "Eigen"), "XLA:CPU"
+        kernel = "oneDNN" if _onednn_enabled() else "Eigen"
     return {"version": tf.__version__, "keras": keras.__version__, "kernel": kernel,
-            "kernel_xla": kernel_xla,
             "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
             "inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads())}
 
 
-# ---- layout: canonical (SPEC §2) <-> Keras 3 (SPEC §3) -------------------------------------
-# Keras' LSTM kernel (D, 4H), recurrent_kernel (H, 4H) and its one bias (4H,) hold column
-# blocks in the order i, f, c, o; Keras' "c" (candidate) is SPEC's g. So the block table is
-# the identity, written out so that a change on either side is a one-line edit.
-CANONICAL_GATES = ("i", "f", "g", "o")
-KERAS_GATES = ("i", "f", "g", "o")
+# ---- hooks (impls.registry.HOOKS): what the harness asks of this module ------------------
+
+def kernel_info(backend_name: str, device: str) -> dict[str, str]:
+    """The kernel path of THIS variant: a variant built with jit_compile=True (its registry
+    kwargs) is compiled whole by XLA; the others run Keras' cuDNN LSTM on a GPU and the
+    tf.while_loop cell (oneDNN or Eigen matmuls) on the CPU."""
+    from .registry import get_spec
+    if get_spec(backend_name).kwargs.get("jit_compile"):
+        return {"kernel": "XLA:GPU" if device == "gpu" else "XLA:CPU"}
+    if device == "gpu":
+        return {"kernel": "cuDNN"}
+    return {"kernel": "oneDNN" if _onednn_enabled() else "Eigen"}
 
 
-def _reorder_gates(w: np.ndarray, H: int, src: tuple[str, ...], dst: tuple[str, ...]) -> np.ndarray:
-    """Permute the 4 gate blocks along the last axis (width 4H) from order src to order dst."""
-    assert w.shape[-1] == 4 * H, (w.shape, H)
-    blocks = {gate: w[..., k * H:(k + 1) * H] for k, gate in enumerate(src)}
-    out = np.concatenate([blocks[gate] for gate in dst], axis=-1)
-    assert out.shape == w.shape
-    return out
+def device_peak_memory(device: str, reset: bool) -> int | None:
+    """TensorFlow's GPU:0 allocator peak (bytes) since the last reset; reset=True resets it
+    and returns None. None on the CPU or where TF keeps no such counter."""
+    if device != "gpu" or not tf.config.list_physical_devices("GPU"):
+        return None
+    if reset:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        return None
+    return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
+def device_matmul_peak(device: str) -> float | None:
+    """Best strict-float32 (TF32 off) 8192^2 GEMM GFLOP/s on the GPU, measured now; None
+    on the CPU (the harness measures NumPy's BLAS there). Restores the TF32 setting."""
+    if device != "gpu" or not tf.config.list_physical_devices("GPU"):
+        return None
+    import time
+    n, repeats = 8192, 7
+    old = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        with tf.device("/GPU:0"):
+            a = tf.random.uniform((n, n))
+            f = tf.function(lambda x: tf.matmul(x, x))
+            f(a).numpy()
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter_ns()
+                f(a)[0, 0].numpy()  # fetching one element waits for the product
+                best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(old)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ---- layout: canonical <-> Keras 3 (docs/SPEC.md §2, §3) ------------------------------------
+# Keras' LSTM kernel (D, 4H), recurrent_kernel (H, 4H) and its one bias (4H,): the row
+# layouts.KERAS (gate blocks i, f, c, o; c = the canonical g).
+
+
+def _to_keras(w: np.ndarray, H: int) -> np.ndarray:
+    """A canonical gate-axis parameter (weight (rows, 4H) or bias (4H,)) -> Keras'."""
+    return layouts.bias_to_native(layouts.KERAS, w) if w.ndim == 1 else \
+        layouts.weight_to_native(layouts.KERAS, w, H)
+
+
+def _from_keras(w: np.ndarray, H: int) -> np.ndarray:
+    """Keras' kernel (rows, 4H) / recurrent_kernel (H, 4H) / bias (4H,) -> canonical."""
+    return layouts.bias_to_canonical(layouts.KERAS, w, H) if w.ndim == 1 else \
+        layouts.weight_to_canonical(layouts.KERAS, w, w.shape[0], H)
 
 
 @dataclass(frozen=True)
@@ -201,7 +250,7 @@ class TensorflowBackend:
                                          epsilon=o.eps, **clip)
         if o.name == "rmsprop":
             return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
-        if o.name == "adagrad":  # SPEC §4: s starts at 0 (Keras' default is 0.1)
+        if o.name == "adagrad":  # docs/SPEC.md §4: s starts at 0 (Keras' default is 0.1)
             return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
                                             epsilon=o.eps, **clip)
         raise ValueError(f"unknown optimizer {o.name!r}")
@@ -213,7 +262,7 @@ class TensorflowBackend:
         for s in self._slots:
             w = np.asarray(params[s.name], dtype=np.float64)
             if s.gates:
-                w = _reorder_gates(w, H, CANONICAL_GATES, KERAS_GATES)
+                w = _to_keras(w, H)
             assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
             s.var.assign(w.astype(self.dtype))
         for v, init in self._opt_init:
@@ -229,7 +278,7 @@ class TensorflowBackend:
     def _to_canonical(self, s: _Slot, w: np.ndarray, H: int) -> np.ndarray:
         w = np.array(w, dtype=np.float64)
         assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
-        return _reorder_gates(w, H, KERAS_GATES, CANONICAL_GATES) if s.gates else w
+        return _from_keras(w, H) if s.gates else w
 
     def put(self, tokens: np.ndarray) -> tf.Tensor:
         t = np.asarray(tokens)
@@ -306,7 +355,7 @@ class TensorflowBackend:
             return loss, h, c
 
     def _gen_step_impl(self, tok, h0, c0, temperature, top_k, u):  # type: ignore[no-untyped-def]
-        """Feed one token (1, 1), then draw the next with SPEC §5's rule (impls.sampling):
+        """Feed one token (1, 1), then draw the next with docs/SPEC.md §5's rule (impls.sampling):
         returns next token (1, 1) int32 and the new state. temperature, u: float64 scalars;
         top_k: int32 scalar (0 keeps all)."""
         m = self.model
@@ -405,3 +454,65 @@ def _check_xla(device: str) -> None:
     if err is not None:
         raise BackendError(f"tensorflow-xla cannot run on {device} here: XLA failed to compile "
                            f"the train step ({err}); use the `tensorflow` backend instead")
+
+
+# ---- tensorflow-genloop: the whole generation loop as one tf.function --------------------
+
+class TensorflowGenLoopBackend(TensorflowBackend):
+    """`tensorflow` with generation compiled whole: the prefix, every step and every draw
+    (the same `_gen_step_impl` body as the per-token variant) inside one `tf.function`, the
+    loops autograph-converted to `tf.while_loop`s, so one call returns all n tokens. This is
+    what `jax` does with `lax.scan`; the per-token `tensorflow` variant pays one function call
+    and its Python dispatch per token instead. Registry modes=("eval", "generate"): its eval
+    step is the `tensorflow` backend's own (kept so that the conformance suite, whose
+    no-train path needs eval, checks it whole; matrices need only its generate cells); train
+    raises NotImplementedError."""
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, **kw: Any) -> None:
+        super().__init__(model, train, params, **kw)
+        # any prefix length and n: one trace per backend object
+        sig = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float64),
+               tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int32)]
+        self._gen_loop_fn = tf.function(self._gen_loop_impl, input_signature=sig,
+                                        jit_compile=bool(self.jit_compile))
+
+    def _gen_loop_impl(self, prefix, uniforms, temperature, top_k):  # type: ignore[no-untyped-def]
+        """prefix (P,) int32 with P >= 1, uniforms (n,) float64 with n >= 1 -> (n,) int32."""
+        m = self.model
+        zeros = tf.zeros((m.num_layers, 1, m.hidden_size), self.dtype)
+        h, c = zeros, zeros
+        P, n = tf.shape(prefix)[0], tf.shape(uniforms)[0]
+        u0 = uniforms[0]
+        # all but the last prefix token only advance the state
+        for i in tf.range(P - 1):
+            _, h, c = self._gen_step_impl(tf.reshape(prefix[i], (1, 1)), h, c, temperature, top_k, u0)
+        nxt, h, c = self._gen_step_impl(tf.reshape(prefix[P - 1], (1, 1)), h, c, temperature, top_k, u0)
+        out = tf.TensorArray(tf.int32, size=n)
+        out = out.write(0, nxt[0, 0])
+        for j in tf.range(1, n):
+            nxt, h, c = self._gen_step_impl(nxt, h, c, temperature, top_k, uniforms[j])
+            out = out.write(j, nxt[0, 0])
+        return out.stack()
+
+    _ONLY = ("tensorflow-genloop has no train mode (registry modes=('eval', 'generate')); "
+             "its train step would be the `tensorflow` backend's: use that")
+
+    def train_step(self, tokens: Any, targets: Any, state: Any) -> Any:
+        raise NotImplementedError(self._ONLY)
+
+    def loss_and_grads(self, tokens: Any, targets: Any, state: Any) -> Any:
+        raise NotImplementedError(self._ONLY)
+
+    def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
+                 uniforms: np.ndarray) -> np.ndarray:
+        prefix = np.asarray(prefix, np.int64).reshape(-1)
+        if prefix.size == 0:
+            raise ValueError("generate needs a prefix of at least one token")
+        if n == 0:
+            return np.empty(0, np.int64)
+        with tf.device(self._dev):
+            toks = self._gen_loop_fn(tf.constant(prefix.astype(np.int32)),
+                                     tf.constant(np.asarray(uniforms, np.float64)[:n]),
+                                     tf.constant(float(temperature), tf.float64),
+                                     tf.constant(int(top_k), tf.int32))
+        return np.asarray(toks.numpy(), np.int64)

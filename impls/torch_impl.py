@@ -2,7 +2,7 @@
 
 - `torch` (TorchBackend): `nn.LSTM`, the fused kernel (oneDNN on the CPU, cuDNN on a GPU),
   num_layers = L with its internal dropout (which drops the inputs of layers 1..L-1), plus an
-  explicit dropout on the layer-0 input and on the top output: together exactly SPEC §1's
+  explicit dropout on the layer-0 input and on the top output: together exactly docs/SPEC.md §1's
   placement. One-hot input is fed as one-hot vectors, as the PyTorch char-LSTM tutorial does.
 - `torch-cell` (TorchCellBackend): char-rnn's formulation (Torch7): per layer an `i2h`
   Linear(D, 4H) and an `h2h` Linear(H, 4H), gate blocks in char-rnn's order i, f, o, g, and an
@@ -10,15 +10,16 @@
   out of the loop (one matrix product per layer); the recurrence is one addmm per step.
 
 Both keep the second LSTM bias (`bias_hh_l{k}`, `h2h.bias`) fixed at 0: it is not trained
-and not clipped, so it never moves (SPEC §2). Internally everything is time-major: tokens
-are (T, B), activations (T, B, ...). Canonical <-> native layouts go through explicit gate
-tables (CANONICAL_GATES, TORCH_LSTM_GATES, CHAR_RNN_GATES) with shape asserts.
+and not clipped, so it never moves (docs/SPEC.md §2). Internally everything is time-major:
+tokens are (T, B), activations (T, B, ...). Canonical <-> native layouts go through the
+rows layouts.TORCH and layouts.CHAR_RNN of impls/layouts.py (explicit tables, shape checks).
 
 Dropout masks come from PyTorch's global generator (nn.LSTM's internal dropout can use no
 other), seeded with `seed` when a backend is constructed.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
 
@@ -68,9 +70,69 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     return info
 
 
+# ---- hooks (impls.registry.HOOKS): what the harness asks of this module ------------------
+
+def _cpu_blas() -> str:
+    """The BLAS torch's CPU addmm calls (MKL in the PyPI CPU wheel)."""
+    return "MKL" if torch.backends.mkl.is_available() else "BLAS"
+
+
+def kernel_info(backend_name: str, device: str) -> dict[str, str]:
+    """The kernel path of THIS variant, from its class's `kernel_label(device)`: `torch` runs
+    nn.LSTM's fused kernel (oneDNN on the CPU, cuDNN on a GPU); `torch-cell` never touches
+    those: it is a Python loop of Linear layers whose products are addmm calls into the BLAS
+    (cuBLAS on a GPU). A new variant class overrides kernel_label."""
+    from .registry import get_spec
+    cls = globals()[get_spec(backend_name).cls]
+    return {"kernel": cls.kernel_label(device)}
+
+
+def _fused_label(device: str) -> str:
+    if device == "gpu":
+        return f"cuDNN {torch.backends.cudnn.version()}"
+    return "oneDNN" if torch.backends.mkldnn.is_available() else "ATen native"
+
+
+def device_peak_memory(device: str, reset: bool) -> int | None:
+    """torch's CUDA caching allocator peak (bytes) since the last reset; reset=True resets
+    it and returns None. None on the CPU (torch keeps no CPU allocator peak)."""
+    if device != "gpu" or not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+def device_matmul_peak(device: str) -> float | None:
+    """Best strict-float32 (TF32 off) 8192^2 GEMM GFLOP/s on the GPU, measured now; None on
+    the CPU (the harness measures NumPy's BLAS there). Restores the TF32 flag afterwards."""
+    if device != "gpu" or not torch.cuda.is_available():
+        return None
+    n, repeats = 8192, 7
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a = torch.rand(n, n, device="cuda")
+        b = torch.rand(n, n, device="cuda")
+        a @ b
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            a @ b
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter_ns() - t0) / 1e9)
+        del a, b
+        torch.cuda.empty_cache()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    return 2 * n ** 3 / best / 1e9
+
+
 def _set_precision(device: str, precision: str) -> None:
     """Strict float32 unless TF32 is asked for. The flags are process-wide; PyTorch's own
-    default lets cuDNN use TF32, which SPEC §8 counts as a separate precision mode."""
+    default lets cuDNN use TF32, which docs/SPEC.md §8 counts as a separate precision mode."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "tf32" and device != "gpu":
@@ -80,79 +142,43 @@ def _set_precision(device: str, precision: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
-# ---- layouts: canonical (SPEC §2) <-> native (SPEC §3) --------------------------------
-
-CANONICAL_GATES = ("i", "f", "g", "o")  # SPEC §1: column blocks of W_x, W_h and b
-TORCH_LSTM_GATES = ("i", "f", "g", "o")  # SPEC §3: nn.LSTM weight_ih/weight_hh/bias row blocks
-CHAR_RNN_GATES = ("i", "f", "o", "g")  # SPEC §3: Torch7 char-rnn i2h/h2h output blocks
-
-
-def gate_weight_to_native(w: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
-    """Canonical (D, 4H), column blocks in CANONICAL_GATES order -> native (4H, D), row
-    blocks in `order` (the nn.Linear / nn.LSTM weight layout: out_features first)."""
-    assert w.ndim == 2 and w.shape[1] == 4 * H, f"expected (D, {4 * H}), got {w.shape}"
-    D = w.shape[0]
-    cols = {g: w[:, k * H:(k + 1) * H] for k, g in enumerate(CANONICAL_GATES)}  # each (D, H)
-    native = np.concatenate([cols[g].T for g in order], axis=0)  # (4H, D)
-    assert native.shape == (4 * H, D)
-    return native
-
-
-def gate_weight_from_native(native: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
-    """Inverse of gate_weight_to_native: native (4H, D) row blocks in `order` -> (D, 4H)."""
-    assert native.ndim == 2 and native.shape[0] == 4 * H, f"expected ({4 * H}, D), got {native.shape}"
-    D = native.shape[1]
-    rows = {g: native[k * H:(k + 1) * H] for k, g in enumerate(order)}  # each (H, D)
-    w = np.concatenate([rows[g].T for g in CANONICAL_GATES], axis=1)  # (D, 4H)
-    assert w.shape == (D, 4 * H)
-    return w
-
-
-def gate_bias_to_native(b: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
-    """Canonical (4H,) blocks in CANONICAL_GATES order -> native (4H,) blocks in `order`."""
-    assert b.shape == (4 * H,), f"expected ({4 * H},), got {b.shape}"
-    blocks = {g: b[k * H:(k + 1) * H] for k, g in enumerate(CANONICAL_GATES)}
-    return np.concatenate([blocks[g] for g in order])
-
-
-def gate_bias_from_native(native: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
-    assert native.shape == (4 * H,), f"expected ({4 * H},), got {native.shape}"
-    blocks = {g: native[k * H:(k + 1) * H] for k, g in enumerate(order)}
-    return np.concatenate([blocks[g] for g in CANONICAL_GATES])
-
+# ---- layouts: canonical <-> native (docs/SPEC.md §2, §3; the tables live in impls.layouts) ----
 
 @dataclass(frozen=True)
 class Slot:
     """One row of a backend's conversion table: where a canonical parameter lives natively."""
-    canonical: str  # SPEC §2 name
+    canonical: str  # docs/SPEC.md §2 name
     native: str  # nn.Module parameter name
     kind: str  # "same" (identical layout) | "transpose" | "gate_weight" | "gate_bias"
+    rows: int = 0  # for "gate_weight": the canonical row count (D for W_x, H for W_h)
     zero_partner: str = ""  # for "gate_bias": the second LSTM bias, held at 0 (added back on read)
 
 
-def to_native(slot: Slot, value: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+def to_native(slot: Slot, value: np.ndarray, H: int, layout: layouts.Layout) -> np.ndarray:
     if slot.kind == "same":
         return value
     if slot.kind == "transpose":  # out.W (H, V) -> nn.Linear weight (V, H)
         assert value.ndim == 2
         return value.T
-    if slot.kind == "gate_weight":
-        return gate_weight_to_native(value, H, order)
+    if slot.kind == "gate_weight":  # (rows, 4H) -> (4H, rows), gate blocks in the layout's order
+        return layouts.weight_to_native(layout, value, H)
     if slot.kind == "gate_bias":
-        return gate_bias_to_native(value, H, order)
+        return layouts.bias_to_native(layout, value)
     raise AssertionError(slot.kind)
 
 
-def from_native(slot: Slot, value: np.ndarray, H: int, order: tuple[str, ...]) -> np.ndarray:
+def from_native(slot: Slot, value: np.ndarray, H: int, layout: layouts.Layout,
+                zero: np.ndarray | None = None) -> np.ndarray:
+    """Native -> canonical; for a "gate_bias" slot, `zero` is its partner's value (summed)."""
     if slot.kind == "same":
         return value
     if slot.kind == "transpose":
         assert value.ndim == 2
         return value.T
     if slot.kind == "gate_weight":
-        return gate_weight_from_native(value, H, order)
+        return layouts.weight_to_canonical(layout, value, slot.rows, H)
     if slot.kind == "gate_bias":
-        return gate_bias_from_native(value, H, order)
+        return layouts.bias_to_canonical(layout, value, H, zero)
     raise AssertionError(slot.kind)
 
 
@@ -160,7 +186,7 @@ def from_native(slot: Slot, value: np.ndarray, H: int, order: tuple[str, ...]) -
 
 class _Net(nn.Module):
     """Input layer and output layer shared by both formulations."""
-    GATES: tuple[str, ...] = ()
+    LAYOUT: layouts.Layout = layouts.TORCH  # how this network stores each LSTM layer
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__()
@@ -196,7 +222,7 @@ class _Net(nn.Module):
 
 class FusedNet(_Net):
     """nn.Embedding or one-hot -> nn.LSTM (fused, L layers) -> nn.Linear."""
-    GATES = TORCH_LSTM_GATES
+    LAYOUT = layouts.TORCH
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__(m)
@@ -214,8 +240,9 @@ class FusedNet(_Net):
         head, tail = self._common_slots()
         mid = []
         for l in range(self.m.num_layers):
-            mid += [Slot(f"lstm.{l}.W_x", f"lstm.weight_ih_l{l}", "gate_weight"),
-                    Slot(f"lstm.{l}.W_h", f"lstm.weight_hh_l{l}", "gate_weight"),
+            D, H = self.m.layer_input_size(l), self.m.hidden_size
+            mid += [Slot(f"lstm.{l}.W_x", f"lstm.weight_ih_l{l}", "gate_weight", rows=D),
+                    Slot(f"lstm.{l}.W_h", f"lstm.weight_hh_l{l}", "gate_weight", rows=H),
                     Slot(f"lstm.{l}.b", f"lstm.bias_ih_l{l}", "gate_bias",
                          zero_partner=f"lstm.bias_hh_l{l}")]
         return head + mid + tail
@@ -224,7 +251,7 @@ class FusedNet(_Net):
 class CellNet(_Net):
     """char-rnn's LSTM: per layer i2h Linear(D, 4H) and h2h Linear(H, 4H), gate blocks
     [i f o g], one Python loop step per character."""
-    GATES = CHAR_RNN_GATES
+    LAYOUT = layouts.CHAR_RNN
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__(m)
@@ -266,8 +293,9 @@ class CellNet(_Net):
         head, tail = self._common_slots()
         mid = []
         for l in range(self.m.num_layers):
-            mid += [Slot(f"lstm.{l}.W_x", f"i2h.{l}.weight", "gate_weight"),
-                    Slot(f"lstm.{l}.W_h", f"h2h.{l}.weight", "gate_weight"),
+            D, H = self.m.layer_input_size(l), self.m.hidden_size
+            mid += [Slot(f"lstm.{l}.W_x", f"i2h.{l}.weight", "gate_weight", rows=D),
+                    Slot(f"lstm.{l}.W_h", f"h2h.{l}.weight", "gate_weight", rows=H),
                     Slot(f"lstm.{l}.b", f"i2h.{l}.bias", "gate_bias", zero_partner=f"h2h.{l}.bias")]
         return head + mid + tail
 
@@ -314,7 +342,7 @@ class _TorchBase:
         with torch.no_grad():
             for s in self.slots:
                 p = self.net.get_parameter(s.native)
-                v = np.ascontiguousarray(to_native(s, np.asarray(params[s.canonical]), H, self.net.GATES))
+                v = np.ascontiguousarray(to_native(s, np.asarray(params[s.canonical]), H, self.net.LAYOUT))
                 assert tuple(p.shape) == v.shape, f"{s.native}: {tuple(p.shape)} vs {v.shape}"
                 p.copy_(torch.from_numpy(v))  # in place: cuDNN's flattened weight buffer stays valid
             for p in self._zero:
@@ -326,11 +354,10 @@ class _TorchBase:
         out: Params = {}
         with torch.no_grad():
             for s in self.slots:
-                p = self.net.get_parameter(s.native)
-                if s.zero_partner:  # the summed bias: b + 0
-                    p = p + self.net.get_parameter(s.zero_partner)
-                v = p.detach().to("cpu", torch.float64).numpy()
-                out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.GATES))
+                v = self.net.get_parameter(s.native).detach().to("cpu", torch.float64).numpy()
+                zero = (self.net.get_parameter(s.zero_partner).detach().to("cpu", torch.float64).numpy()
+                        if s.zero_partner else None)  # the summed bias: b + 0
+                out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.LAYOUT, zero))
         return out
 
     def _grads(self) -> Params:
@@ -341,7 +368,7 @@ class _TorchBase:
             p = self.net.get_parameter(s.native)
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             v = g.detach().to("cpu", torch.float64).numpy()
-            out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.GATES))
+            out[s.canonical] = np.ascontiguousarray(from_native(s, v, H, self.net.LAYOUT))
         return out
 
     def put(self, tokens: np.ndarray) -> torch.Tensor:
@@ -423,7 +450,7 @@ class _TorchBase:
         self.opt.step()
         return loss.detach(), (h.detach(), c.detach())  # truncated BPTT: no graph across windows
 
-    # ---- generation (SPEC §5) ---------------------------------------------------------
+    # ---- generation (docs/SPEC.md §5) ---------------------------------------------------------
     def _draw(self, logits: torch.Tensor, temperature: float, top_k: int, u: torch.Tensor,
               ids: torch.Tensor, no_id: torch.Tensor) -> torch.Tensor:
         """impls.sampling.draw on the device: (V,) logits, 0-d uniform -> 0-d int64 id.
@@ -469,7 +496,142 @@ class TorchBackend(_TorchBase):
     """nn.LSTM, the fused kernel (oneDNN on the CPU, cuDNN on a GPU)."""
     NET = FusedNet
 
+    @staticmethod
+    def kernel_label(device: str) -> str:
+        return _fused_label(device)
+
 
 class TorchCellBackend(_TorchBase):
     """char-rnn's i2h + h2h cell, one eager Python step per character."""
     NET = CellNet
+
+    @staticmethod
+    def kernel_label(device: str) -> str:
+        return f"per-step addmm ({'cuBLAS' if device == 'gpu' else _cpu_blas()})"
+
+
+# ---- torch-compile: the same nn.LSTM model under torch.compile (inductor) ------------------
+
+class TorchCompileBackend(TorchBackend):
+    """`torch` with its steps under `torch.compile` (the inductor backend; C++ kernels built by
+    the system compiler on the CPU), as a PyTorch 2 user would write it.
+
+    What gets compiled, honestly: Dynamo does not trace `nn.LSTM` (it graph-breaks there;
+    `torch._dynamo.config.allow_rnn=True` fails in inductor's lowering of the oneDNN RNN op in
+    torch 2.13), so the recurrence itself stays the eager fused kernel, and inductor compiles
+    what surrounds it: the one-hot scatter or embedding, dropout, the output layer and the loss
+    (forward and, through AOTAutograd, backward), plus clipping and the optimiser update as one
+    compiled function (the pattern PyTorch's docs give for compiling `optimizer.step`).
+    Generation is one compiled single-token step (network + docs/SPEC.md §5 draw) called per token.
+
+    Compilation happens on the first call of each function for a new shape, so it lands in the
+    harness's first-step time. Dynamo caches compiled code per Python code object and guards on
+    the module it saw; every backend object would otherwise add guard entries until Dynamo's
+    recompile limit (8) silently falls back to eager, so construction resets Dynamo's caches
+    (`torch.compiler.reset()`): each backend object compiles afresh, which is what its first
+    step should measure.
+    """
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                 precision: str = "float32") -> None:
+        torch.compiler.reset()
+        super().__init__(model, train, params, device=device, dtype=dtype, seed=seed,
+                         precision=precision)
+        V = model.vocab_size
+        net = self.net
+
+        def train_fwd(tok: torch.Tensor, tgt: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, (h, c) = net(tok, h0, c0)  # (T, B, V), (L, B, H) x 2
+            return F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1)), logits, h, c
+
+        def eval_loss(tok: torch.Tensor, tgt: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, (h, c) = net(tok, h0, c0)
+            return F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1)), h, c
+
+        self._train_fwd = torch.compile(train_fwd)
+        self._eval_loss = torch.compile(eval_loss)
+        self._forward = torch.compile(lambda tok, h0, c0: net(tok, h0, c0))
+        self._gen_step = torch.compile(self._gen_step_impl)
+
+    def load(self, params: Params) -> None:
+        super().load(params)  # a fresh optimiser: the compiled update must capture it
+        opt, clip = self.opt, self._clip
+
+        def update() -> None:
+            clip()
+            opt.step()
+
+        self._update = torch.compile(update)
+
+    def forward(self, tokens: torch.Tensor, state: State) -> tuple[np.ndarray, State]:
+        self._mode(False)
+        with torch.no_grad():
+            logits, final = self._forward(tokens, *state)  # (T, B, V)
+        return logits.transpose(0, 1).to("cpu", torch.float64).numpy(), final
+
+    def eval_step(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                  ) -> tuple[torch.Tensor, State]:
+        self._mode(False)
+        with torch.no_grad():
+            loss, h, c = self._eval_loss(tokens, targets, *state)
+        return loss, (h, c)
+
+    def loss_and_grads(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                       ) -> tuple[float, np.ndarray, State, Params]:
+        self._mode(True)
+        self.opt.zero_grad(set_to_none=True)
+        loss, logits, h, c = self._train_fwd(tokens, targets, *state)
+        loss.backward()
+        grads = self._grads()
+        self.opt.zero_grad(set_to_none=True)
+        out = logits.detach().transpose(0, 1).to("cpu", torch.float64).numpy()
+        return float(loss.detach()), out, (h.detach(), c.detach()), grads
+
+    def train_step(self, tokens: torch.Tensor, targets: torch.Tensor, state: State
+                   ) -> tuple[torch.Tensor, State]:
+        self._mode(True)
+        self.opt.zero_grad(set_to_none=True)
+        loss, _, h, c = self._train_fwd(tokens, targets, *state)
+        loss.backward()  # the compiled backward graph (AOTAutograd), plus nn.LSTM's own
+        self._update()
+        return loss.detach(), (h.detach(), c.detach())
+
+    def _gen_step_impl(self, tok: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                       temperature: float, top_k: int, u: torch.Tensor, ids: torch.Tensor,
+                       no_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tok (1, 1) -> the next token (1, 1) drawn with uniform u, and the new state."""
+        logits, (h, c) = self.net(tok, h, c)  # (1, 1, V)
+        nxt = self._draw(logits[-1, 0], temperature, top_k, u, ids, no_id)
+        return nxt.reshape(1, 1), h, c
+
+    def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
+                 uniforms: np.ndarray) -> np.ndarray:
+        m = self.model
+        prefix = np.asarray(prefix, np.int64).reshape(-1)
+        if prefix.size == 0:
+            raise ValueError("generate needs a prefix of at least one token")
+        self._mode(False)
+        temperature, top_k = float(temperature), int(top_k)
+        shape = (m.num_layers, 1, m.hidden_size)
+        with torch.inference_mode():
+            h = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            c = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            u = torch.as_tensor(np.asarray(uniforms, np.float64)[:n], device=self.device)  # (n,)
+            ids = torch.arange(m.vocab_size, device=self.device)  # (V,)
+            no_id = torch.full_like(ids, -1)
+            # the prefix token by token through the same compiled step (one shape, one
+            # compilation); the draws of all but the last prefix token are discarded
+            u0 = u[0] if n > 0 else torch.zeros((), dtype=torch.float64, device=self.device)
+            nxt = torch.empty((1, 1), dtype=torch.int64, device=self.device)
+            for t in prefix:
+                nxt, h, c = self._gen_step(torch.full((1, 1), int(t), device=self.device), h, c,
+                                           temperature, top_k, u0, ids, no_id)
+            out = torch.empty(n, dtype=torch.int64, device=self.device)
+            for k in range(n):
+                out[k] = nxt[0, 0]
+                if k + 1 < n:
+                    nxt, h, c = self._gen_step(nxt, h, c, temperature, top_k, u[k + 1], ids, no_id)
+            return out.cpu().numpy()

@@ -1,5 +1,5 @@
-"""Shared fixtures: which backends this environment must test, and the cached reference
-outputs of every cross-check case."""
+"""Shared fixtures: which backends this environment must test (LSTMBENCH_BACKENDS), whether
+one can run in this process, and the cached reference outputs of every cross-check case."""
 from __future__ import annotations
 
 import os
@@ -22,12 +22,23 @@ def backends_under_test() -> list[str]:
     return [n for n in registry.BACKENDS if n != "numpy"]
 
 
-def require_backend(name: str) -> None:
+def require_backend(name: str, mode: str | None = None) -> None:
+    """Skip (or, where LSTMBENCH_BACKENDS names it, fail) unless backend `name` can be created
+    in this process: its framework imports, its spec's env_vars match this process's
+    environment (otherwise tests/test_conformance.py::test_in_own_process runs the suite for
+    it in a child process), and its spec has `mode` when one is given."""
+    why = registry.env_mismatch(name)
+    if why:
+        pytest.skip(f"{why.split(';')[0]}: tests/test_conformance.py::test_in_own_process runs it")
     ok, why = registry.availability(name)
     if not ok:
         if os.environ.get("LSTMBENCH_BACKENDS"):
             pytest.fail(f"backend {name} is required in this environment but unavailable: {why}")
         pytest.skip(f"backend {name} unavailable in this environment: {why}")
+    if mode is not None:
+        why = registry.unsupported(name, mode=mode)
+        if why:
+            pytest.skip(why)
 
 
 def random_window(model, B: int = 3, T: int = 7, seed: int = 0):

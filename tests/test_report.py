@@ -1,17 +1,43 @@
 """`lstmbench report`: Markdown, self-contained HTML (plots embedded) and PNGs from results
-files; failed cells listed, not plotted; the equivalence table from `check --json` output."""
+files, leading with the cross-backend table per workload, then the machine's noise, then the
+detail; noisy cells marked noisy, efficiency above 100% flagged; failed cells listed, not
+plotted; the equivalence table from `check --json` output. It writes only what it owns: a
+new folder, assembled aside and renamed into place; a folder holding a user's file is
+refused untouched; a missing matplotlib or bad input fails before --out is created.
+
+One end-to-end test runs a real `lstmbench run --matrix smoke --backends numpy-f32`; the rest
+use synthetic documents (tests.test_compare)."""
 from __future__ import annotations
 
+import atexit
 import base64
+import copy
 import json
+import math
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
-from harness.report import write_report
-from harness.results import write_results
-from tests.test_compare import SWEEP, lstmbench, real_run, synth_doc
+import pytest
+
+from harness.report import MANIFEST, write_report
+from tests.test_compare import SWEEP, _corrupt, lstmbench, save, synth_doc, synth_v2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_real: dict[str, Path] = {}
+
+
+def real_run() -> Path:
+    """One real `lstmbench run --matrix smoke --backends numpy-f32` per session."""
+    if "path" not in _real:
+        out = Path(tempfile.mkdtemp(prefix="lstmbench-test-run-"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
+        r = lstmbench("run", "--matrix", "smoke", "--backends", "numpy-f32", "--threads", "1",
+                      "--out", str(out), cwd=out)
+        assert r.returncode == 0, r.stderr
+        _real["path"] = next(p for p in out.rglob("*.json") if not p.name.endswith(".journal.jsonl"))
+    return _real["path"]
 
 
 def check_json(path: Path) -> Path:
@@ -32,16 +58,16 @@ def check_json(path: Path) -> Path:
     return path
 
 
-def test_report_files_plots_failures_and_equivalence(tmp_path):
-    doc = synth_doc(["numpy-f32", "torch", "jax"], matrix=SWEEP, threads=2,
-                    failed={"jax/train/smoke/B8xT16": "timeout", "torch/generate/smoke/B1xT30": "oom"})
-    synth = write_results(doc, tmp_path / "synth.json")
+def test_report_end_to_end_files_plots_failures_and_equivalence(tmp_path):
+    doc = synth_v2(["numpy-f32", "torch", "jax"], matrix=SWEEP, threads=2,
+                   failed={"jax/train/smoke/B8xT16": "timeout", "torch/generate/smoke/B1xT30": "oom"})
+    synth = save(doc, tmp_path / "synth.json")
     out = tmp_path / "rep"
     html_path = write_report([str(synth), str(real_run())], out, check_json(tmp_path / "check.json"),
                              log=lambda s: None)
     assert html_path == out / "report.html"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["efficiency.png", "first_step.png", "generate_latency.png", "memory.png",
+    assert pngs == ["efficiency.png", "first_step.png", "generate_latency.png", "memory.png", "noise.png",
                     "throughput.png", "throughput_batch.png"]
     for p in out.glob("*.png"):
         assert p.read_bytes().startswith(PNG_MAGIC)
@@ -53,18 +79,132 @@ def test_report_files_plots_failures_and_equivalence(tmp_path):
     for name in pngs:
         assert f"]({name})" in md
     for text in (html, md):
-        # the header, the failures with their errors, the equivalence table
         assert "AMD" in text or "CPU" in text
         assert "timeout" in text and "oom" in text and "synthetic failure" in text
         assert "Equivalence against the float64 reference" in text
         assert "8.8e-01 deviation" in text and "unavailable: No module named" in text
         assert "RuntimeError: boom" in text
+    # what matters first: the cross-backend table, then the noise, then the detail
+    heads = re.findall(r"^## (.+)$", md, re.M)
+    assert heads[:3] == ["Backends against the fastest, per workload", "Machine noise", "Results"]
+    assert "1 (fastest)" in md
     # runs with different thread counts are told apart, not pooled
     assert "jax (2 threads)" in html and "numpy-f32 (1 thread)" in html and "numpy-f32 (2 threads)" in html
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == sorted([*pngs, "report.html", "report.md"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep.")]  # no temp folder left
+
+
+def test_noisy_cells_and_efficiency_above_100_percent_are_marked(tmp_path):
+    doc = synth_v2(["numpy-f32", "torch"])
+    res = doc["cells"][0]["result"]  # numpy-f32 train: too few clean rounds
+    for s in res["samples"][4:]:
+        s["clean"] = False
+    res["noisy"] = True
+    doc["cells"][1]["result"]["efficiency"] = 3.77
+    doc["peak"]["gflops"] = 1e-6  # every efficiency far above 100%: a measurement error
+    out = tmp_path / "rep"
+    write_report([str(save(doc, tmp_path / "r.json"))], out, log=lambda s: None)
+    md = (out / "report.md").read_text()
+    assert "numpy-f32 (noisy) | train" in md and " noisy |" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| torch | train")]
+    assert rows and "(above 100%: measurement error)" in rows[0]
+    assert "efficiency above 100% of the measured matmul peak: a measurement error" in md
+    table = md.split("## Backends against the fastest")[1].split("## Machine noise")[0]
+    row = next(ln for ln in table.splitlines() if ln.startswith("| smoke train B8 T16"))
+    assert "noisy" in row.split("|")[2] and "noisy" not in row.split("|")[3]  # numpy-f32's, not torch's
+
+
+def test_v1_files_report_with_ratios_from_estimates(tmp_path):
+    p = save(synth_doc(["numpy-f32", "torch"]), tmp_path / "v1.json")
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "1 (fastest)" in md and "unknown (no noise probe)" in md
+    assert not (tmp_path / "rep" / "noise.png").exists()  # no probe, no noise plot
+
+
+def test_zero_nan_or_missing_values_do_not_break_the_plots(tmp_path):
+    """Memory 0, first step 0 or missing, wildly different speeds: the plots skip what cannot
+    be drawn and say so; throughput spanning 1000x goes to a log scale."""
+    doc = synth_v2(["numpy-f32", "torch"])
+    for i, c in enumerate(doc["cells"]):
+        res = c["result"]
+        res["peak_rss_bytes"] = 0
+        res["first_step_s"] = [0.0, None, -1.0, float("nan"), "x", 1e-3][i]
+        if c["cell"]["backend"] == "torch":
+            for s in res["samples"]:
+                s["s"] *= 1000
+            res["estimate_s"] *= 1000
+            res["ci_s"] = [x * 1000 for x in res["ci_s"]]
+    out = tmp_path / "rep"
+    write_report([str(save(doc, tmp_path / "r.json"))], out, log=lambda s: None)
+    md = (out / "report.md").read_text()
+    assert "not drawn" in md and "memory.png" not in md
+    assert (out / "throughput.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_refuses_a_folder_with_a_users_files(tmp_path):
+    p = save(synth_v2(["numpy-f32"]), tmp_path / "r.json")
+    user = tmp_path / "rep"
+    user.mkdir()
+    (user / "memory.png").write_bytes(b"my own plot")
+    (user / "report.md").write_text("my notes")
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 2 and "holds files this report did not write" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert sorted(x.name for x in user.iterdir()) == ["memory.png", "report.md"]
+    assert (user / "memory.png").read_bytes() == b"my own plot" and (user / "report.md").read_text() == "my notes"
+    # a previous report's folder is the report's own: replaced whole
+    r = lstmbench("report", str(p), "--out", "rep2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "rep2" / "throughput_batch.png").write_bytes(b"stale")  # not listed: a user's file
+    r = lstmbench("report", str(p), "--out", "rep2", cwd=tmp_path)
+    assert r.returncode == 2 and "throughput_batch.png" in r.stderr
+    (tmp_path / "rep2" / "throughput_batch.png").unlink()
+    r = lstmbench("report", str(p), "--out", "rep2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "rep2" / "report.md").write_text("edited by hand")  # changed since written: the user's
+    r = lstmbench("report", str(p), "--out", "rep2", cwd=tmp_path)
+    assert r.returncode == 2 and "report.md" in r.stderr
+    assert (tmp_path / "rep2" / "report.md").read_text() == "edited by hand"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert lstmbench("report", str(p), "--out", "empty", cwd=tmp_path).returncode == 0
+    assert (empty / "report.html").exists()
+
+
+def test_missing_matplotlib_names_the_extra_before_creating_out(tmp_path):
+    p = save(synth_v2(["numpy-f32"]), tmp_path / "r.json")
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path, pre="import sys; sys.modules['matplotlib'] = None")
+    assert r.returncode == 2 and "pip install 'lstmbench[report]'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("bad", ["null-machine", "string", "zero", "negative", "inf", "samples-not-list"])
+def test_bad_results_fail_before_writing(tmp_path, bad):
+    p = save(_corrupt(synth_v2(["numpy-f32", "torch"]), bad), tmp_path / "bad.json")
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("lstmbench: error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "rep").exists() and not list(tmp_path.glob(".rep.*"))
+
+
+def test_nan_samples_make_the_cell_failed_not_a_figure(tmp_path):
+    p = save(_corrupt(synth_v2(["numpy-f32", "torch"]), "nan"), tmp_path / "nan.json")
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    fails = md.split("## Cells that did not run")[1].split("## ")[0]
+    assert "torch | train" in fails and "NaN (an invalid measurement)" in fails
+    results = md.split("## Results")[1].split("## ")[0]
+    assert "torch | train" not in results
 
 
 def test_report_cli_without_check_and_bad_check(tmp_path):
-    p = write_results(synth_doc(["numpy-f32"]), tmp_path / "r.json")
+    p = save(synth_v2(["numpy-f32"]), tmp_path / "r.json")
     r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "rep" / "report.html").read_text()
@@ -76,3 +216,4 @@ def test_report_cli_without_check_and_bad_check(tmp_path):
     assert not (tmp_path / "rep2").exists()
     r = lstmbench("report", "missing.json", "--out", "rep3", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("lstmbench: error: ")
+    assert not (tmp_path / "rep3").exists()

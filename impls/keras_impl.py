@@ -1,0 +1,357 @@
+"""Keras 3 on its other engines: `keras-jax` and `keras-torch` (KERAS_BACKEND=jax / torch).
+
+One Keras model definition (`CharLSTM` below: Embedding or one-hot, one `keras.layers.LSTM`
+per layer, separate `keras.layers.Dropout` layers in front of each LSTM layer and of the
+output layer as SPEC §1 places them, `keras.layers.Dense`), with the same layers, layout
+(layouts.KERAS) and native optimisers (`keras.optimizers`, native `global_clipnorm` /
+`clipvalue`) as the `tensorflow` backend. Only the training step is engine-specific, as
+Keras 3's own guides write it for a custom step:
+- jax: `model.stateless_call` + `jax.value_and_grad` + `optimizer.stateless_apply`, the whole
+  step under `jax.jit` (Keras' LSTM is a `lax.scan` there); eval and the one-token generation
+  step are jitted too;
+- torch: eager `model(...)`, `loss.backward()`, `optimizer.apply(grads)` under `no_grad`
+  (Keras' LSTM is a Python loop of per-step torch ops on the CPU).
+
+Keras picks its engine when it is first imported, so a process hosts one of these backends
+only if KERAS_BACKEND was set before that: the registry entries carry env_vars, the harness
+starts their workers with them, and tests run them in a child process.
+
+Generation feeds one token at a time through the same model (a (1, 1) window, the state
+carried in and out) and draws on the host with impls.sampling.draw (SPEC §5).
+
+The optimisers are Keras' own, so the `tensorflow` backend's documented formula differences
+(registry.KERAS_DEVIATIONS: Adam's epsilon-hat, epsilon inside the root for RMSprop and
+Adagrad) hold here unchanged: the update code is engine-independent keras.ops.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # if Keras imports TensorFlow for utilities
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
+
+from . import layouts  # noqa: E402
+from .config import ModelConfig, TrainConfig  # noqa: E402
+from .params import Params, check_params, param_shapes  # noqa: E402
+from .registry import BackendError  # noqa: E402
+from .sampling import draw  # noqa: E402
+
+ENGINE = keras.backend.backend()  # fixed for this process at Keras' import
+ENGINES = ("jax", "torch")
+if ENGINE not in ENGINES:
+    raise ImportError(f"Keras runs on the {ENGINE!r} engine in this process; keras-jax / keras-torch "
+                      "need KERAS_BACKEND=jax / torch set before Keras is imported")
+
+if ENGINE == "jax":
+    import jax
+else:
+    import torch
+
+
+def configure(threads: int | None, device: str) -> dict[str, str]:
+    """Thread pools of the engine Keras runs on, and facts for the results file."""
+    if device != "cpu":
+        raise ValueError(f"keras-{ENGINE} runs on the CPU only here, got device {device!r}")
+    info = {"version": keras.__version__, "engine": ENGINE}
+    if ENGINE == "jax":
+        from . import jax_impl
+        info.update({f"jax_{k}" if k != "kernel" else k: v
+                     for k, v in jax_impl.configure(threads, device).items()})
+        info["engine_version"] = jax.__version__
+    else:
+        if threads:
+            torch.set_num_threads(threads)
+        info["engine_version"] = torch.__version__
+        info["threads"] = str(torch.get_num_threads())
+    info.update(kernel_info(f"keras-{ENGINE}", device))
+    return info
+
+
+def kernel_info(backend_name: str, device: str) -> dict[str, str]:
+    """Keras' generic LSTM on the CPU: a lax.scan compiled by XLA (jax), or a Python loop of
+    per-step torch ops with MKL/oneDNN matmuls (torch)."""
+    if ENGINE == "jax":
+        return {"kernel": "XLA:CPU (Keras LSTM as lax.scan)"}
+    return {"kernel": "Keras LSTM per-step torch ops (CPU BLAS)"}
+
+
+# ---- the one model definition -----------------------------------------------------------
+
+class CharLSTM(keras.Model):
+    """tokens (B, T) int -> logits (B, T, V) and the final state (h, c), each (L, B, H)."""
+
+    def __init__(self, m: ModelConfig, seed: int = 0, use_cudnn: bool | str = False,
+                 dtype: str = "float32") -> None:
+        super().__init__(dtype=dtype)
+        self.m = m
+        L, H = m.num_layers, m.hidden_size
+        self.embed = (keras.layers.Embedding(m.vocab_size, m.embed_size, dtype=dtype)
+                      if m.input == "embedding" else None)
+        self.lstms = [keras.layers.LSTM(H, return_sequences=True, return_state=True,
+                                        use_cudnn=use_cudnn, dtype=dtype) for _ in range(L)]
+        self.dense = keras.layers.Dense(m.vocab_size, dtype=dtype)
+        # inputs of LSTM layers 0..L-1 and of the output layer; distinct seeds per layer.
+        # (Not the LSTM's own `dropout`: that reuses one mask at every time step.)
+        self.drops = ([keras.layers.Dropout(m.dropout, seed=seed * (L + 1) + l) for l in range(L + 1)]
+                      if m.dropout > 0 else None)
+        if self.embed is not None:
+            self.embed.build((None, None))
+        for l, lstm in enumerate(self.lstms):
+            lstm.build((None, None, m.layer_input_size(l)))
+        self.dense.build((None, None, H))
+        self.built = True
+
+    def call(self, tok: Any, h0: Any, c0: Any, training: bool = False) -> tuple[Any, Any, Any]:
+        m = self.m
+        x = self.embed(tok) if self.embed is not None else ops.one_hot(tok, m.vocab_size, dtype=self.dtype)
+        hs, cs = [], []
+        drop = training and self.drops is not None
+        for l, lstm in enumerate(self.lstms):
+            if drop:
+                x = self.drops[l](x, training=True)
+            x, h, c = lstm(x, initial_state=[h0[l], c0[l]], training=training)  # (B, T, H)
+            hs.append(h)
+            cs.append(c)
+        if drop:
+            x = self.drops[-1](x, training=True)
+        return self.dense(x), ops.stack(hs), ops.stack(cs)  # (B, T, V), (L, B, H) x 2
+
+    def slots(self) -> list[tuple[str, Any, bool]]:
+        """(canonical name, Keras variable, gate axis last) in canonical order."""
+        out = [("embed", self.embed.embeddings, False)] if self.embed is not None else []
+        for l, lstm in enumerate(self.lstms):
+            out += [(f"lstm.{l}.W_x", lstm.cell.kernel, True),
+                    (f"lstm.{l}.W_h", lstm.cell.recurrent_kernel, True),
+                    (f"lstm.{l}.b", lstm.cell.bias, True)]
+        return out + [("out.W", self.dense.kernel, False), ("out.b", self.dense.bias, False)]
+
+
+def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
+    """Keras' native optimiser and clipping for the train config (as the tensorflow backend)."""
+    o, c = train.optimizer, train.clip
+    clip: dict[str, float] = ({"global_clipnorm": c.value} if c.kind == "norm" else
+                              {"clipvalue": c.value} if c.kind == "value" else {})
+    if o.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=o.lr, **clip)
+    if o.name == "adam":
+        return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2,
+                                     epsilon=o.eps, **clip)
+    if o.name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
+    if o.name == "adagrad":  # SPEC §4: s starts at 0 (Keras' default is 0.1)
+        return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
+                                        epsilon=o.eps, **clip)
+    raise ValueError(f"unknown optimizer {o.name!r}")
+
+
+def _to_keras(w: np.ndarray, H: int) -> np.ndarray:
+    return layouts.bias_to_native(layouts.KERAS, w) if w.ndim == 1 else \
+        layouts.weight_to_native(layouts.KERAS, w, H)
+
+
+def _from_keras(w: np.ndarray, H: int) -> np.ndarray:
+    return layouts.bias_to_canonical(layouts.KERAS, w, H) if w.ndim == 1 else \
+        layouts.weight_to_canonical(layouts.KERAS, w, w.shape[0], H)
+
+
+def _loss(logits: Any, tgt: Any) -> Any:
+    """Mean cross-entropy over all B*T positions; logits (B, T, V), tgt (B, T)."""
+    return ops.mean(ops.sparse_categorical_crossentropy(tgt, logits, from_logits=True))
+
+
+# ---- the backend ------------------------------------------------------------------------
+
+class KerasBackend:
+    """The Keras 3 char-LSTM on the engine KERAS_BACKEND chose (jax or torch)."""
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                 engine: str = "jax", precision: str = "float32") -> None:
+        if engine != ENGINE:
+            raise BackendError(f"keras-{engine} needs KERAS_BACKEND={engine} before Keras is imported; "
+                               f"this process runs Keras on {ENGINE}")
+        if device != "cpu":
+            raise ValueError(f"keras-{engine} runs on the CPU only here, got device {device!r}")
+        if dtype != "float32":
+            raise ValueError(f"keras-{engine} computes in float32, got dtype {dtype!r}")
+        if precision != "float32":
+            raise ValueError(f"keras-{engine} has only precision float32, got {precision!r}")
+        self.model, self.train = model, train
+        self.dtype = np.dtype(np.float32)
+        keras.utils.set_random_seed(seed)  # dropout seed generators derive from the layer seeds
+        self.net = CharLSTM(model, seed=seed)
+        self._slots = self.net.slots()
+        shapes = param_shapes(model)
+        assert [s[0] for s in self._slots] == list(shapes)
+        for name, var, _ in self._slots:
+            assert tuple(var.shape) == shapes[name], (name, var.shape, shapes[name])
+        self._opt = make_optimizer(train)
+        self._opt.build(self.net.trainable_variables)
+        self._opt_init = [(v, np.array(ops.convert_to_numpy(v.value))) for v in self._opt.variables]
+        index = {id(v): i for i, v in enumerate(self.net.trainable_variables)}
+        self._index = [index[id(var)] for _, var, _ in self._slots]  # slot -> trainable position
+        assert len(self._index) == len(self.net.trainable_variables)
+        self._last: Any = None
+        if ENGINE == "jax":
+            self._build_jax()
+        self.load(params)
+
+    # ---- parameters and data -------------------------------------------------------------
+    def load(self, params: Params) -> None:
+        check_params(self.model, params)
+        H = self.model.hidden_size
+        for name, var, gates in self._slots:
+            w = np.asarray(params[name], np.float64)
+            if gates:
+                w = _to_keras(w, H)
+            assert w.shape == tuple(var.shape), (name, w.shape, var.shape)
+            var.assign(w.astype(np.float32))
+        for v, init in self._opt_init:  # optimiser state and iteration count back to 0
+            v.assign(init)
+        if ENGINE == "jax":  # the jitted steps carry the values as arrays
+            self._tv = [v.value for v in self.net.trainable_variables]
+            self._ntv = [v.value for v in self.net.non_trainable_variables]
+            self._ov = [v.value for v in self._opt.variables]
+
+    def _values(self) -> list[Any]:
+        """The trainable values in model order (the jitted arrays on jax)."""
+        return self._tv if ENGINE == "jax" else [v.value for v in self.net.trainable_variables]
+
+    def _canonical(self, values: list[Any]) -> Params:
+        H = self.model.hidden_size
+        out: Params = {}
+        for (name, var, gates), i in zip(self._slots, self._index):
+            w = np.array(ops.convert_to_numpy(values[i]), np.float64)
+            assert w.shape == tuple(var.shape), (name, w.shape)
+            out[name] = _from_keras(w, H) if gates else w
+        return out
+
+    def params(self) -> Params:
+        return self._canonical(self._values())
+
+    def put(self, tokens: np.ndarray) -> Any:
+        return ops.convert_to_tensor(np.asarray(tokens, np.int32))  # (B, T)
+
+    def state(self, h: np.ndarray, c: np.ndarray) -> tuple[Any, Any]:
+        return (ops.convert_to_tensor(np.asarray(h, np.float32)),
+                ops.convert_to_tensor(np.asarray(c, np.float32)))  # (L, B, H) each
+
+    def fetch_state(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array(ops.convert_to_numpy(state[0]), np.float64),
+                np.array(ops.convert_to_numpy(state[1]), np.float64))
+
+    def sync(self) -> None:
+        if ENGINE == "jax" and self._last is not None:
+            jax.block_until_ready(self._last)
+
+    def value(self, x: Any) -> float:
+        return float(ops.convert_to_numpy(x))
+
+    # ---- jax: pure functions of the variable values, jitted ---------------------------------
+    def _build_jax(self) -> None:
+        net, opt = self.net, self._opt
+
+        def run(tv, ntv, tok, h0, c0, training):  # type: ignore[no-untyped-def]
+            (logits, h, c), ntv = net.stateless_call(tv, ntv, tok, h0, c0, training=training)
+            return logits, h, c, ntv
+
+        def loss_fn(tv, ntv, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+            logits, h, c, ntv = run(tv, ntv, tok, h0, c0, True)
+            return _loss(logits, tgt), (logits, h, c, ntv)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def train_step(tv, ntv, ov, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+            (loss, (_, h, c, ntv)), g = grad_fn(tv, ntv, tok, tgt, h0, c0)
+            tv, ov = opt.stateless_apply(ov, g, tv)  # native clip, then the update
+            return loss, h, c, tv, ntv, ov
+
+        def eval_step(tv, ntv, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+            logits, h, c, _ = run(tv, ntv, tok, h0, c0, False)
+            return _loss(logits, tgt), h, c
+
+        def forward(tv, ntv, tok, h0, c0):  # type: ignore[no-untyped-def]
+            logits, h, c, _ = run(tv, ntv, tok, h0, c0, False)
+            return logits, h, c
+
+        self._j_train = jax.jit(train_step, donate_argnums=(0, 2))
+        self._j_grads = jax.jit(grad_fn)
+        self._j_eval = jax.jit(eval_step)
+        self._j_forward = jax.jit(forward)
+
+    # ---- compute ---------------------------------------------------------------------------
+    def _forward(self, tok: Any, h0: Any, c0: Any) -> tuple[Any, Any, Any]:
+        if ENGINE == "jax":
+            return self._j_forward(self._tv, self._ntv, tok, h0, c0)
+        with torch.no_grad():
+            return self.net(tok, h0, c0, training=False)
+
+    def forward(self, tokens: Any, state: Any) -> tuple[np.ndarray, Any]:
+        logits, h, c = self._forward(tokens, state[0], state[1])
+        self._last = (h, c)
+        return np.array(ops.convert_to_numpy(logits), np.float64), (h, c)  # (B, T, V)
+
+    def eval_step(self, tokens: Any, targets: Any, state: Any) -> tuple[Any, Any]:
+        if ENGINE == "jax":
+            loss, h, c = self._j_eval(self._tv, self._ntv, tokens, targets, state[0], state[1])
+        else:
+            with torch.no_grad():
+                logits, h, c = self.net(tokens, state[0], state[1], training=False)
+                loss = _loss(logits, targets)
+        self._last = (loss, h, c)
+        return loss, (h, c)
+
+    def _torch_grads(self, tokens: Any, targets: Any, state: Any) -> tuple[Any, Any, Any, Any, list]:
+        trainable = self.net.trainable_variables
+        for v in trainable:
+            v.value.grad = None
+        logits, h, c = self.net(tokens, state[0], state[1], training=True)
+        loss = _loss(logits, targets)
+        loss.backward()
+        grads = [v.value.grad if v.value.grad is not None else torch.zeros_like(v.value)
+                 for v in trainable]
+        return loss.detach(), logits.detach(), h.detach(), c.detach(), grads
+
+    def loss_and_grads(self, tokens: Any, targets: Any, state: Any
+                       ) -> tuple[float, np.ndarray, Any, Params]:
+        if ENGINE == "jax":
+            (loss, (logits, h, c, self._ntv)), g = self._j_grads(
+                self._tv, self._ntv, tokens, targets, state[0], state[1])
+        else:
+            loss, logits, h, c, g = self._torch_grads(tokens, targets, state)
+        return (self.value(loss), np.array(ops.convert_to_numpy(logits), np.float64), (h, c),
+                self._canonical(list(g)))
+
+    def train_step(self, tokens: Any, targets: Any, state: Any) -> tuple[Any, Any]:
+        if ENGINE == "jax":
+            loss, h, c, self._tv, self._ntv, self._ov = self._j_train(
+                self._tv, self._ntv, self._ov, tokens, targets, state[0], state[1])
+        else:
+            loss, _, h, c, grads = self._torch_grads(tokens, targets, state)
+            with torch.no_grad():
+                self._opt.apply(grads, self.net.trainable_variables)  # native clip, then update
+        self._last = (loss, h, c)
+        return loss, (h, c)
+
+    def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
+                 uniforms: np.ndarray) -> np.ndarray:
+        m = self.model
+        prefix = np.asarray(prefix, np.int64).reshape(1, -1)  # (1, P)
+        if prefix.size == 0:
+            raise ValueError("generate needs a prefix of at least one token")
+        zero = np.zeros((m.num_layers, 1, m.hidden_size), np.float32)
+        h, c = self.state(zero, zero)
+        logits, h, c = self._forward(self.put(prefix), h, c)  # (1, P, V)
+        out = np.empty(n, np.int64)
+        tok = np.empty((1, 1), np.int32)
+        for k in range(n):
+            out[k] = draw(np.asarray(ops.convert_to_numpy(logits))[0, -1], temperature, top_k,
+                          float(uniforms[k]))
+            if k + 1 < n:
+                tok[0, 0] = out[k]
+                logits, h, c = self._forward(self.put(tok), h, c)  # (1, 1, V)
+        return out

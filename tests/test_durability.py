@@ -1,0 +1,422 @@
+"""Nothing lost, nothing left behind: the run journal and its torn lines, the final file's
+fallback when the target cannot be written, a worker protocol that stray prints and broken
+answers cannot derail, workers that die with their parent, no temporary files left, signal
+handling (exit 130/143), failure kinds, and results files (v1 migration, bad values, names)."""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import journal as jmod
+from harness.failures import classify, classify_message
+from harness.journal import Journal, finalize, journal_path
+from harness.pool import Worker, WorkerFailed
+from harness.results import ResultsError, default_path, load_results
+from harness.signals import Interrupted, interruptible, restore
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTS = {"LSTMBENCH_TEST_FAULTS": "1"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+# ---- the journal ----------------------------------------------------------------------------
+
+def _rec(i: int) -> dict:
+    return {"workload": {"id": f"w{i}"}, "cells": [{"cell": {"backend": "b"}, "result": {"status": "ok"}}]}
+
+
+def test_journal_round_trip_and_torn_last_line(tmp_path):
+    path = journal_path(tmp_path / "run.json")
+    assert path.name == "run.json.journal.jsonl"
+    j = Journal(path)
+    j.write_header({"schema": "lstmbench.results", "matrix": {"name": "m"}, "cells": [1], "workloads": [2]})
+    j.append(_rec(0))
+    j.append(_rec(1))
+    with open(path, "ab") as f:  # a crash in the middle of the third record
+        f.write(b'{"workload": {"id": "w2"}, "cel')
+    header, records = Journal.read(path)
+    assert header == {"schema": "lstmbench.results", "matrix": {"name": "m"}}  # no cells/workloads
+    assert [r["workload"]["id"] for r in records] == ["w0", "w1"]
+    # resuming appends after the torn line is cut off: nothing is glued onto it
+    j2 = Journal(path)
+    j2.append(_rec(3))
+    _, records = Journal.read(path)
+    assert [r["workload"]["id"] for r in records] == ["w0", "w1", "w3"]
+    assert path.read_bytes().endswith(b"\n") and b"cel{" not in path.read_bytes()
+    with pytest.raises(ResultsError, match="already there"):
+        Journal(path).write_header({"schema": "x"})
+
+
+def _doc() -> dict:
+    return {"schema": "lstmbench.results", "schema_version": 2, "cells": [{"x": 1}], "_big_peak": 3}
+
+
+def test_finalize_writes_atomically_never_over_and_removes_journal(tmp_path):
+    target = tmp_path / "out" / "m" / "run.json"
+    jf = journal_path(target)
+    Journal(jf).write_header({"schema": "lstmbench.results"})
+    written = finalize(jf, target, _doc())
+    assert written == target and not jf.exists()
+    assert json.loads(target.read_text()) == {k: v for k, v in _doc().items() if k != "_big_peak"}
+    second = finalize(jf, target, {**_doc(), "cells": []})  # the name is taken: a sibling
+    assert second == target.with_name("run.1.json") and json.loads(target.read_text())["cells"] == [{"x": 1}]
+    assert not list(target.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("fault,cause", [
+    ("file", "is a file, not a folder"),
+    ("dangling", "is a symbolic link to"),
+    ("readonly", "is read-only (EROFS)"),
+    ("full", "is full (ENOSPC)"),
+])
+def test_finalize_falls_back_and_names_the_cause(tmp_path, monkeypatch, fault, cause):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    out.mkdir()
+    jf = out / "run.json.journal.jsonl"
+    Journal(jf).write_header({"schema": "lstmbench.results"})
+    target = out / "machine" / "run.json"
+    if fault == "file":  # the target's folder replaced by a file
+        (out / "machine").write_text("not a folder")
+    elif fault == "dangling":
+        (out / "machine").symlink_to(tmp_path / "gone")
+    else:  # read-only file system / disk full (simulated: root may write anywhere)
+        code = errno.EROFS if fault == "readonly" else errno.ENOSPC
+        real = jmod.tempfile.mkstemp
+
+        def mkstemp(*a, dir=None, **kw):
+            if Path(dir).resolve().is_relative_to(out.resolve()):
+                raise OSError(code, os.strerror(code), str(dir))
+            return real(*a, dir=dir, **kw)
+        monkeypatch.setattr(jmod.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(ResultsError) as ei:
+        finalize(jf, target, _doc())
+    msg = str(ei.value)
+    rescued = tmp_path / "lstmbench-rescued-run.json"
+    assert cause in msg and str(rescued) in msg and str(target) in msg, msg
+    assert json.loads(rescued.read_text())["cells"] == [{"x": 1}]
+    assert jf.exists()  # kept: the target was not written
+
+
+# ---- signals --------------------------------------------------------------------------------
+
+def test_first_signal_interrupts_later_ones_are_held_off():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted) as ei:
+        with interruptible() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # never reached in full
+    assert ei.value.signum == signal.SIGTERM and ei.value.exit_status == 143 and stop.signum == signal.SIGTERM
+    assert isinstance(ei.value, KeyboardInterrupt)
+    os.kill(os.getpid(), signal.SIGINT)  # clean-up mode: ignored, no KeyboardInterrupt
+    time.sleep(0.05)
+    assert stop.count == 1
+    restore()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_no_signal_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with interruptible() as stop:
+        pass
+    assert not stop.requested and signal.getsignal(signal.SIGTERM) is before
+
+
+# ---- failure kinds ----------------------------------------------------------------------------
+
+class ResourceExhaustedError(Exception):  # tensorflow's class name, without importing it
+    pass
+
+
+class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name
+    pass
+
+
+@pytest.mark.parametrize("exc,kind", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate "
+                  "memory: you tried to allocate 29000000000000 bytes."), "oom"),
+    (MemoryError("Unable to allocate 29.1 TiB for an array"), "oom"),
+    (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+    (ResourceExhaustedError("OOM when allocating tensor"), "oom"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"), "oom"),
+    (ValueError("shapes (3,4) and (5,6) not aligned"), "error"),
+    (KeyError("stats"), "error"),
+])
+def test_classify(exc, kind):
+    assert classify(exc) == kind
+    assert classify_message(f"{type(exc).__name__}: {exc}") == kind
+
+
+def test_classify_follows_the_cause():
+    try:
+        try:
+            raise MemoryError("x")
+        except MemoryError as e:
+            raise RuntimeError("backend failed") from e
+    except RuntimeError as e:
+        assert classify(e) == "oom"
+
+
+# ---- the worker protocol -----------------------------------------------------------------------
+
+def _logs() -> set[str]:
+    return set(glob.glob(os.path.join("/tmp", "lstmbench-worker-*.log")))
+
+
+def test_stray_prints_cannot_reach_the_protocol():
+    before = _logs()
+    with Worker(sys.executable, 1, extra_env=FAULTS) as w:
+        assert w.request({"op": "_stray"}, 60) == {"ok": True, "value": 1}
+        assert "a stray line written to fd 1 from C" in w.stderr_tail(5)
+        ans = w.request({"op": "_oom"}, 60)  # an allocation failure answered, worker alive
+        assert ans["ok"] is False and ans["kind"] == "oom" and "DefaultCPUAllocator" in ans["error"]
+        ans = w.request({"op": "no-such-op"}, 60)
+        assert ans["ok"] is False and ans["kind"] == "error" and "unknown op" in ans["error"]
+        assert w.request({"op": "_stray"}, 60)["value"] == 1
+    assert w.proc.poll() is not None and _logs() <= before
+
+
+@pytest.mark.parametrize("op,text", [("_garbage", "not JSON"), ("_truncate", "truncated answer")])
+def test_malformed_answer_fails_that_request_and_a_fresh_worker_goes_on(op, text):
+    w = Worker(sys.executable, 1, extra_env=FAULTS)
+    try:
+        with pytest.raises(WorkerFailed) as ei:
+            w.request({"op": op}, 60)
+        assert ei.value.kind == "malformed" and text in str(ei.value), str(ei.value)
+        assert w.proc.poll() is not None  # killed (or gone): the caller starts a new one
+    finally:
+        w.close()
+    with Worker(sys.executable, 1, extra_env=FAULTS) as w2:
+        assert w2.request({"op": "_stray"}, 60)["ok"] is True
+
+
+def test_timeout_kills_the_worker():
+    with Worker(sys.executable, 1, extra_env=FAULTS) as w:
+        with pytest.raises(WorkerFailed) as ei:
+            w.request({"op": "_sleep", "s": 60}, 1)
+        assert ei.value.kind == "timeout" and w.proc.poll() is not None
+
+
+def test_worker_env_and_same_code():
+    with Worker(sys.executable, 3, extra_env={**FAULTS, "OMP_WAIT_POLICY": "PASSIVE"}) as w:
+        ans = w.request({"op": "_pid", "env": ["OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LSTMBENCH_PROTO_FD"]}, 60)
+    import harness
+    assert ans["env"] == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE", "LSTMBENCH_PROTO_FD": None}
+    assert Path(ans["harness"]).resolve() == Path(harness.__file__).resolve()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie is dead, waiting for a reaper
+
+
+PARENT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from harness.pool import Worker
+w = Worker(sys.executable, 1, extra_env={{"LSTMBENCH_TEST_FAULTS": "1"}})
+print(w.request({{"op": "_pid"}}, 60)["pid"], flush=True)
+{then}
+"""
+
+
+def _parent(then: str) -> tuple[subprocess.Popen, int]:
+    code = PARENT.format(root=str(ROOT), then=textwrap.dedent(then))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_env())
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line.strip().isdigit(), line + p.stderr.read()
+    return p, int(line)
+
+
+def _gone(pid: int, limit: float = 20) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_no_orphan_when_the_parent_is_killed():
+    before = _logs()
+    p, child = _parent("time.sleep(600)")
+    assert _alive(child)
+    p.send_signal(signal.SIGKILL)  # no atexit, no finally: only PR_SET_PDEATHSIG can help
+    p.wait(30)
+    assert _gone(child), f"worker {child} outlived its SIGKILLed parent"
+    assert _logs() <= before
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_request_leaves_no_worker_and_no_log(sig, status):
+    before = _logs()
+    p, child = _parent("""
+    from harness.signals import interruptible
+    from harness.cli import main
+    import harness.cli as cli
+    def fn(a):
+        with interruptible():
+            print("busy", flush=True)
+            w.request({"op": "_sleep", "s": 600}, 900)
+    cli.build_parser = lambda: type("P", (), {"parse_args": lambda self, argv: type("A", (), {"fn": staticmethod(fn)})()})()
+    sys.exit(main())
+    """)
+    assert p.stdout is not None and p.stdout.readline().strip() == "busy"
+    time.sleep(0.3)
+    p.send_signal(sig)
+    time.sleep(0.3)
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)  # a second Ctrl-C 0.3 s later must not break the clean-up
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == status, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert _gone(child), "the worker outlived the interrupted request"
+    assert _logs() <= before
+
+
+# ---- results files --------------------------------------------------------------------------
+
+def _v1_doc() -> dict:
+    cell = {"backend": "numpy-f32", "mode": "train", "preset": "p", "batch": 4, "seq_len": 10,
+            "device": "cpu", "precision": "float32",
+            "model": {"vocab_size": 5, "hidden_size": 4, "num_layers": 1, "input": "onehot"}}
+    return {"schema": "lstmbench.results", "schema_version": 1, "created": "2026-11-22T10:00:00+00:00",
+            "machine": {"slug": "m-2c"}, "device": "cpu", "matrix": {"name": "x"},
+            "cells": [{"cell": cell, "result": {"status": "ok", "samples_s": [0.002, 0.001, 0.003],
+                                                 "stats": {"median": 0.002, "rounds": 3},
+                                                 "chars_per_s": 20000.0}}]}
+
+
+def test_v1_is_migrated_on_read(tmp_path):
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(_v1_doc()))
+    doc = load_results(p)
+    res = doc["cells"][0]["result"]
+    assert res["samples"] == [{"s": 0.002, "process": 0, "round": 0, "probe_s": None, "clean": True},
+                              {"s": 0.001, "process": 0, "round": 1, "probe_s": None, "clean": True},
+                              {"s": 0.003, "process": 0, "round": 2, "probe_s": None, "clean": True}]
+    assert res["estimate_s"] == 0.002 and doc["workloads"] == [] and doc["probe"] is None
+    assert doc["noise"] is None and doc["migrated"] is True and doc["schema_version"] == 1
+    pd = pytest.importorskip("pandas")
+    from harness.results import load_dataframe
+    df = load_dataframe([p])
+    assert isinstance(df, pd.DataFrame) and len(df) == 1
+    assert df.loc[0, "estimate_s"] == 0.002 and df.loc[0, "chars_per_s"] == pytest.approx(4 * 10 / 0.002)
+
+
+@pytest.mark.parametrize("edit,text", [
+    (lambda d: d.update(schema_version=7), "results schema version 7"),
+    (lambda d: d.update(machine=None), "'machine' is None"),
+    (lambda d: d["cells"][0]["result"].update(samples_s=["fast", 1.0]), "cell 0 (numpy-f32 train): sample 0 is 'fast'"),
+    (lambda d: d["cells"][0]["result"].update(samples_s=[0.0]), "sample 0 is 0.0; times must be finite and above zero"),
+    (lambda d: d["cells"][0]["result"].update(samples_s=[-1.0]), "sample 0 is -1.0"),
+    (lambda d: d["cells"][0]["result"].update(samples_s=[math.inf]), "sample 0 is inf"),
+    (lambda d: d["cells"][0].update(cell=None), "cell 0 is malformed"),
+])
+def test_bad_results_are_one_line_errors(tmp_path, edit, text):
+    d = _v1_doc()
+    edit(d)
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ResultsError) as ei:
+        load_results(p)
+    assert text in str(ei.value) and str(p) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_nan_sample_is_kept_for_the_reader_to_mark():
+    d = _v1_doc()
+    d["cells"][0]["result"]["samples_s"] = [0.001, math.nan]
+    from harness.results import validate_samples
+    out = validate_samples(d["cells"][0]["result"], "f: cell 0")
+    assert math.isnan(out[1]["s"])
+
+
+def test_default_path_cannot_escape_the_out_dir(tmp_path):
+    doc = {"created": "2026-11-23T20:00:00+00:00", "matrix": {"name": "../../../../tmp/x/pwn"},
+           "device": "../cpu", "machine": {"slug": "../../etc"}}
+    p = default_path(tmp_path / "res", doc)
+    assert p.parent.parent == tmp_path / "res" and ".." not in p.parts and "/" not in p.name
+
+
+# ---- the run, interrupted and resumed (needs harness.run's --resume) ---------------------------
+
+TINY = """
+rounds = 150
+min_clean = 2
+extra_rounds = 2
+extra_time = 1
+timeout = 120
+processes = 1
+[[group]]
+name = "t"
+vocab_size = 20
+hidden_size = 16
+seq_len = 10
+gen_len = 10
+batch = [2]
+modes = ["train", "eval", "generate"]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigint", "double-sigint", "sigterm"])
+def test_interrupted_run_keeps_cells_and_resume_completes(tmp_path, how):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    before = _logs()
+    p = subprocess.Popen([sys.executable, "-m", "harness", "run", "--matrix", "tiny.toml", "--backends",
+                          "numpy-f32", "--out", "res", "--processes", "1", "--seed", "1"],
+                         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    seen = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 240:  # wait until the second workload has begun
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.lstrip().startswith("[2/"):
+            break
+    assert any(s.lstrip().startswith("[2/") for s in seen), "".join(seen)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+    if how == "double-sigint":
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == (143 if how == "sigterm" else 130), out
+    assert "Traceback" not in out
+    journals = list((tmp_path / "res").rglob("*.journal.jsonl"))
+    assert len(journals) == 1 and str(journals[0].name) in out, out
+    header, records = Journal.read(journals[0])
+    assert len(records) >= 1  # the first workload was kept
+    assert _logs() <= before
+    r = subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(journals[0]), "--out", "res"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = [f for f in (tmp_path / "res").rglob("*.json")]
+    assert len(files) == 1 and not list((tmp_path / "res").rglob("*.journal.jsonl"))
+    doc = load_results(files[0])
+    keys = [(c["cell"]["mode"], c["cell"]["backend"]) for c in doc["cells"]]
+    assert sorted(keys) == sorted({("train", "numpy-f32"), ("eval", "numpy-f32"), ("generate", "numpy-f32")})
+    assert all(c["result"]["status"] == "ok" for c in doc["cells"]), doc["cells"]

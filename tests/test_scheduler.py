@@ -1,0 +1,235 @@
+"""The interleaved scheduler of `lstmbench run` (harness.run.measure_workload) with fake
+in-process participants: the order of every round is a fresh permutation of the backends and
+the probe; every participant gets the same rounds; process sets are fresh; rounds are
+re-measured while a cell lacks clean ones; cells that stay dirty are marked noisy; failures
+stay with their cell; ratios come from paired rounds."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from harness import run
+from harness.bench import Cell
+from harness.matrix import Matrix, UsageError, load_matrix
+from harness.run import ParticipantFailed, ProbeState, Schedule, measure_workload
+from impls.config import ModelConfig, TrainConfig
+
+
+class Clock:
+    """Shared machine state: a call counter that fake participants may read."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+
+class Fake:
+    def __init__(self, name: str, clock: Clock, time_of: Callable[[int], float], *,
+                 fail_at: int | None = None, finite: bool = True, log: list | None = None) -> None:
+        self.name, self.clock, self.time_of = name, clock, time_of
+        self.fail_at, self.finite, self.log = fail_at, finite, log if log is not None else []
+        self.rounds = 0
+        self.prepared = self.released = 0
+
+    def prepare(self) -> dict[str, Any]:
+        self.prepared += 1
+        return {"status": "ok", "first_step_s": 0.1, "inner": 3}
+
+    def round(self) -> float:
+        self.rounds += 1
+        self.clock.calls += 1
+        self.log.append(self.name)
+        if self.fail_at is not None and self.rounds >= self.fail_at:
+            raise ParticipantFailed("crash", "worker exited with status -11")
+        return self.time_of(self.clock.calls)
+
+    def release(self) -> dict[str, Any]:
+        self.released += 1
+        return {"finite": self.finite, "peak_rss_bytes": 1}
+
+
+def _setup(backends: dict[str, Callable[[int], float]], probe_time: Callable[[int], float] | None,
+           **fake_kw: Any) -> tuple[Clock, dict[tuple[str, int], Fake], ProbeState, Callable]:
+    clock = Clock()
+    made: dict[tuple[str, int], Fake] = {}
+
+    def make(b: str, p: int) -> Fake:
+        made[(b, p)] = Fake(b, clock, backends[b], **fake_kw.get(b, {}))
+        return made[(b, p)]
+    probe = ProbeState(Fake(run.PROBE, clock, probe_time) if probe_time else None)
+    return clock, made, probe, make
+
+
+def _steady(v: float) -> Callable[[int], float]:
+    return lambda _: v
+
+
+def test_rounds_are_random_permutations_and_even():
+    _, made, probe, make = _setup({"a": _steady(1e-3), "b": _steady(2e-3), "c": _steady(3e-3)}, _steady(1e-4))
+    wd = measure_workload(["a", "b", "c"], make, probe, Schedule(rounds=20, processes=2, min_clean=1),
+                          np.random.default_rng(7))
+    assert wd.rounds == 40 and wd.remeasured == 0
+    by_round: dict[int, list[tuple[int, str]]] = {}
+    for r, slot, name in wd.order:
+        by_round.setdefault(r, []).append((slot, name))
+    perms = []
+    for r, entries in sorted(by_round.items()):
+        slots = [s for s, _ in entries]
+        names = [n for _, n in sorted(entries)]
+        assert slots == list(range(4)) and sorted(names) == ["a", "b", "c", "probe"]
+        perms.append(tuple(names))
+    assert len(set(perms)) > 5  # the order changes from round to round
+    assert Counter(p[0] for p in perms).most_common(1)[0][1] < 40  # nobody always goes first
+    for b in "abc":  # same number of rounds, in both fresh process sets
+        d = wd.backends[b]
+        assert len(d.samples) == 40 and d.status == "ok"
+        assert Counter(s["process"] for s in d.samples) == {0: 20, 1: 20}
+        assert made[(b, 0)] is not made[(b, 1)] and made[(b, 0)].prepared == made[(b, 1)].released == 1
+        assert [s["round"] for s in d.samples] == list(range(40))
+        slots = {(r, n): s for r, s, n in wd.order}
+        assert all(s["slot"] == slots[(s["round"], b)] for s in d.samples)
+    assert all(s["probe_s"] == 1e-4 for s in wd.backends["a"].samples)
+
+
+def test_same_seed_same_order_other_seed_other_order():
+    def order(seed: int) -> list:
+        _, _, probe, make = _setup({"a": _steady(1e-3), "b": _steady(1e-3)}, _steady(1e-4))
+        return measure_workload(["a", "b"], make, probe, Schedule(rounds=15, min_clean=1),
+                                np.random.default_rng(seed)).order
+    assert order(3) == order(3) and order(3) != order(4)
+
+
+def test_dirty_rounds_are_remeasured_until_clean():
+    # the probe is slow (a busy neighbour) for the first 25 calls, then the machine calms down
+    _, _, probe, make = _setup({"a": _steady(1e-3), "b": _steady(2e-3)},
+                               lambda k: 1e-4 if k < 3 else (5e-4 if k < 75 else 1e-4))
+    sched = Schedule(rounds=10, min_clean=8, extra_rounds=100, extra_time=60)
+    wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
+    assert wd.remeasured > 0 and wd.rounds == 10 + wd.remeasured
+    for b in "ab":
+        res = run.cell_result(_cell(b), wd.backends[b], sched)
+        assert res["clean_rounds"] >= 8 and not res["noisy"]
+        assert res["clean_rounds"] < len(res["samples"])  # the dirty rounds are kept, marked
+        assert all(s["clean"] == (s["probe_s"] <= 1.5e-4) for s in res["samples"])
+
+
+def test_rounds_that_stay_dirty_make_the_cell_noisy():
+    # one quick probe round, then 3x slower for ever: the budget runs out, the cell is noisy
+    _, _, probe, make = _setup({"a": _steady(1e-3), "b": _steady(2e-3)},
+                               lambda k: 1e-4 if k == 1 else 3e-4)
+    sched = Schedule(rounds=10, min_clean=8, extra_rounds=15, extra_time=60)
+    wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
+    assert wd.remeasured == 15 and wd.rounds == 25
+    results = {b: run.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
+    assert all(r["status"] == "ok" and r["noisy"] for r in results.values())
+    doc = {"cells": [{"cell": _cell(b).to_dict(), "workload": "w", "result": r} for b, r in results.items()],
+           "workloads": [{"id": "w", "ratios": run.workload_ratios(results)}],
+           "estimator": {"name": "q25"}}
+    text = run.summary_table(doc)
+    assert text.count("NOISY") == 2 and "*" in text
+
+
+def test_quiet_run_is_not_remeasured():
+    _, _, probe, make = _setup({"a": _steady(1e-3)}, _steady(1e-4))
+    wd = measure_workload(["a"], make, probe, Schedule(rounds=12, min_clean=10), np.random.default_rng(0))
+    assert wd.rounds == 12 and wd.remeasured == 0
+
+
+def test_failures_stay_with_their_cell():
+    _, made, probe, make = _setup({"a": _steady(1e-3), "b": _steady(2e-3), "c": _steady(1e-3)},
+                                  _steady(1e-4), b={"fail_at": 4}, c={"finite": False})
+    wd = measure_workload(["a", "b", "c"], make, probe, Schedule(rounds=10, processes=2, min_clean=1),
+                          np.random.default_rng(0))
+    assert wd.backends["a"].status == "ok" and len(wd.backends["a"].samples) == 20
+    assert wd.backends["b"].status == "crash" and len(wd.backends["b"].samples) == 3
+    assert ("b", 1) not in made  # a failed cell is not retried in the next process set
+    assert wd.backends["c"].status == "nan"
+
+
+def test_collapse_rounds_are_not_clean():
+    _, _, probe, make = _setup({"a": lambda k: 1.0 if k % 7 else 1000.0}, _steady(1e-4))
+    wd = measure_workload(["a"], make, probe, Schedule(rounds=30, min_clean=1), np.random.default_rng(0))
+    s = wd.backends["a"].samples
+    assert any(x.get("collapse") for x in s)
+    assert all(x["clean"] == (x["s"] < 10) for x in s)
+
+
+def test_ratios_come_from_paired_rounds():
+    # the machine alternates between fast and 3x slower; b is always 2x a in the same round
+    clock_state = {"slow": 1.0}
+
+    def a(k: int) -> float:
+        clock_state["slow"] = 3.0 if (k // 3) % 2 else 1.0
+        return 1e-3 * clock_state["slow"]
+    _, _, probe, make = _setup({"a": a, "b": lambda k: 2e-3 * clock_state["slow"]}, None)
+    sched = Schedule(rounds=40, min_clean=5)
+    wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
+    results = {b: run.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
+    r = run.workload_ratios(results)
+    assert r["a"]["ratio"] == 1.0 and r["b"]["to"] == "a"
+    assert r["b"]["lo"] <= 2.0 <= r["b"]["hi"] and r["b"]["pairs"] == 40
+
+
+def test_group_workloads_keeps_every_backend_of_a_workload_together():
+    cells = load_matrix("smoke").cells(["numpy-f32", "torch"], "cpu", "float32")
+    ws = run.group_workloads(cells)
+    assert len(ws) == 3 and all([c.backend for c in cs] == ["numpy-f32", "torch"] for _, cs in ws)
+
+
+def _cell(b: str) -> Cell:
+    return Cell(b, "train", "x", ModelConfig(10, 8), TrainConfig(), 2, 5)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "../../x"\n', "not allowed"),
+    ('rounds = 0\n', "rounds = 0 is invalid"),
+    ('max_rounds = 0\n', "max_rounds = 0 is invalid"),
+    ('timeout = "soon"\n', "timeout = 'soon' is invalid"),
+    ('timeout = -1\n', "timeout = -1 is invalid"),
+    ('min_time = nan\n', "min_time = nan is invalid"),
+    ('colour = 1\n', "unknown key(s) colour"),
+])
+def test_matrix_file_validation(tmp_path, text, message):
+    p = tmp_path / "m.toml"
+    p.write_text(text + '[[group]]\nvocab_size = 10\nhidden_size = 8\n')
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_matrix(str(p))
+
+
+@pytest.mark.parametrize("group, message", [
+    ('vocab_size = 10\nhidden_size = 8\nbatch = [0]', "batch"),
+    ('vocab_size = 10\nhidden_size = 8\nmodes = ["fly"]', "modes"),
+    ('vocab_size = 10\nhidden_size = 8\nseq_len = 0', "seq_len"),
+    ('vocab_size = 10\nhidden_size = 8\nbogus = 1', "unknown key"),
+    ('hidden_size = 8', "needs a preset"),
+])
+def test_matrix_group_validation(tmp_path, group, message):
+    p = tmp_path / "m.toml"
+    p.write_text('[[group]]\n' + group + '\n')
+    with pytest.raises(UsageError, match=message):
+        load_matrix(str(p))
+
+
+def test_matrix_round_trip_and_file_name(tmp_path):
+    m = load_matrix("default")
+    assert Matrix.from_dict(m.to_dict()) == m
+    p = tmp_path / "my matrix!.toml"
+    p.write_text('[[group]]\nvocab_size = 10\nhidden_size = 8\n')
+    assert load_matrix(str(p)).name == "my-matrix"
+
+
+def test_time_budget_cuts_base_rounds_short(monkeypatch):
+    # a fake clock: every timed round takes one "second"; budget 10 s for 100 rounds
+    now = [0.0]
+    monkeypatch.setattr(run.time, "monotonic", lambda: now[0])
+
+    def slow(_: int) -> float:
+        now[0] += 1.0
+        return 1.0
+    _, _, probe, make = _setup({"a": slow, "b": slow}, slow)
+    sched = Schedule(rounds=100, min_clean=1, max_time=10.0, min_rounds=3)
+    wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
+    assert wd.short and wd.rounds == 4  # 3 participants x 1 s: over 10 s after the 4th round
+    assert all(len(wd.backends[b].samples) == 4 for b in "ab")
