@@ -64,21 +64,28 @@ def cmd_backends(a: argparse.Namespace) -> int:
                 info[n] = {"available": False, "reason": f"worker {e.kind}: {e}"}
         finally:
             w.close()
+    for name, spec in registry.BACKENDS.items():  # what it can run, from its spec
+        info[name].update(modes=list(spec.modes), devices=list(spec.devices),
+                          precisions=list(spec.precisions), env=spec.env)
     if a.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{'backend':15} {'status':11} {'version':12} {'kernel':24} {'devices':8} description")
+    w = max(len(n) for n in registry.BACKENDS) + 1
+    print(f"{'backend':{w}} {'status':9} {'version':11} {'kernel':26} {'modes':20} {'devices':8} "
+          f"{'precisions':14}")
     for name, spec in registry.BACKENDS.items():
         i = info[name]
         status = "available" if i.get("available") else "missing"
-        print(f"{name:15} {status:11} {i.get('version', '-'):12} {i.get('kernel', '-')[:24]:24} "
-              f"{','.join(spec.devices):8} {spec.description}")
+        print(f"{name:{w}} {status:9} {str(i.get('version', '-'))[:11]:11} "
+              f"{str(i.get('kernel', '-'))[:26]:26} {','.join(spec.modes):20} "
+              f"{','.join(spec.devices):8} {','.join(spec.precisions):14}")
+        print(f"{'':{w}} {spec.description}")
         if not i.get("available"):
-            print(f"{'':15} reason: {i.get('reason')}")
+            print(f"{'':{w}} reason: {i.get('reason')}")
         elif spec.env != "main":
-            print(f"{'':15} environment: {i.get('python')}")
+            print(f"{'':{w}} environment: {i.get('python')}")
         for opt, d in spec.deviations.items():
-            print(f"{'':15} {opt}: {d.cause}")
+            print(f"{'':{w}} {opt}: {d.cause}")
     return 0
 
 
@@ -305,7 +312,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         a.processes = header.get("processes") or 1
     else:
         matrix = load_matrix(a.matrix or "default")
-        default = [b for b in BENCH_BACKENDS if a.device in registry.BACKENDS[b].devices]
+        default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
+                   if a.device in registry.BACKENDS[b].devices]
         backends = _backend_list(a.backends, default)
     for b in backends:
         if a.device not in registry.BACKENDS[b].devices:
@@ -415,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("run", help="run a benchmark matrix")
-    p.add_argument("--matrix", help="smoke | default (the default) | gpu | FILE.toml/.yaml")
+    p.add_argument("--matrix", help="smoke | default (the default) | full | gpu | quality | quality-adam | "
+                                     "quality-tiny | FILE.toml/.yaml")
     p.add_argument("--backends", help="comma list (default: every backend for the device)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--precision", default="float32", choices=["float32", "tf32"],

@@ -27,6 +27,7 @@ from . import significance as sig
 from .bench import Cell
 from .compare import Run, RunCell, read_run
 from .envs import UsageError
+from .quality_report import sections as quality_sections, split_inputs
 from .stats import CLEAN_FACTOR
 from .results import ResultsError, expand_paths
 
@@ -771,7 +772,8 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     failure leaves nothing half-written; out_dir must be new, empty, or a previous report's."""
     out_dir = Path(out_dir)
     _need_matplotlib()  # before anything is created
-    runs = check_inputs(paths)  # every file validated first
+    quality, paths = split_inputs(paths)  # lstmbench.quality files: harness.quality_report
+    runs = check_inputs(paths) if paths or not quality else []  # every file validated first
     equiv = equivalence_table(check_json) if check_json else None  # fail before writing anything
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise UsageError(f"--out {out_dir}: exists and is not a folder (or is a link); give a new folder")
@@ -786,7 +788,7 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot write there ({e.strerror or e}); choose another folder") from None
     try:
-        html_name = _build(runs, tmp, check_json, equiv)
+        html_name = _build(runs, tmp, check_json, equiv, quality)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"tool": "lstmbench report", "files": {n: _sha(tmp / n) for n in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -809,12 +811,13 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out_dir / 'report.md'}, {out_dir / html_name} and {len(files) - 2} plots")
+    log(f"wrote {out_dir / 'report.md'}, {out_dir / html_name} and "
+        f"{sum(n.endswith('.png') for n in files)} plots")
     return out_dir / html_name
 
 
 def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Path | None,
-           equiv: tuple[Table, list[str], str] | None) -> str:
+           equiv: tuple[Table, list[str], str] | None, quality: list[dict[str, Any]] | None = None) -> str:
     """Every file of the report into out_dir (a fresh folder); returns the HTML file's name."""
     docs, entries = load([], runs)
     colors = _colors(_labels(entries))
@@ -915,6 +918,12 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
         if notes:
             items.append(("list", notes))
         sections.append(("Equivalence against the float64 reference", items))
+    if quality:
+        if not runs:  # quality files only: no empty benchmark sections
+            sections = []
+            sub = (f"{len(quality)} quality run(s); generated "
+                   f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+        sections += quality_sections(quality, out_dir)
 
     # Markdown
     md = [f"# {title}", "", sub, ""]
@@ -927,6 +936,9 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
                 md += [x, ""]
             elif kind == "list":
                 md += [f"- {n}" for n in x] + [""]
+            elif kind == "pre":
+                fence = "````" if "```" in x else "```"  # generated text may hold a fence
+                md += [fence, x.rstrip("\n"), fence, ""]
             elif kind == "fig":
                 path, cap_title, cap = x
                 md += [f"### {cap_title}", "", f"![{cap_title}]({path.name})", "", cap, ""]
@@ -947,6 +959,8 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
                 h.append(f"<p class=note>{html.escape(x)}</p>")
             elif kind == "list":
                 h.append("<ul class=notes>" + "".join(f"<li>{html.escape(n)}</li>" for n in x) + "</ul>")
+            elif kind == "pre":
+                h.append(f"<pre>{html.escape(x)}</pre>")
             elif kind == "fig":
                 path, cap_title, cap = x
                 b64 = base64.b64encode(path.read_bytes()).decode()

@@ -56,8 +56,9 @@ def runs_here(name: str) -> bool:
 
 
 def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, *, seed: int,
-                 threads: int | None) -> Any:
-    """Configure the framework once (threads) and create the backend in this process."""
+                 threads: int | None, **extra: Any) -> Any:
+    """Configure the framework once (threads) and create the backend in this process;
+    `extra` goes to its constructor (e.g. NumpyBackend's eps_form)."""
     from .worker import configure_backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as in a worker: no C++ log chatter
     try:
@@ -66,7 +67,7 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
         raise
     except Exception as e:  # noqa: BLE001 - a framework that fails to set up: one line
         raise registry.BackendError(f"backend {name}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    return registry.create(name, model, preset_train, params, seed=seed)
+    return registry.create(name, model, preset_train, params, seed=seed, **extra)
 
 
 def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
@@ -322,6 +323,30 @@ def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int
             print(f"interrupted at step {step}: kept {ck_path} (step {doc.get('checkpoint_step')}) "
                   f"and {log_path}", file=sys.stderr)
     return doc
+
+
+def loss_curve(backend: str, preset: Preset, corpus: Corpus, steps: int, *, seed: int = 0,
+               threads: int | None = 1, **extra: Any) -> list[float]:
+    """The training loss of every one of `steps` steps, trained exactly as `train` trains
+    (same initial parameters, windows, state carrying and resets) but with no evaluation,
+    files or timing: the unit of the curve-equivalence check (tests/test_curves.py).
+    `extra` goes to the backend's constructor: NumpyBackend(eps_form=...) is the reference
+    for a backend whose native optimiser formula deviates from SPEC §4."""
+    if steps <= 0:
+        raise UsageError("steps must be positive")
+    model = replace(preset.model, vocab_size=corpus.vocab_size)
+    streams = Streams(corpus.train, preset.batch_size, preset.seq_len)
+    be = make_backend(backend, model, preset.train, init_params(model, seed), seed=seed,
+                      threads=threads, **extra)
+    state = zero_state(be, model, preset.batch_size)
+    losses = []
+    for step in range(steps):
+        if streams.starts_epoch(step) and step > 0:
+            state = zero_state(be, model, preset.batch_size)
+        x, y = streams.window(step)
+        loss, state = be.train_step(be.put(x), be.put(y), state)
+        losses.append(float(be.value(loss)))
+    return losses
 
 
 # ---- commands ------------------------------------------------------------------------

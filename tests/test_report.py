@@ -217,3 +217,95 @@ def test_report_cli_without_check_and_bad_check(tmp_path):
     r = lstmbench("report", "missing.json", "--out", "rep3", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("lstmbench: error: ")
     assert not (tmp_path / "rep3").exists()
+
+
+# ---- quality results (schema lstmbench.quality, harness.quality_report) -----------------
+
+def synth_quality(path: Path) -> Path:
+    """A quality file as harness.quality writes it: two backends following SPEC §4, one with
+    a native optimiser, one that failed, one with a NaN loss and one missing a field."""
+    def ok(steps_to, secs, final, dev=None, sample="\nROMEO.\nWhat say!\n"):
+        curve = [{"step": s, "seconds": round(s * secs / 200, 3), "train_loss": None if s == 0 else 3.0 - s / 200,
+                  "val_loss": 4.43 - s * (4.43 - final) / 300} for s in (0, 100, 200, 300)]
+        return {"status": "ok", "steps": 300, "train_seconds": 1.5 * secs, "first_step_s": 0.2,
+                "median_step_s": secs / 200, "chars_per_s": 2500 * 200 / secs,
+                "steps_to_target": steps_to, "seconds_to_target": None if steps_to is None else steps_to * secs / 200,
+                "estimate_s_to_target": None if steps_to is None else steps_to * secs / 200 * 0.9,
+                "final_val_loss": final, "final_val_bpc": final / math.log(2), "best_val_loss": final,
+                "curve": curve, "train_losses": [3.0] * 300, "sample": sample, "optimizer_deviation": dev}
+    nan = ok(200, 10.0, 2.0)
+    nan["curve"][2]["val_loss"] = float("nan")
+    missing = ok(200, 10.0, 2.0)
+    del missing["final_val_bpc"]
+    doc = {"schema": "lstmbench.quality", "schema_version": 1, "created": "2026-11-23T20:00:00+00:00",
+           "machine": {"slug": "test-machine"}, "threads": 1, "device": "cpu",
+           "matrix": {"name": "quality", "preset": "char-rnn", "corpus": "shakespeare", "steps": 300,
+                      "eval_every": 100, "target_loss": 2.5, "seed": 0, "val_chars": 5000},
+           "model": {"preset": "char-rnn", "batch_size": 50, "seq_len": 50, "num_layers": 2,
+                     "hidden_size": 128, "vocab_size": 84, "optimizer": {"name": "rmsprop", "lr": 0.002}},
+           "backends": {"torch": ok(200, 20.0, 1.9),
+                        "jax": ok(200, 10.0, 1.95),
+                        "tensorflow": ok(None, 8.0, 2.6, dev="Keras RMSprop adds epsilon inside the root: lr*g/sqrt(v+eps)"),
+                        "chainer": {"status": "timeout", "error": "no result within 1500 s", "optimizer_deviation": None},
+                        "flax": nan, "keras-jax": missing},
+           "comparison": {"spec_band": [1.9, 1.95], "deviating": {"tensorflow": {
+               "final_val_loss": 2.6, "outside_band_by": 0.65, "cause": "eps inside"}}},
+           "interrupted": False}
+    path.write_text(json.dumps(doc, indent=1))  # NaN written as NaN, as json.dumps does
+    return path
+
+
+def test_quality_report_curves_table_samples_and_noted_skips(tmp_path):
+    synth_quality(tmp_path / "20261123T200000Z-quality-cpu.json")
+    r = lstmbench("report", str(tmp_path), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "rep"
+    png = rep / "20261123T200000Z-quality-cpu-curves.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+    rows = (rep / "20261123T200000Z-quality-cpu-table.md").read_text().splitlines()
+    assert rows[0].startswith("| backend | optimiser | steps to 2.5 | s to target (measured) |")
+    # steps to target; measured s = 200 x median step; estimate 0.9 x that; final; bits; chars/s
+    assert rows[2] == "| torch | SPEC §4 | 200 | 20.0 | 18.0 | 1.9000 | 2.741 | 1.9000 | 25,000 |"
+    assert rows[3] == "| jax | SPEC §4 | 200 | 10.0 | 9.0 | 1.9500 | 2.813 | 1.9500 | 50,000 |"
+    assert rows[4] == ("| tensorflow | native: Keras RMSprop adds epsilon inside the root | not reached | "
+                       "- | - | 2.6000 | 3.751 | 2.6000 | 62,500 |")
+    assert len(rows) == 5  # chainer (timeout), flax (NaN), keras-jax (a field missing): left out
+    md = (rep / "report.md").read_text()
+    assert "chainer: left out (timeout: no result within 1500 s)" in md
+    assert "flax: left out (val_loss is nan at step 200)" in md
+    assert "keras-jax: left out (missing field final_val_bpc)" in md
+    assert "tensorflow (native optimiser): 2.6000, 0.6500 outside it" in md
+    assert md.count("```\n\nROMEO.\nWhat say!\n```") == 3  # each drawable backend's sample
+    assert "## Results" not in md and "Machine noise" not in md  # no benchmark files given
+    html = (rep / "report.html").read_text()
+    assert base64.b64encode(png.read_bytes()).decode() in html and "<pre>\nROMEO." in html
+
+
+def test_quality_and_benchmark_results_in_one_report(tmp_path):
+    q = synth_quality(tmp_path / "q.json")
+    p = save(synth_v2(["numpy-f32"]), tmp_path / "r.json")
+    r = lstmbench("report", str(p), str(q), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Results" in md and "## Training to quality: quality (q.json)" in md
+    assert (tmp_path / "rep" / "q-curves.png").is_file()
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("version", "quality schema version 99"), ("target", "without a matrix target_loss"),
+    ("backends", "without a backends table"), ("json", "not readable JSON")])
+def test_bad_quality_files_fail_in_one_line_before_writing(tmp_path, bad, message):
+    p = synth_quality(tmp_path / "q.json")
+    doc = json.loads(p.read_text())
+    if bad == "version":
+        doc["schema_version"] = 99
+    elif bad == "target":
+        doc["matrix"]["target_loss"] = float("nan")
+    elif bad == "backends":
+        doc["backends"] = ["torch"]
+    p.write_text(json.dumps(doc) + ("}" if bad == "json" else ""))
+    r = lstmbench("report", str(p), "--out", "rep", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("lstmbench: error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "rep").exists() and not list(tmp_path.glob(".rep.*"))
