@@ -141,10 +141,14 @@ def ratio_interval(old: Side, new: Side, name: str, *, reps: int = 1000, level: 
 
 
 def noise_floor(probe_s: Sequence[float | None]) -> float | None:
-    """How much the machine's speed moved during a run: the probe's interquartile spread
-    relative to its lower quartile (q75 / q25 - 1). A change smaller than this cannot be told
-    from the machine. None without probe rounds (v1 files)."""
+    """How much the machine's speed moved during a run's clean rounds: the probe's
+    interquartile spread relative to its lower quartile (q75 / q25 - 1), over the probe rounds
+    within stats.CLEAN_FACTOR of the best (the rounds the headline estimator uses; contended
+    rounds are excluded there, and so here). A change smaller than this cannot be told from
+    the machine. None without probe rounds (v1 files)."""
     a = np.asarray([p for p in probe_s if p is not None and p > 0], np.float64)
+    if a.size:
+        a = a[a <= stats.CLEAN_FACTOR * a.min()]
     if a.size < 4:
         return None
     q25, q75 = np.percentile(a, [25, 75])
