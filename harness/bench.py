@@ -26,7 +26,7 @@ MODES = ("train", "eval", "generate")
 @dataclass(frozen=True)
 class Cell:
     backend: str  # registry name
-    mode: str  # train | eval | generate (SPEC §7)
+    mode: str  # train | eval | generate (docs/SPEC.md §7)
     preset: str  # the preset these sizes come from (label only; sizes below are the truth)
     model: ModelConfig  # network sizes
     train: TrainConfig  # optimiser and clip (train mode)

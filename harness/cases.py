@@ -1,5 +1,5 @@
 """The cross-check cases every backend must pass (`lstmbench check` and tests/), as data: sizes, optimiser, clip and
-generation settings covering SPEC §9 (embedding and one-hot, 1 to 3 layers, zero and
+generation settings covering docs/SPEC.md §9 (embedding and one-hot, 1 to 3 layers, zero and
 non-zero initial state, T up to 100, every optimiser and clip kind, greedy and sampled)."""
 from __future__ import annotations
 

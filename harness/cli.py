@@ -262,7 +262,7 @@ def cmd_case_diff(a: argparse.Namespace) -> int:
         print(f"note: {note}")
     if not any(is_output(k) for k in exp):  # `0 passed, 0 failed` must never pass
         print(format_rows(rows))
-        print(f"FAIL: compared nothing: {a.expected} holds none of the outputs of SPEC §9 "
+        print(f"FAIL: compared nothing: {a.expected} holds none of the outputs of docs/SPEC.md §9 "
               "(logits, h, c, loss, grad/*, generated, losses, after/*)")
         return 1
     print(format_rows(rows))
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_backends)
     sub.add_parser("presets", help="list presets with sizes and FLOPs per character").set_defaults(fn=cmd_presets)
 
-    case = sub.add_parser("case", help="case files: make, run, diff (SPEC §9)")
+    case = sub.add_parser("case", help="case files: make, run, diff (docs/SPEC.md §9)")
     csub = case.add_subparsers(dest="case_cmd", required=True, metavar="ACTION")
     p = csub.add_parser("make", help="write an input case")
     p.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")

@@ -37,7 +37,7 @@ from impls.config import ConfigError
 from . import significance as sig
 from . import stats
 from .bench import Cell
-from .results import SCHEMA, ResultsError, expand_paths, load_results
+from .results import SCHEMA, ResultsError, expand_paths, load_results, validate_samples
 
 PathLike = str | os.PathLike[str]
 
@@ -159,7 +159,7 @@ def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
         res = entry.get("result") if isinstance(entry.get("result"), dict) else {}
         status = str(res.get("status") or "no result")
         error = str(res.get("error") or "").splitlines()[0] if res.get("error") else ""
-        samples = _samples(res, f"{p}: cell {i} ({cell.label()})")
+        samples = validate_samples(res, f"{p}: cell {i} ({cell.label()})")
         noisy = bool(res.get("noisy")) or status == "noisy"
         nan = [j for j, s in enumerate(samples) if math.isnan(s["s"])]
         if nan and status in ("ok", "noisy"):
@@ -169,37 +169,6 @@ def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
             status, error = "error", error or "no timed rounds recorded"
         cells.append(RunCell(run, cell, res, status, error, samples, noisy))
     return run, cells
-
-
-def _samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """The v2 samples, or v1 samples_s as process 0, round i, clean; every time checked."""
-    raw = res.get("samples")
-    if raw is None or raw == []:
-        flat = res.get("samples_s")
-        if flat is None:
-            return []
-        if not isinstance(flat, list):
-            raise ResultsError(f"{where}: samples_s is {type(flat).__name__}, not a list of seconds; "
-                               "the file is corrupt or was edited")
-        raw = [{"s": v, "process": 0, "round": j, "probe_s": None, "clean": True} for j, v in enumerate(flat)]
-    if not isinstance(raw, list):
-        raise ResultsError(f"{where}: samples is {type(raw).__name__}, not a list; the file is corrupt or was edited")
-    out = []
-    for j, s in enumerate(raw):
-        v = s.get("s") if isinstance(s, dict) else None
-        if not _num(v):
-            raise ResultsError(f"{where}: sample {j} is {v!r}, not a number of seconds; "
-                               "the file is corrupt or was edited (re-run the cell)")
-        v = float(v)
-        if not math.isnan(v) and not (math.isfinite(v) and v > 0):
-            raise ResultsError(f"{where}: sample {j} is {v!r}; times must be finite and above zero, "
-                               "so the file is corrupt or was edited (re-run the cell)")
-        pr = s.get("probe_s")
-        pr = float(pr) if _num(pr) and math.isfinite(pr) and pr > 0 else None
-        proc = s.get("process", 0)
-        out.append({"s": v, "process": int(proc) if _num(proc) else 0, "round": s.get("round", j),
-                    "probe_s": pr, "clean": s.get("clean", True) is not False})
-    return out
 
 
 # ---- one side: every run of every cell --------------------------------------------------

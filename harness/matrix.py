@@ -65,7 +65,7 @@ class Matrix:
                 "min_rounds": self.min_rounds, "max_rounds": self.max_rounds, "timeout": self.timeout,
                 "rounds": self.rounds, "min_clean": self.min_clean, "extra_rounds": self.extra_rounds,
                 "extra_time": self.extra_time, "processes": self.processes,
-                "workload_time": self.workload_time}
+                "workload_time": self.workload_time, "default_backends": list(self.default_backends)}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Matrix":
@@ -73,7 +73,10 @@ class Matrix:
         if not isinstance(d, dict) or "name" not in d or "groups" not in d:
             raise UsageError("the stored matrix has no name or groups; the file is not a run's")
         known = set(SETTINGS) | {"name", "groups"}
-        return Matrix(**{k: v for k, v in d.items() if k in known})
+        backends = d.get("default_backends") or ()
+        if not isinstance(backends, (list, tuple)) or not all(isinstance(b, str) for b in backends):
+            raise UsageError("the stored matrix's default_backends is not a list of names")
+        return Matrix(**{k: v for k, v in d.items() if k in known}, default_backends=tuple(backends))
 
 
 # setting -> (type, what it must be); validated for built-in and file matrices alike

@@ -9,7 +9,7 @@ the validation loss every `eval_every` steps on the same validation characters.
 Recorded per backend: steps to the target (the first evaluation at or under it: exact and
 free of timing noise, resolution `eval_every`), seconds to the target, the loss against
 steps and against seconds, the final validation loss, a sample, and the native optimiser's
-documented deviation from SPEC §4 where it has one.
+documented deviation from docs/SPEC.md §4 where it has one.
 
 Noise: seconds count only training steps (tokens copied in, the step, the loss fetched to the
 host, which waits for the device); evaluation, start-up and compilation outside the first
@@ -42,7 +42,7 @@ from .envs import UsageError, interpreter_for, parse_python_overrides, worker_en
 
 SCHEMA = "lstmbench.quality"
 SCHEMA_VERSION = 1
-REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, SPEC §4's formulas
+REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ MATRICES: dict[str, QualityConfig] = {
     "quality": QualityConfig("quality", "char-rnn", "shakespeare", steps=1500, eval_every=100,
                              target_loss=1.9),
     # char-rnn sizes with the tutorial's Adam (lr 1e-3, norm clip 5): where Keras and Chainer
-    # place Adam's epsilon differently from SPEC §4
+    # place Adam's epsilon differently from docs/SPEC.md §4
     "quality-adam": QualityConfig("quality-adam", "char-rnn", "shakespeare", steps=1000,
                                   eval_every=100, target_loss=2.1, optimizer_from="tutorial"),
     # seconds, for a smoke test: the tiny preset on the interpreter's own library source
@@ -249,7 +249,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
 
 def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Do native optimiser formulas change the final quality? The spread of the final
-    validation loss over the backends that follow SPEC §4 (float32 trajectories part after
+    validation loss over the backends that follow docs/SPEC.md §4 (float32 trajectories part after
     a few hundred steps, so they differ too) is the band a deviating backend is held to."""
     ok = {b: r for b, r in results.items() if r.get("status") == "ok"}
     spec_like = {b: r["final_val_loss"] for b, r in ok.items() if not r.get("optimizer_deviation")}
@@ -285,11 +285,11 @@ def table(doc: dict[str, Any]) -> str:
         rows.append(f"{b:15} {'ok':8} {f(r['steps_to_target'], 'd'):>14} "
                     f"{f(r['seconds_to_target'], '.1f'):>12} {f(r['estimate_s_to_target'], '.1f'):>8} "
                     f"{f(r['chars_per_s'], ',.0f'):>9} {r['final_val_loss']:10.4f} "
-                    f"{r['final_val_bpc']:9.3f}  {'native: ' + r['optimizer_deviation'][:40] if r['optimizer_deviation'] else 'SPEC §4'}")
+                    f"{r['final_val_bpc']:9.3f}  {'native: ' + r['optimizer_deviation'][:40] if r['optimizer_deviation'] else 'docs/SPEC.md §4'}")
     c = doc.get("comparison", {})
     if c.get("spec_band"):
         lo, hi = c["spec_band"]
-        rows.append(f"final validation loss of the SPEC §4 backends: {lo:.4f} .. {hi:.4f}")
+        rows.append(f"final validation loss of the docs/SPEC.md §4 backends: {lo:.4f} .. {hi:.4f}")
         for b, d in c.get("deviating", {}).items():
             rows.append(f"{b} (native formula): {d['final_val_loss']:.4f}, "
                         + ("inside that band" if d["outside_band_by"] == 0 else

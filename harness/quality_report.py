@@ -132,7 +132,7 @@ def time_to_target_table(doc: dict[str, Any]) -> Any:
         if problem(r):
             continue
         dev = r.get("optimizer_deviation")
-        rows.append([b, "native: " + str(dev).split(":")[0] if dev else "SPEC §4",  # the cause, short
+        rows.append([b, "native: " + str(dev).split(":")[0] if dev else "docs/SPEC.md §4",  # the cause, short
                      _fmt(r.get("steps_to_target"), "d") if r.get("steps_to_target") is not None else "not reached",
                      _fmt(r.get("seconds_to_target"), ".1f"), _fmt(r.get("estimate_s_to_target"), ".1f"),
                      _fmt(r["final_val_loss"], ".4f"), _fmt(r["final_val_bpc"], ".3f"),
@@ -218,7 +218,7 @@ def sections(docs: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, list[
             (out_dir / f"{_stem(doc)}-table.md").write_text(table.markdown() + "\n")
         band = (doc.get("comparison") or {}).get("spec_band")
         if isinstance(band, list) and len(band) == 2 and all(map(_finite, band)):
-            lines = [f"Final validation loss of the backends following SPEC §4: {band[0]:.4f} .. {band[1]:.4f} nats."]
+            lines = [f"Final validation loss of the backends following docs/SPEC.md §4: {band[0]:.4f} .. {band[1]:.4f} nats."]
             for b, d in ((doc.get("comparison") or {}).get("deviating") or {}).items():
                 if isinstance(d, dict) and _finite(d.get("final_val_loss")) and _finite(d.get("outside_band_by")):
                     lines.append(f"{b} (native optimiser): {d['final_val_loss']:.4f}, "

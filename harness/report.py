@@ -545,7 +545,6 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) ->
     for run, rcs in runs:
         backends: list[str] = []
         rows_by_w: dict[str, dict[str, str]] = {}
-        noisy_by_w: dict[str, set[str]] = {}
         stored = {w.get("id"): w for w in (run.doc.get("workloads") or []) if isinstance(w, dict)}
         groups: dict[str, list[RunCell]] = {}
         for rc in rcs:
@@ -838,7 +837,7 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
                                                 100 * e.efficiency * e.cps_hi / e.cps),
                        colors, "% of matmul peak", "Efficiency: achieved GFLOP/s / measured matmul peak",
                        None, out_dir, "efficiency.png", plot_notes),
-         "Efficiency", "Achieved GFLOP/s (SPEC §7 FLOP count: forward 2N, train 6N per character) "
+         "Efficiency", "Achieved GFLOP/s (docs/SPEC.md §7 FLOP count: forward 2N, train 6N per character) "
          "divided by the float32 matrix-multiply peak measured on the same device in the same run "
          "(the best noise-probe GFLOP/s); above 100% is a measurement error, flagged in the "
          "results table. Bars with a red edge: noisy cells."),

@@ -122,7 +122,7 @@ def evaluate_loss(be: Any, model: ModelConfig, ids: np.ndarray, batch: int, seq_
 
 def sample_text(be: Any, vocab: str, prime: str, n: int, temperature: float, top_k: int,
                 seed: int) -> str:
-    """`prime` followed by n characters drawn with SPEC §5's rule; uniforms from `seed`."""
+    """`prime` followed by n characters drawn with docs/SPEC.md §5's rule; uniforms from `seed`."""
     if not prime:
         raise UsageError("--prime must hold at least one character")
     try:
@@ -331,7 +331,7 @@ def loss_curve(backend: str, preset: Preset, corpus: Corpus, steps: int, *, seed
     (same initial parameters, windows, state carrying and resets) but with no evaluation,
     files or timing: the unit of the curve-equivalence check (tests/test_curves.py).
     `extra` goes to the backend's constructor: NumpyBackend(eps_form=...) is the reference
-    for a backend whose native optimiser formula deviates from SPEC §4."""
+    for a backend whose native optimiser formula deviates from docs/SPEC.md §4."""
     if steps <= 0:
         raise UsageError("steps must be positive")
     model = replace(preset.model, vocab_size=corpus.vocab_size)

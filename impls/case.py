@@ -1,4 +1,4 @@
-"""Case files (SPEC §9): cross-checks as data. `make_case` writes inputs, `run_case` computes
+"""Case files (docs/SPEC.md §9): cross-checks as data. `make_case` writes inputs, `run_case` computes
 every output on one backend, `diff_outputs` compares two output sets against the tolerance
 table. Only NumPy and the standard library are needed, so any environment can run a case."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ OUTPUT_FORMAT = 1  # version of the `meta` record written beside outputs
 
 
 class CaseError(Exception):
-    """A case or output file is missing, unreadable or not of SPEC §9's form."""
+    """A case or output file is missing, unreadable or not of docs/SPEC.md §9's form."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def fmt_bytes(n: float) -> str:
 # Closed forms, never loops over layers: a hostile spec may ask for 10^12 layers.
 
 def _n_params(spec: CaseSpec) -> int:
-    """Parameters of the model (SPEC §2's shapes): embed (V, E), per layer W_x (D_l, 4H),
+    """Parameters of the model (docs/SPEC.md §2's shapes): embed (V, E), per layer W_x (D_l, 4H),
     W_h (H, 4H), b (4H), then out.W (H, V) and out.b (V)."""
     m = spec.model
     H, V, L = m.hidden_size, m.vocab_size, m.num_layers
@@ -101,7 +101,7 @@ def run_bytes(spec: CaseSpec, batch: int, seq_len: int) -> int:
 
 
 def run_flop(spec: CaseSpec, batch: int, seq_len: int, prefix_len: int = 5) -> int:
-    """FLOP of one run (SPEC §7 counts: 2N per character forward, 6N train): a forward pass,
+    """FLOP of one run (docs/SPEC.md §7 counts: 2N per character forward, 6N train): a forward pass,
     a forward and backward pass, `steps` training steps, and the prefix and n generated
     tokens one at a time."""
     n = _macs_per_char(spec)
@@ -336,7 +336,7 @@ def load_case(path: str | os.PathLike[str]) -> Case:
                     _as(z, "prefix", "iu", np.int64).reshape(-1),
                     _as(z, "uniforms", "iuf", np.float64).reshape(-1))
     except KeyError as e:
-        raise CaseError(f"{path}: missing array {e.args[0]} (SPEC §9 lists what a case holds); "
+        raise CaseError(f"{path}: missing array {e.args[0]} (docs/SPEC.md §9 lists what a case holds); "
                         f"{_REMAKE}") from None
     except (ConfigError, ValueError) as e:
         raise CaseError(f"{path}: {e}") from None
@@ -369,7 +369,7 @@ def needs_training(key: str) -> bool:
 
 def run_case(case: Case, backend: Any, modes: tuple[str, ...] = ("train", "eval", "generate")
              ) -> dict[str, np.ndarray]:
-    """Every SPEC §9 output, computed by `backend` (an impls.base.Backend built on
+    """Every docs/SPEC.md §9 output, computed by `backend` (an impls.base.Backend built on
     case.params). Generation runs before the optimiser steps, on the case's parameters.
     A backend without a train mode (its registry spec's `modes`) gives the loss from
     eval_step and no gradients or optimiser steps (`needs_training`)."""
@@ -447,7 +447,7 @@ def load_outputs(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
 
 
 def is_output(key: str) -> bool:
-    """Whether `key` names a SPEC §9 output (one with a tolerance row)."""
+    """Whether `key` names a docs/SPEC.md §9 output (one with a tolerance row)."""
     try:
         quantity_of(key)
         return True

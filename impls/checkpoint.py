@@ -1,6 +1,6 @@
 """Portable checkpoints: a trained model as one `.npz` that every backend loads.
 
-Layout (canonical, SPEC §2, with the case file's names, impls/case.py):
+Layout (canonical, docs/SPEC.md §2, with the case file's names, impls/case.py):
     format      JSON: {"format": "lstmbench.checkpoint", "version": 1, "step": ..., "backend": ...,
                 "corpus": {...}, "seed": ..., ...} (facts about the run that wrote it)
     spec        JSON: the model (vocab_size, input, embed_size, hidden_size, num_layers, dropout),

@@ -1,6 +1,6 @@
 """The contract's configuration: frozen model/optimiser/clip/generation configs with
-validation, the presets of SPEC §6 (plus tiny ones for tests) and FLOPs per character
-(SPEC §7). Defaults are defined here and nowhere else."""
+validation, the presets of docs/SPEC.md §6 (plus tiny ones for tests) and FLOPs per character
+(docs/SPEC.md §7). Defaults are defined here and nowhere else."""
 from __future__ import annotations
 
 import dataclasses
@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "sgd"  # sgd | adam | rmsprop | adagrad (formulas: SPEC §4)
+    name: str = "sgd"  # sgd | adam | rmsprop | adagrad (formulas: docs/SPEC.md §4)
     lr: float = 0.1  # learning rate
     beta1: float = 0.9  # adam: first-moment decay
     beta2: float = 0.999  # adam: second-moment decay
@@ -82,7 +82,7 @@ class OptimizerConfig:
         _positive_float("optimizer eps", self.eps)
 
     def to_json(self) -> dict[str, Any]:
-        """The case-file form: only the fields this optimiser uses (SPEC §9)."""
+        """The case-file form: only the fields this optimiser uses (docs/SPEC.md §9)."""
         used = {"sgd": (), "adam": ("beta1", "beta2", "eps"), "rmsprop": ("alpha", "eps"),
                 "adagrad": ("eps",)}[self.name]
         return {"name": self.name, "lr": self.lr, **{f: getattr(self, f) for f in used}}
@@ -133,7 +133,7 @@ class Preset:
     source: str  # where these numbers come from
 
 
-DEFAULT_VOCAB = 65  # tiny-shakespeare's character set; SPEC §6: V comes from the corpus
+DEFAULT_VOCAB = 65  # tiny-shakespeare's character set; docs/SPEC.md §6: V comes from the corpus
 
 
 def _preset(name: str, source: str, T: int, B: int, opt: OptimizerConfig, clip: ClipConfig,
@@ -171,7 +171,7 @@ def get_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
-# ---- FLOPs per character (SPEC §7) -------------------------------------------------
+# ---- FLOPs per character (docs/SPEC.md §7) -------------------------------------------------
 
 def macs_per_char(m: ModelConfig) -> int:
     """N: multiply-adds per character of one forward pass. A one-hot layer 0 gathers rows
@@ -193,7 +193,7 @@ def flops_per_char(m: ModelConfig, mode: str) -> int:
     return factor[mode] * macs_per_char(m)
 
 
-# ---- the case-file spec (SPEC §9) ------------------------------------------------
+# ---- the case-file spec (docs/SPEC.md §9) ------------------------------------------------
 
 MAX_SPEC_CHARS = 65536  # a real spec is a few hundred characters; bounds json's work
 
@@ -219,14 +219,14 @@ class CaseSpec:
     @staticmethod
     def from_json(text: str) -> "CaseSpec":
         if len(text) > MAX_SPEC_CHARS:
-            raise ConfigError(f"case spec is {len(text):,} characters long; SPEC §9's spec is a "
+            raise ConfigError(f"case spec is {len(text):,} characters long; docs/SPEC.md §9's spec is a "
                               f"small JSON object (at most {MAX_SPEC_CHARS:,} characters)")
         try:
             d = json.loads(text)
         except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
             raise ConfigError(f"case spec is not valid JSON ({str(e).splitlines()[0]})") from None
         except RecursionError:  # e.g. [[[[...]]]] nested 10,000 deep
-            raise ConfigError("case spec is nested too deeply to be SPEC §9's JSON object") from None
+            raise ConfigError("case spec is nested too deeply to be docs/SPEC.md §9's JSON object") from None
         if not isinstance(d, dict):
             raise ConfigError(f"case spec must be a JSON object, got {type(d).__name__}")
         subs = {}
@@ -246,6 +246,6 @@ class CaseSpec:
             train = TrainConfig(OptimizerConfig(**subs["optimizer"]), ClipConfig(**subs["clip"]))
             return CaseSpec(model, train, d.get("steps", 1), GenerateConfig(**subs["generate"]))
         except KeyError as e:
-            raise ConfigError(f"case spec lacks the field {e.args[0]!r} (SPEC §9)") from None
+            raise ConfigError(f"case spec lacks the field {e.args[0]!r} (docs/SPEC.md §9)") from None
         except TypeError as e:  # an unknown key in a sub-object
             raise ConfigError(f"case spec has an unknown field ({e})") from None

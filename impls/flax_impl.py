@@ -5,14 +5,14 @@ pure functions of `jax`. Flax's current API, NNX (flax >= 0.10):
   `nnx.OptimizedLSTMCell` (dense_i: kernel (D, 4H), no bias; dense_h: kernel (H, 4H) and the
   one bias; gates i, f, g, o: the row layouts.FLAX_OPTIMIZED) driven over time by `nnx.RNN`
   (an `nnx.scan`), `nnx.Dropout` in front of each LSTM layer and of the output layer
-  (SPEC §1), `nnx.Linear` to the logits. Time-major throughout: tokens (T, B).
+  (docs/SPEC.md §1), `nnx.Linear` to the logits. Time-major throughout: tokens (T, B).
 - optax optimisers chained after optax's clipping (`clip_by_global_norm`, `clip`), held by
   `nnx.Optimizer`; the train step (forward, `nnx.value_and_grad`, clip, update) is one
   `nnx.jit` function, as are eval and the forward pass.
 - Generation: one `nnx.jit` single-token step per token, the draw on the host with
-  impls.sampling.draw (SPEC §5).
+  impls.sampling.draw (docs/SPEC.md §5).
 
-optax's formulas against SPEC §4: `adam` (eps_root = 0) and `sgd` are SPEC's; `rmsprop` is
+optax's formulas against docs/SPEC.md §4: `adam` (eps_root = 0) and `sgd` are SPEC's; `rmsprop` is
 configured with eps_in_sqrt=False, which is SPEC's g / (sqrt(v) + eps) (optax's default puts
 eps inside the root); `adagrad` has no such switch: optax adds eps inside the root,
 g * rsqrt(s + eps) — the documented deviation FLAX_DEVIATIONS below (registry), checked exactly
@@ -91,7 +91,7 @@ class CharLSTM(nnx.Module):
 
 
 def make_tx(train: TrainConfig) -> optax.GradientTransformation:
-    """optax's clip then optax's optimiser (SPEC §4 values; see the module docstring)."""
+    """optax's clip then optax's optimiser (docs/SPEC.md §4 values; see the module docstring)."""
     o, c = train.optimizer, train.clip
     if o.name == "sgd":
         opt = optax.sgd(o.lr)

@@ -2,7 +2,7 @@
 
 One Keras model definition (`CharLSTM` below: Embedding or one-hot, one `keras.layers.LSTM`
 per layer, separate `keras.layers.Dropout` layers in front of each LSTM layer and of the
-output layer as SPEC §1 places them, `keras.layers.Dense`), with the same layers, layout
+output layer as docs/SPEC.md §1 places them, `keras.layers.Dense`), with the same layers, layout
 (layouts.KERAS) and native optimisers (`keras.optimizers`, native `global_clipnorm` /
 `clipvalue`) as the `tensorflow` backend. Only the training step is engine-specific, as
 Keras 3's own guides write it for a custom step:
@@ -17,7 +17,7 @@ only if KERAS_BACKEND was set before that: the registry entries carry env_vars, 
 starts their workers with them, and tests run them in a child process.
 
 Generation feeds one token at a time through the same model (a (1, 1) window, the state
-carried in and out) and draws on the host with impls.sampling.draw (SPEC §5).
+carried in and out) and draws on the host with impls.sampling.draw (docs/SPEC.md §5).
 
 The optimisers are Keras' own, so the `tensorflow` backend's documented formula differences
 (registry.KERAS_DEVIATIONS: Adam's epsilon-hat, epsilon inside the root for RMSprop and
@@ -142,7 +142,7 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
                                      epsilon=o.eps, **clip)
     if o.name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
-    if o.name == "adagrad":  # SPEC §4: s starts at 0 (Keras' default is 0.1)
+    if o.name == "adagrad":  # docs/SPEC.md §4: s starts at 0 (Keras' default is 0.1)
         return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
                                         epsilon=o.eps, **clip)
     raise ValueError(f"unknown optimizer {o.name!r}")

@@ -19,7 +19,7 @@ recurrent half is held at 0. Weights are graph initializers, so `load` builds ne
 and `params` reads the initializers back through the same table.
 
 Generation runs the forward graph on one token with the state as input and output (the
-prefix in one call), and draws each next token on the host with impls.sampling.draw (SPEC §5):
+prefix in one call), and draws each next token on the host with impls.sampling.draw (docs/SPEC.md §5):
 an ONNX graph cannot take the caller's sampling rule without reimplementing it in ONNX ops.
 """
 from __future__ import annotations

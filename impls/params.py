@@ -1,4 +1,4 @@
-"""Canonical parameters (SPEC §2): names, shapes and the seeded float64 initialiser that
+"""Canonical parameters (docs/SPEC.md §2): names, shapes and the seeded float64 initialiser that
 every backend loads, for cross-checks and benchmarks alike."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sampling semantics (SPEC §5), written once in NumPy. Backends implement the same rule in
+"""Sampling semantics (docs/SPEC.md §5), written once in NumPy. Backends implement the same rule in
 their framework; this is the definition they are checked against.
 
 A draw with uniform u picks the first token id i (ascending) with u < cdf[i], where cdf is

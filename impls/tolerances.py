@@ -1,7 +1,7 @@
 """The one tolerance table. Error of a tensor a against the float64 reference r is
-||a - r|| / ||r|| (SPEC §8); the max absolute difference is reported beside it.
+||a - r|| / ||r|| (docs/SPEC.md §8); the max absolute difference is reported beside it.
 Each row says what was measured to justify it; `lstmbench check` re-measures on demand and
-tests/test_crosscheck.py and tests/test_reference.py hold every backend to it."""
+tests/test_conformance.py and tests/test_reference.py hold every backend to it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,13 +15,13 @@ class Tolerance:
     why: str  # the measurement that justifies it
 
 
-# precision mode -> quantity -> tolerance. Quantities group case outputs (SPEC §9):
+# precision mode -> quantity -> tolerance. Quantities group case outputs (docs/SPEC.md §9):
 # forward = logits, h, c; loss; grads = grad/*; steps = losses, after/*; generated.
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
     "float64": {q: Tolerance(1e-9, "float64 vs an independent float64 implementation: "
                                    "measured <= 1e-13 on every case in tests/")
                 for q in ("forward", "loss", "grads", "steps")},
-    "float32": {q: Tolerance(1e-5, "SPEC §8: float32 on CPU, T <= 200; measured worst over every "
+    "float32": {q: Tolerance(1e-5, "docs/SPEC.md §8: float32 on CPU, T <= 200; measured worst over every "
                                    "backend and case: 3e-7 forward, 1e-7 loss, 5e-7 grads, 9e-7 steps "
                                    "(3e-6 for Keras Adam against its native formula: float32 beta "
                                    "powers); see README")

@@ -1,6 +1,6 @@
-"""An independent float64 implementation of SPEC §1-5, written apart from impls/numpy_impl.py
+"""An independent float64 implementation of docs/SPEC.md §1-5, written apart from impls/numpy_impl.py
 and in another style (batch-major, one weight matrix per gate, per-step caches in lists, no
-shared buffers), used to check the reference. It reads case files directly (SPEC §9)."""
+shared buffers), used to check the reference. It reads case files directly (docs/SPEC.md §9)."""
 from __future__ import annotations
 
 import json
@@ -111,7 +111,7 @@ def grads(spec, p, tokens, targets, h0, c0):
 
 
 def step(spec, p, g, st, t):
-    """Clip then update, per SPEC §4, on dicts (returns new params)."""
+    """Clip then update, per docs/SPEC.md §4, on dicts (returns new params)."""
     clip, o = spec["clip"], spec["optimizer"]
     if clip["kind"] == "norm":
         n = np.sqrt(sum((v ** 2).sum() for v in g.values()))
@@ -167,7 +167,7 @@ def sample(spec, p, prefix, gen, uniforms):
 
 
 def run_case_file(path):
-    """Every SPEC §9 output for the case at `path`."""
+    """Every docs/SPEC.md §9 output for the case at `path`."""
     z = np.load(path)
     raw = z["spec"].reshape(-1)[0]
     spec = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))

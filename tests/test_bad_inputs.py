@@ -284,7 +284,7 @@ ROWS = [
     Row("run-header-bomb", RUN, "bad.npz: member 'tokens.npy' declares shape (1000000000000,)", setup=[header_bomb]),
     Row("run-object-member", RUN, "bad.npz: member 'tokens.npy' has dtype object", setup=[object_member]),
     Row("run-outputs-as-case", ["case", "run", "o.npz", "--backend", "numpy", "--out", "x.npz"], "missing array spec"),
-    # -- case run: a spec that is not SPEC §9's
+    # -- case run: a spec that is not docs/SPEC.md §9's
     Row("run-spec-nested-10000", RUN, "nested too deeply", setup=[raw_spec("[" * 10000 + "]" * 10000)]),
     Row("run-spec-not-json", RUN, "case spec is not valid JSON", setup=[raw_spec("{vocab_size: 5")]),
     Row("run-spec-not-object", RUN, "case spec must be a JSON object, got list", setup=[raw_spec("[1, 2]")]),

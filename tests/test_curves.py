@@ -107,7 +107,7 @@ def test_training_curve_follows_the_float64_reference(backend, corpus_file, refe
 
 def test_the_bound_separates_optimiser_formulas(reference):
     """A wrong optimiser formula must fail the bound within STEPS steps: the eps-inside and
-    epsilon-hat references part from SPEC §4's by far more than rounding does."""
+    epsilon-hat references part from docs/SPEC.md §4's by far more than rounding does."""
     for p, form in (("tiny-deep", "eps_inside"), ("tiny-embed", "eps_hat")):
         assert _divergence(list(reference(p, form)), reference(p)).max() > 10 * CURVES["steps"].rel, p
 

@@ -1,4 +1,4 @@
-"""What is specific to the flax backend: optax's formulas, configured as SPEC §4 says and
+"""What is specific to the flax backend: optax's formulas, configured as docs/SPEC.md §4 says and
 checked on one scalar by hand (Adam's epsilon after bias correction, RMSprop's outside the
 root via eps_in_sqrt=False, Adagrad's inside the root: the registry's documented deviation),
 and the model really is Flax's NNX LSTM in the layout row layouts.FLAX_OPTIMIZED."""

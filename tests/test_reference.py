@@ -80,7 +80,7 @@ def _apply(be: NumpyBackend, grads: list[dict[str, np.ndarray]]) -> None:
 
 
 @pytest.mark.parametrize("opt,expected", [
-    # p0 = 1, gradients 0.5 then -0.25; values computed by hand from SPEC §4
+    # p0 = 1, gradients 0.5 then -0.25; values computed by hand from docs/SPEC.md §4
     (OptimizerConfig("sgd", lr=0.1), 1 - 0.1 * 0.5 + 0.1 * 0.25),  # 0.975
     # adam step 1: mhat = g, vhat = g^2 -> step lr*sign = 0.1; step 2: m = 0.9*0.05 - 0.025 = 0.02,
     # v = 0.999*0.00025 + 0.001*0.0625 = 0.00031225; mhat = 0.02/0.19, vhat = 0.00031225/0.001999
@@ -203,7 +203,7 @@ def test_flops_per_char_follow_spec():
 
 
 def test_case_written_by_another_tool_loads(tmp_path):
-    """SPEC §9 as another writer might store it: the spec as bytes, int32 tokens, only the
+    """docs/SPEC.md §9 as another writer might store it: the spec as bytes, int32 tokens, only the
     optimiser fields it uses; the reference then agrees with the independent implementation."""
     import json
     spec = CaseSpec(ModelConfig(8, 4, 2), TrainConfig(OptimizerConfig("sgd", lr=0.3)), 2, GenerateConfig(4))

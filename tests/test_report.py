@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import copy
 import json
 import math
 import re
@@ -222,7 +221,7 @@ def test_report_cli_without_check_and_bad_check(tmp_path):
 # ---- quality results (schema lstmbench.quality, harness.quality_report) -----------------
 
 def synth_quality(path: Path) -> Path:
-    """A quality file as harness.quality writes it: two backends following SPEC §4, one with
+    """A quality file as harness.quality writes it: two backends following docs/SPEC.md §4, one with
     a native optimiser, one that failed, one with a NaN loss and one missing a field."""
     def ok(steps_to, secs, final, dev=None, sample="\nROMEO.\nWhat say!\n"):
         curve = [{"step": s, "seconds": round(s * secs / 200, 3), "train_loss": None if s == 0 else 3.0 - s / 200,
@@ -265,8 +264,8 @@ def test_quality_report_curves_table_samples_and_noted_skips(tmp_path):
     rows = (rep / "20261123T200000Z-quality-cpu-table.md").read_text().splitlines()
     assert rows[0].startswith("| backend | optimiser | steps to 2.5 | s to target (measured) |")
     # steps to target; measured s = 200 x median step; estimate 0.9 x that; final; bits; chars/s
-    assert rows[2] == "| torch | SPEC §4 | 200 | 20.0 | 18.0 | 1.9000 | 2.741 | 1.9000 | 25,000 |"
-    assert rows[3] == "| jax | SPEC §4 | 200 | 10.0 | 9.0 | 1.9500 | 2.813 | 1.9500 | 50,000 |"
+    assert rows[2] == "| torch | docs/SPEC.md §4 | 200 | 20.0 | 18.0 | 1.9000 | 2.741 | 1.9000 | 25,000 |"
+    assert rows[3] == "| jax | docs/SPEC.md §4 | 200 | 10.0 | 9.0 | 1.9500 | 2.813 | 1.9500 | 50,000 |"
     assert rows[4] == ("| tensorflow | native: Keras RMSprop adds epsilon inside the root | not reached | "
                        "- | - | 2.6000 | 3.751 | 2.6000 | 62,500 |")
     assert len(rows) == 5  # chainer (timeout), flax (NaN), keras-jax (a field missing): left out
