@@ -36,6 +36,7 @@ from keras import ops  # noqa: E402
 
 from . import layouts  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
+from .keras_optimizers import make_optimizer  # noqa: E402
 from .params import Params, check_params, param_shapes  # noqa: E402
 from .registry import BackendError  # noqa: E402
 from .sampling import draw  # noqa: E402
@@ -128,24 +129,6 @@ class CharLSTM(keras.Model):
                     (f"lstm.{l}.W_h", lstm.cell.recurrent_kernel, True),
                     (f"lstm.{l}.b", lstm.cell.bias, True)]
         return out + [("out.W", self.dense.kernel, False), ("out.b", self.dense.bias, False)]
-
-
-def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """Keras' native optimiser and clipping for the train config (as the tensorflow backend)."""
-    o, c = train.optimizer, train.clip
-    clip: dict[str, float] = ({"global_clipnorm": c.value} if c.kind == "norm" else
-                              {"clipvalue": c.value} if c.kind == "value" else {})
-    if o.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=o.lr, **clip)
-    if o.name == "adam":
-        return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2,
-                                     epsilon=o.eps, **clip)
-    if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
-    if o.name == "adagrad":  # docs/SPEC.md §4: s starts at 0 (Keras' default is 0.1)
-        return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
-                                        epsilon=o.eps, **clip)
-    raise ValueError(f"unknown optimizer {o.name!r}")
 
 
 def _to_keras(w: np.ndarray, H: int) -> np.ndarray:

@@ -47,6 +47,7 @@ import keras  # noqa: E402
 
 from . import layouts  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
+from .keras_optimizers import make_optimizer  # noqa: E402
 from .params import Params, check_params, init_params, param_shapes  # noqa: E402
 from .registry import BackendError  # noqa: E402
 
@@ -222,7 +223,7 @@ class TensorflowBackend:
             slots += [_Slot("out.W", self._dense.kernel, False), _Slot("out.b", self._dense.bias, False)]
             self._slots = slots
             self._vars = [s.var for s in slots]  # canonical order; every one is trained
-            self._opt = self._make_optimizer()
+            self._opt = make_optimizer(self.train)
             self._opt.build(self._vars)
             # load() resets the optimiser by restoring these (slots, accumulators, iterations=0)
             self._opt_init = [(v, v.numpy()) for v in self._opt.variables]
@@ -238,22 +239,6 @@ class TensorflowBackend:
         self._gen_fn = tf.function(self._gen_step_impl, jit_compile=jit)
         self._last: Any = None  # the latest result tensor, fetched by sync()
         self.load(params)
-
-    def _make_optimizer(self) -> keras.optimizers.Optimizer:
-        o, c = self.train.optimizer, self.train.clip
-        clip: dict[str, float] = ({"global_clipnorm": c.value} if c.kind == "norm" else
-                                  {"clipvalue": c.value} if c.kind == "value" else {})
-        if o.name == "sgd":
-            return keras.optimizers.SGD(learning_rate=o.lr, **clip)
-        if o.name == "adam":
-            return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2,
-                                         epsilon=o.eps, **clip)
-        if o.name == "rmsprop":
-            return keras.optimizers.RMSprop(learning_rate=o.lr, rho=o.alpha, epsilon=o.eps, **clip)
-        if o.name == "adagrad":  # docs/SPEC.md §4: s starts at 0 (Keras' default is 0.1)
-            return keras.optimizers.Adagrad(learning_rate=o.lr, initial_accumulator_value=0.0,
-                                            epsilon=o.eps, **clip)
-        raise ValueError(f"unknown optimizer {o.name!r}")
 
     # ---- parameters and data ---------------------------------------------------
     def load(self, params: Params) -> None:
