@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two runs (files or folders)")
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--threshold", default="5%", help="smallest change that counts (default 5%%)")
+    p.add_argument("--threshold", default="10%", help="smallest change that counts (default 10%%, asv's default factor 1.1)")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 on a significant slowdown beyond the threshold, a new cell "
                         "that failed or is noisy where the old one was ok, or no new cell measured")
@@ -463,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for report.md, report.html, plots")
     p.add_argument("--check", help="JSON from `lstmbench check --json` for the equivalence table")
     p.set_defaults(fn=cmd_report)
+
+    from .baselines import add_parser as add_baselines_parser  # baselines (harness/baselines.py)
+    add_baselines_parser(sub)
 
     from .train import add_parsers as add_train_parsers  # data, train, evaluate, sample
     add_train_parsers(sub)

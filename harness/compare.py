@@ -4,7 +4,8 @@ the noise of the machine leaves undecided.
 Cells are paired by what they measure (Cell.key(): backend, mode, sizes, optimiser, batch,
 sequence length, device, dtype, precision; and the run's thread count), never by seed or
 machine. Each side's figure is the run's headline estimator (results schema v2 `estimator`,
-e.g. the minimum of the clean rounds; v1 files: the median) over its clean rounds; both sides
+e.g. the minimum; v1 files: the median) over its rounds (every round for the minimum, the
+clean ones for other estimators: harness.stats.uses_every_round); both sides
 are judged with the same estimator. The interval of the ratio new/old comes from a
 hierarchical bootstrap over runs (several files of one cell on a side), worker processes and
 rounds (harness.significance). Marks:
@@ -86,12 +87,13 @@ class RunCell:
 
     def values(self, normalize: bool = False, clean_only: bool = True) -> list[np.ndarray]:
         """Per-process arrays of seconds per step (or s / probe_s) of the rounds the headline
-        uses: the clean ones, or every round when too few are clean (as harness.stats does)."""
+        uses: the clean ones (`clean_only`), or every round when too few are clean or the
+        estimator is the minimum (as harness.stats does)."""
         use = [s for s in self.samples if s["clean"]] if clean_only else list(self.samples)
         if len(use) < stats.MIN_CLEAN:
             use = list(self.samples)
         out: dict[int, list[float]] = {}
-        for s in use:
+        for s in sorted(use, key=lambda s: (s["process"], s["round"])):
             if normalize:
                 if not s["probe_s"]:
                     continue
@@ -126,6 +128,16 @@ def _load_doc(path: Path) -> dict[str, Any]:
     raise err
 
 
+def _probe_blocks(doc: dict[str, Any]) -> list[list[float | None]] | None:
+    """The probe rounds of each workload (v2), the noise floor's blocks; None if absent."""
+    ws = doc.get("workloads")
+    if not isinstance(ws, list):
+        return None
+    out = [[float(v) if _num(v) and math.isfinite(v) and v > 0 else None for v in w["probe_s"]]
+           for w in ws if isinstance(w, dict) and isinstance(w.get("probe_s"), list)]
+    return out or None
+
+
 def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
     """Load and validate one results file. Impossible values (null machine, a sample that is
     not a number, zero, negative or infinite) are a ResultsError naming the file, the cell and
@@ -148,7 +160,7 @@ def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
     contended = float(contended) if _num(contended) else sig.contended_share(probe_s)
     run = Run(str(p), str(machine.get("slug", "?")), version,
               est if isinstance(est, str) and est in stats.ESTIMATORS else "median",
-              doc.get("threads"), probe_s, best, sig.noise_floor(probe_s), contended,
+              doc.get("threads"), probe_s, best, sig.noise_floor(probe_s, _probe_blocks(doc)), contended,
               noise.get("verdict") if isinstance(noise.get("verdict"), str) else None, doc)
     cells: list[RunCell] = []
     for i, entry in enumerate(doc["cells"]):
@@ -205,7 +217,9 @@ class Pooled:
         return f[0]
 
     def side(self, normalize: bool) -> list[list[np.ndarray]]:
-        return [r.values(normalize) for r in self.measured]
+        # normalised values are judged by their median, which keeps to the clean rounds
+        return [r.values(normalize, clean_only=normalize or not stats.uses_every_round(r.run.estimator))
+                for r in self.measured]
 
     def n_used(self, normalize: bool) -> int:
         return sum(a.size for run in self.side(normalize) for a in run)
@@ -296,7 +310,8 @@ def _pct(x: float) -> str:
 
 
 def judge(old: Pooled, new: Pooled, *, threshold: float, estimator: str, normalize: bool,
-          speeds_differ: str | None, pooled_var: tuple[float, int] | None = None, seed: int = 0) -> Verdict:
+          speeds_differ: str | None, pooled_var: tuple[float, int] | None = None,
+          run_spread: float | None = None, seed: int = 0) -> Verdict:
     """The mark of one pair of measured cells (module docstring)."""
     so, sn = old.side(normalize), new.side(normalize)
     no, nn = sum(a.size for r in so for a in r), sum(a.size for r in sn for a in r)
@@ -304,6 +319,8 @@ def judge(old: Pooled, new: Pooled, *, threshold: float, estimator: str, normali
         return Verdict("inconclusive", reason="no rounds with a probe time to normalise by"
                        if normalize else "no rounds")
     ratio, lo, hi, p = sig.ratio_interval(so, sn, estimator, seed=seed, pooled_var=pooled_var)
+    if run_spread:  # between-run variance (sig.between_run_spread): the interval is at least this wide
+        lo, hi = min(lo, ratio * math.exp(-1.96 * run_spread)), max(hi, ratio * math.exp(1.96 * run_spread))
     v = Verdict("inconclusive", ratio, lo, hi, p, sig.estimate(sig.pooled(so), estimator),
                 sig.estimate(sig.pooled(sn), estimator))
     blockers: list[str] = []
@@ -471,6 +488,19 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
             ss, df = ss + s1, df + d1
     pooled_var = (ss / df, df) if df else None
 
+    # between-run spread: how far the cells' ratios scatter about their common shift
+    logs = []
+    for key, po in a.cells.items():
+        pn = b.cells.get(key)
+        if pn is not None and po.ok and pn.ok:
+            so, sn = sig.pooled(po.side(normalize)), sig.pooled(pn.side(normalize))
+            if so.size and sn.size:
+                logs.append(math.log(sig.estimate(sn, estimator) / sig.estimate(so, estimator)))
+    run_spread = sig.between_run_spread(logs)
+    if run_spread is not None:
+        log(f"between-run spread: cells' ratios scatter {_pct(math.expm1(run_spread))} (robust SD) "
+            "about their common shift; every interval is at least +-1.96 of that wide")
+
     for key, po in a.cells.items():
         pn = b.cells.get(key)
         if pn is None:
@@ -481,7 +511,7 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
                 nan_cells.append(f"{side} {c.label()}")
         if po.ok and pn.ok:
             v = judge(po, pn, threshold=threshold, estimator=estimator, normalize=normalize,
-                      speeds_differ=speeds, pooled_var=pooled_var)
+                      speeds_differ=speeds, pooled_var=pooled_var, run_spread=run_spread)
             if pn.noisy and not po.noisy:
                 v.regression = True
                 regress.append(f"{c.label()} noisy (new)")
@@ -533,7 +563,8 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
     if rows:
         log("")
         log((f"per-step time / the same round's probe time, {estimator} over the clean rounds" if normalize
-             else f"per-step time, {estimator} of the clean rounds")
+             else f"per-step time, {estimator} of the "
+             + ("rounds" if stats.uses_every_round(estimator) else "clean rounds"))
             + f" (new/old ratio > 1 is slower; threshold {threshold:.0%}, 95% hierarchical bootstrap CI):")
         for ln in _table(["backend", "mode", "preset", "batch", "old", "new", "ratio [95% CI]", "p",
                           "mark", "why"], rows, {3, 4, 5, 6, 7}):

@@ -163,7 +163,7 @@ MATRICES: dict[str, Matrix] = {
     "smoke": Matrix("smoke", [{"name": "smoke", **SMOKE_SIZES, "seq_len": 16, "batch": [8],
                                "gen_len": 30, "modes": list(MODES)}],
                     min_time=0.2, min_rounds=3, max_rounds=10, timeout=180, rounds=30,
-                    extra_rounds=30, extra_time=5.0, processes=1, workload_time=15.0),
+                    extra_rounds=30, extra_time=5.0, processes=1, workload_time=20.0),
     "default": Matrix("default", FULL_GROUPS, min_time=1.0, min_rounds=3, max_rounds=20, timeout=300,
         rounds=20, extra_rounds=40,
         extra_time=15.0, workload_time=40.0,

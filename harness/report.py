@@ -611,7 +611,7 @@ def noise_table(runs: list[tuple[Run, list[RunCell]]]) -> Table:
                      if verdict in ("quiet", "noisy", "contended") else verdict])
         css.append([""] * 8 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, "")])
     return Table(["run", "probe GFLOP/s at start", "best", "median", "at end", "contended rounds",
-                  "collapse rounds", "probe spread (noise floor)", "verdict"], rows, set(range(1, 8)), css)
+                  "collapse rounds", "noise floor (probe minimum moved)", "verdict"], rows, set(range(1, 8)), css)
 
 
 def plot_noise(runs: list[tuple[Run, list[RunCell]]], out_dir: Path) -> Path | None:
@@ -886,11 +886,12 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
     noise_items: list[tuple[str, Any]] = [
         ("note", f"How fast and how steady the machine was: the noise probe's GFLOP/s, the share of "
                  f"rounds whose probe ran slower than {CLEAN_FACTOR}x its best (not clean), "
-                 "collapses, and the probe's interquartile spread (compare's noise floor)."),
+                 "collapses, and how far the probe's per-workload minimum moved from its best (compare's noise floor)."),
         ("table", noise_table(runs))]
     sections.append(("Machine noise", noise_items))
     res_items: list[tuple[str, Any]] = [
-        ("note", f"Headline: {', '.join(est)} of the clean rounds (results' estimator), with its 95% "
+        ("note", f"Headline: {', '.join(est)} of the rounds (results' estimator: a minimum is "
+                 "taken over every round, other estimators over the clean ones), with its 95% "
                  "interval (hierarchical bootstrap over processes and rounds). Per-step times are "
                  "seconds per train/eval step or per generated sequence. Cells marked noisy had too "
                  "few clean rounds: their figures are not clean measurements.")]

@@ -40,6 +40,13 @@ from .stats import summarize
 PROBE = "probe"  # the noise probe's participant name in `order`
 PROBE_N = 256  # the probe GEMM's size: ~1 ms per multiply on a laptop core, many per round
 ROUND_TIME = 0.03  # target seconds per timed round (20-50 ms)
+# Settling between participants: a library's idle threads keep spinning after a round
+# (OpenBLAS ~0.1 s, ONNX Runtime, OpenMP), and on 2 cores they slowed whoever ran next by a
+# median 20-40% in the first smoke runs (docs/measurement.md). So the scheduler waits until
+# the worker that just ran has gone quiet before the next round starts.
+SETTLE_POLL = 0.001  # seconds between looks at the finished worker's threads
+SETTLE_QUIET = 2  # consecutive looks with none of its threads running make it quiet
+SETTLE_CAP = 0.3  # never wait longer than this for one worker
 
 
 class ParticipantFailed(Exception):
@@ -59,6 +66,41 @@ class Participant(Protocol):
     def round(self) -> float: ...  # seconds per step of one timed round
 
     def release(self) -> dict[str, Any]: ...  # {"finite": bool, "peak_rss_bytes", ...}
+
+
+def running_threads(pid: int) -> int | None:
+    """How many threads of process `pid` are running or runnable (state R in Linux's
+    /proc/PID/task/TID/stat); None where /proc is not there (then nobody waits). Thread state
+    and not CPU time: a spinning thread's CPU time is only brought up to date at scheduler
+    ticks, so a few milliseconds of it can look idle."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    n = 0
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat", "rb") as f:
+                n += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+    return n
+
+
+def settle(pid: int | None, *, poll: float = SETTLE_POLL, quiet: int = SETTLE_QUIET,
+           cap: float = SETTLE_CAP) -> float:
+    """Wait until no thread of process `pid` has been running for `quiet` consecutive looks
+    `poll` seconds apart, at most `cap` seconds. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    if not pid or running_threads(pid) is None:
+        return 0.0
+    calm = 0
+    while calm < quiet and time.perf_counter() - t0 < cap:
+        n = running_threads(pid)
+        calm = calm + 1 if not n else 0
+        if calm < quiet:
+            time.sleep(poll)
+    return time.perf_counter() - t0
 
 
 def _fmt_s(s: float) -> str:
@@ -132,6 +174,7 @@ class WorkerParticipant:
         self.workers, self.name, self.p, self.cell = workers, name, p, cell
         self.timeout, self.round_time = timeout, round_time
         self.round_timeout = timeout
+        self.settled_s = 0.0  # seconds the scheduler waited for this worker to go quiet
 
     def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
@@ -148,6 +191,8 @@ class WorkerParticipant:
         else:
             ans = self._request({"op": "prepare", "cell": self.cell.to_dict(), "threads": self.workers.threads,
                                  "round_time": self.round_time}, self.timeout)
+        w = self.workers.live.get((self.name, self.p))
+        self.settled_s += settle(w.proc.pid if w is not None else None)  # warm-up threads too
         if ans.get("first_step_s") is not None:
             # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
             self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
@@ -155,7 +200,10 @@ class WorkerParticipant:
         return ans
 
     def round(self) -> float:
-        return float(self._request({"op": "round"}, self.round_timeout)["s"])
+        s = float(self._request({"op": "round"}, self.round_timeout)["s"])
+        w = self.workers.live.get((self.name, self.p))
+        self.settled_s += settle(w.proc.pid if w is not None else None)
+        return s
 
     def release(self) -> dict[str, Any]:
         return self._request({"op": "release"}, self.timeout)
@@ -383,7 +431,8 @@ def workload_ratios(cells: dict[str, dict[str, Any]], seed: int = 0) -> dict[str
             out[b] = {"to": fastest, "ratio": 1.0, "lo": 1.0, "hi": 1.0,
                       "pairs": len(r["samples"]), "noisy": noisy}
             continue
-        pr = stats.paired_ratio(rounds(r, not noisy), rounds(ok[fastest], not noisy), seed=seed)
+        clean = not noisy and not stats.uses_every_round(stats.ESTIMATOR)
+        pr = stats.paired_ratio(rounds(r, clean), rounds(ok[fastest], clean), seed=seed)
         if pr is None:
             continue
         out[b] = {"to": fastest, "ratio": pr[0], "lo": pr[1], "hi": pr[2], "pairs": pr[3], "noisy": noisy}
@@ -685,16 +734,21 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
             pre[b] = {"status": "unavailable", "error": info.get(b, {}).get("reason")}
     timed = [b for b in by_b if b not in pre]
 
-    def make(b: str, p: int) -> Participant:
-        return WorkerParticipant(workers, b, p, by_b[b], matrix.timeout)
+    parts: list[WorkerParticipant] = []
 
+    def make(b: str, p: int) -> Participant:
+        parts.append(WorkerParticipant(workers, b, p, by_b[b], matrix.timeout))
+        return parts[-1]
+
+    probe_settled = getattr(probe.participant, "settled_s", 0.0)
     wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
+    settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
     results = {b: pre.get(b) or cell_result(by_b[b], wd.backends[b], sched) for b in by_b}
     c0 = wcells[0]
     workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
                 "seq_len": c0.seq_len, "device": c0.device, "precision": c0.precision,
                 "backends": list(by_b), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
-                "cut_short": wd.short,
+                "cut_short": wd.short, "settle_s": round(settled, 3),
                 "processes": sched.processes, "order": wd.order, "probe_s": wd.probe_s,
                 "probe_best_s": probe.best_s, "ratios": workload_ratios(results)}
     return {"workload": workload,

@@ -140,19 +140,44 @@ def ratio_interval(old: Side, new: Side, name: str, *, reps: int = 1000, level: 
     return float(ratio), float(lo), float(hi), p
 
 
-def noise_floor(probe_s: Sequence[float | None]) -> float | None:
-    """How much the machine's speed moved during a run's clean rounds: the probe's
-    interquartile spread relative to its lower quartile (q75 / q25 - 1), over the probe rounds
-    within stats.CLEAN_FACTOR of the best (the rounds the headline estimator uses; contended
-    rounds are excluded there, and so here). A change smaller than this cannot be told from
-    the machine. None without probe rounds (v1 files)."""
-    a = np.asarray([p for p in probe_s if p is not None and p > 0], np.float64)
-    if a.size:
-        a = a[a <= stats.CLEAN_FACTOR * a.min()]
+def noise_floor(probe_s: Sequence[float | None],
+                blocks: Sequence[Sequence[float | None]] | None = None) -> float | None:
+    """How far the machine's best speed moved during a run, as the probe saw it: each block's
+    fastest probe round against the run's fastest (max over blocks of min_block / min_run - 1).
+    A block is a workload (`blocks`, the probe rounds of each; v2 files), or, without them, a
+    sixth of the run's probe rounds in order. The headline is a minimum, so what limits its
+    reproducibility is how much the probe's minimum moves, not how the typical round scatters:
+    on the project's 2-core machine the spread of the probe's rounds (their IQR) was 23-34%
+    in quiet runs while their per-workload minima agreed within 0.3-1.5% (docs/measurement.md);
+    in a run shared with a CPU-bound process one workload's minimum was 67% off. A change
+    smaller than this cannot be told from the machine. None without probe rounds (v1 files)."""
+    def clean(xs: Sequence[float | None]) -> np.ndarray:
+        return np.asarray([p for p in xs if p is not None and p > 0], np.float64)
+    a = clean(probe_s)
     if a.size < 4:
         return None
-    q25, q75 = np.percentile(a, [25, 75])
-    return float(q75 / q25 - 1)
+    parts = [clean(b) for b in blocks] if blocks else list(np.array_split(a, 6))
+    mins = [float(b.min()) for b in parts if b.size]
+    return float(max(mins) / a.min() - 1) if mins else None
+
+
+MIN_CELLS_FOR_SPREAD = 8  # cells both sides measured before their spread is estimated
+
+
+def between_run_spread(log_ratios: Sequence[float]) -> float | None:
+    """How far a cell's figure moves between the two sides beyond any shift all cells share:
+    the robust standard deviation (1.4826 x median absolute deviation) of the cells' log
+    ratios about their median. With one worker process per run, nothing inside a run shows
+    this between-run variance (a machine state that lasts a whole workload moves every round
+    of it); across the cells of a comparison it shows, as long as most cells did not change,
+    and a change every cell shares (the machine, or the code everywhere) leaves it alone.
+    On the project's machine: about 2% between two quiet smoke runs, 7% between two runs
+    an hour later when its neighbours were busier (docs/measurement.md). None with fewer
+    than MIN_CELLS_FOR_SPREAD cells."""
+    a = np.asarray([x for x in log_ratios if np.isfinite(x)], np.float64)
+    if a.size < MIN_CELLS_FOR_SPREAD:
+        return None
+    return float(1.4826 * np.median(np.abs(a - np.median(a))))
 
 
 def contended_share(probe_s: Sequence[float | None], factor: float = stats.CLEAN_FACTOR) -> float | None:

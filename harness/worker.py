@@ -9,6 +9,8 @@ worker's log, so that nothing a framework prints can corrupt the protocol.
     {"op": "peak", "device": "cpu", "backend": B}
     {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine (harness.run):
     {"op": "probe", "n": 256, "round_time": 0.03}          prepare a cell or the GEMM noise probe,
+    {"op": "baseline", "file": PATH, "backend": B,         or a hand-written baseline
+     "cell": {...}, "round_time": 0.03}                    (benchmarks/baselines/, harness.baselines),
     {"op": "round"}                                        time one round of it,
     {"op": "release"}                                      and let it go
 
@@ -17,12 +19,16 @@ file runs in the main environment and in chainer's NumPy < 2 one.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
+import re
 import sys
 import time
 import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from impls import registry
@@ -135,6 +141,70 @@ def op_probe(req: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "inner": inner, "n": n, "flop": 2 * n ** 3, "blas": blas_name()}
 
 
+class _HostSync:
+    """A baseline's "backend" for harness.bench's timing helpers: its step already waits for
+    the loss (float()), so there is nothing left to synchronise."""
+    kernel = None
+
+    @staticmethod
+    def sync() -> None:
+        return None
+
+
+_baselines: dict[str, ModuleType] = {}  # resolved path -> module, imported once per process
+
+
+def load_baseline(path: str) -> ModuleType:
+    """Import a baseline script by its path (it is no package's module)."""
+    p = str(Path(path).resolve())
+    if p not in _baselines:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"no baseline file at {p}")
+        name = "lstmbench_baseline_" + re.sub(r"\W", "_", Path(p).stem)
+        spec = importlib.util.spec_from_file_location(name, p)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {p}")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        _baselines[p] = mod
+    return _baselines[p]
+
+
+def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
+    """Prepare a hand-written baseline (benchmarks/baselines/<x>_baseline.py) as this worker's
+    participant: the process is first set up exactly as `backend`'s worker is (its module's
+    configure(): thread pools, library flags), then the file's make_step (train) or make_eval
+    (eval) is built for the cell's sizes, batch, seq_len, optimiser and seed. One step is
+    `float(step())`, so the loss is waited for inside the timed step. The first step is timed
+    apart; then warm-up and a round sized like op_prepare's."""
+    from harness.bench import Cell, Prepared, _reset_peak_rss, inner_for
+    _held.clear()
+    cell = Cell.from_dict(req["cell"])
+    if cell.mode not in ("train", "eval"):
+        raise ValueError(f"a baseline has train and eval steps, not {cell.mode!r}")
+    info = backend_info(req["backend"], req.get("threads"), cell.device)
+    _reset_peak_rss()
+    mod = load_baseline(req["file"])
+    make = getattr(mod, "make_step" if cell.mode == "train" else "make_eval", None)
+    if not callable(make):
+        raise AttributeError(f"{req['file']} has no {'make_step' if cell.mode == 'train' else 'make_eval'}")
+    fn = make(cell.model, cell.batch, cell.seq_len, train=cell.train, seed=cell.seed)
+    prep = Prepared(_HostSync(), lambda: float(fn()), check=lambda x: x is not None and math.isfinite(x))
+    t0 = time.perf_counter_ns()
+    out = prep.step()
+    first = (time.perf_counter_ns() - t0) / 1e9
+    if not prep.check(out):
+        return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
+    inner = inner_for(prep, req.get("round_time", 0.03), req.get("warmup", 0.2))
+    _held.update(prep=prep, inner=inner, cell=None)
+    return {"status": "ok", "first_step_s": first, "inner": inner, "kernel": info.get("kernel")}
+
+
 def op_round(req: dict[str, Any]) -> dict[str, Any]:
     """One timed round of the prepared participant: seconds per step."""
     from harness.bench import time_round
@@ -159,7 +229,8 @@ def op_release(req: dict[str, Any]) -> dict[str, Any]:
 
 
 OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak,
-       "prepare": op_prepare, "probe": op_probe, "round": op_round, "release": op_release}
+       "prepare": op_prepare, "probe": op_probe, "baseline": op_baseline, "round": op_round,
+       "release": op_release}
 
 
 def _test_ops(proto: Any) -> dict[str, Any]:

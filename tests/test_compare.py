@@ -439,3 +439,51 @@ def test_folders_pass_over_other_json(tmp_path):
     run.write_text(json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "cells": []}))
     (tmp_path / "check.json").write_text(json.dumps({"precision": "float32", "backends": {}}))
     assert expand_paths([tmp_path]) == [run]
+
+
+def test_noise_floor_is_how_far_the_probe_minimum_moved():
+    from harness import significance as sig
+    # scattered rounds with a fast one in every block: the minimum did not move
+    assert sig.noise_floor([1.0, 2, 3, 4, 1.01, 5, 6], [[1.0, 2, 3, 4], [1.01, 5, 6]]) == pytest.approx(0.01)
+    # one workload whose best probe round was 10% off the run's best
+    assert sig.noise_floor([1.0, 1.5, 2.0, 1.02, 3.0, 1.1, 1.2],
+                           [[1.0, 1.5, 2.0], [1.02, 3.0], [1.1, 1.2]]) == pytest.approx(0.10)
+    # no workload blocks (older files): sixths of the run in order; None without probes
+    assert sig.noise_floor([1.0] * 6 + [2.0] * 6) == pytest.approx(1.0)
+    assert sig.noise_floor([None, None]) is None
+
+
+def test_default_threshold_is_ten_percent(tmp_path):
+    old = synth_v2()
+    po, pn = save(old, tmp_path / "old.json"), save(scaled(old, 1.07), tmp_path / "new.json")
+    r = lstmbench("compare", str(po), str(pn), cwd=tmp_path)
+    assert r.returncode == 0 and "threshold 10%" in r.stdout and "0 slower, 0 faster, " in r.stdout
+    r = lstmbench("compare", str(po), str(pn), "--threshold", "5%", cwd=tmp_path)
+    assert r.returncode == 0 and "6 slower, 0 faster, " in r.stdout, r.stdout
+
+
+def test_between_run_spread_widens_every_interval(tmp_path):
+    """One process a side, tight rounds, but each cell's level moved between the runs by up to
+    +-15% (a machine state lasting a whole workload): no cell may be called faster or slower,
+    though each cell's own bootstrap interval alone would call several; a shift every cell
+    shares (the 25% copy) is not spread and stays `slower`."""
+    from harness import significance as sig
+    assert sig.between_run_spread([0.0] * 10) == 0.0
+    assert sig.between_run_spread([0.1] * 7) is None  # too few cells to tell
+    assert sig.between_run_spread([-0.1, 0.1] * 5) == pytest.approx(0.14826, rel=1e-4)
+    backends = ["numpy-f32", "torch", "jax", "chainer"]
+    old = synth_v2(backends, processes=1, proc_sd=0.0)
+    new = copy.deepcopy(old)
+    rng = np.random.default_rng(7)
+    for c in new["cells"]:
+        f = float(rng.uniform(0.85, 1.15))
+        for smp in c["result"].get("samples") or []:
+            smp["s"] *= f
+    po, pn = save(old, tmp_path / "old.json"), save(new, tmp_path / "new.json")
+    rc, out = compare(po, pn, threshold=0.10, fail=True, json_path=tmp_path / "c.json")
+    got = marks(tmp_path / "c.json")
+    assert len(got) >= 8 and "faster" not in got and "slower" not in got, out
+    assert "between-run spread" in out
+    ps = save(scaled(old, 1.25), tmp_path / "slow.json")
+    rc, out = compare(po, ps, threshold=0.10, fail=True, json_path=tmp_path / "s.json")
+    assert rc == 1 and set(marks(tmp_path / "s.json")) == {"slower"}

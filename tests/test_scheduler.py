@@ -6,6 +6,7 @@ stay with their cell; ratios come from paired rounds."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -233,3 +234,26 @@ def test_time_budget_cuts_base_rounds_short(monkeypatch):
     wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
     assert wd.short and wd.rounds == 4  # 3 participants x 1 s: over 10 s after the 4th round
     assert all(len(wd.backends[b].samples) == 4 for b in "ab")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread states come from Linux's /proc")
+def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
+    """After a round, a library's threads may spin on (OpenBLAS for ~0.1 s); the next
+    participant must not start until they stop, and an idle worker must cost nothing."""
+    import subprocess
+    import sys
+    import time
+    from harness.run import settle
+    spin = ("import sys, time\nprint('go', flush=True)\nt = time.perf_counter()\n"
+            "while time.perf_counter() - t < 0.25: pass\ntime.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "go"
+        t0 = time.perf_counter()
+        waited = settle(p.pid, cap=2.0)
+        assert 0.15 <= waited <= 1.0 and time.perf_counter() - t0 >= 0.15
+        assert settle(p.pid, cap=2.0) < 0.05  # now asleep: back at once
+    finally:
+        p.kill()
+        p.wait()
+    assert settle(p.pid) == 0.0 and settle(None) == 0.0  # gone, or no process: no wait

@@ -114,3 +114,19 @@ def test_probe_summary():
     s = stats.probe_summary([2e-3, 1e-3, 4e-3], flop=2 * 256 ** 3)
     assert s["gflops"] == pytest.approx(2 * 256 ** 3 / 1e-3 / 1e9) and s["rounds"] == 3
     assert stats.probe_summary([], 1)["gflops"] is None
+
+
+def test_minimum_uses_every_round_other_quantiles_the_clean_ones():
+    """An unclean round (the probe ran slow then) that holds the cell's fastest time still
+    counts for the minimum: contention cannot make a round faster. q25 keeps to clean ones."""
+    clean = [{"s": 2e-3 + 1e-5 * i, "process": 0, "round": i, "clean": True} for i in range(12)]
+    fast_dirty = [{"s": 1.5e-3, "process": 0, "round": 12, "clean": False}]
+    slow_dirty = [{"s": 9e-3, "process": 0, "round": 13 + i, "clean": False} for i in range(12)]
+    samples = clean + fast_dirty + slow_dirty
+    assert stats.uses_every_round("min") and not stats.uses_every_round("q25")
+    r = stats.cell_estimate(samples, min_clean=10, name="min")
+    assert r["estimate_s"] == 1.5e-3 and not r["noisy"] and r["clean_rounds"] == 12
+    r = stats.cell_estimate(samples, min_clean=10, name="q25")
+    assert 2e-3 <= r["estimate_s"] < 2.1e-3  # the 9 ms dirty rounds would pull q25 up to ~9 ms
+    r = stats.cell_estimate(samples, min_clean=13, name="min")
+    assert r["noisy"]  # the clean share still decides `noisy`

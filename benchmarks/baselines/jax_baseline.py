@@ -1,63 +1,89 @@
-"""The JAX training step a user would write by hand: an LSTM cell under lax.scan, mean
-cross-entropy, jax.value_and_grad, optax clip + optimiser, the whole step under jax.jit.
-`make_step(model_config, batch, seq_len) -> step`."""
+"""The JAX train and eval steps a user would write by hand: an LSTM cell under lax.scan per
+layer, optax's integer-label softmax cross-entropy; train: jax.value_and_grad, optax clip +
+optimiser, the whole step under jax.jit; eval: the forward and loss under jax.jit. The
+yardstick of the jax and flax backends (harness/baselines.py).
+
+    make_step(model_config, batch, seq_len, train=None, seed=0) -> step   # one train step
+    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step   # one eval step
+
+step() returns the mean cross-entropy as a 0-d jax.Array; float() on it waits for it."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from _common import DEFAULT_TRAIN, demo, window  # noqa: E402
+from _common import DEFAULT_TRAIN, ModelConfig, TrainConfig, demo, window  # noqa: E402
+
+Params = dict[str, Any]
 
 
-def init(m, key):  # type: ignore[no-untyped-def]
+def init(m: ModelConfig, key: jax.Array) -> Params:
+    """Uniform(-0.1, 0.1) weights, zero biases; W_x (D, 4H), W_h (H, 4H), out W (H, V)."""
     u = lambda k, s: jax.random.uniform(k, s, jnp.float32, -0.1, 0.1)  # noqa: E731
     keys = iter(jax.random.split(key, 3 * m.num_layers + 3))
     H = m.hidden_size
-    p = {"lstm": [{"Wx": u(next(keys), (m.layer_input_size(l), 4 * H)),
-                   "Wh": u(next(keys), (H, 4 * H)), "b": jnp.zeros(4 * H)}
-                  for l in range(m.num_layers)],
-         "W": u(next(keys), (H, m.vocab_size)), "b": jnp.zeros(m.vocab_size)}
+    p: Params = {"lstm": [{"Wx": u(next(keys), (m.layer_input_size(l), 4 * H)),
+                           "Wh": u(next(keys), (H, 4 * H)), "b": jnp.zeros(4 * H)}
+                          for l in range(m.num_layers)],
+                 "W": u(next(keys), (H, m.vocab_size)), "b": jnp.zeros(m.vocab_size)}
     if m.input == "embedding":
         p["embed"] = u(next(keys), (m.vocab_size, m.embed_size))
     return p
 
 
-def make_step(model_config, batch: int, seq_len: int, train=None, seed: int = 0):  # type: ignore[no-untyped-def]
+def forward(m: ModelConfig, p: Params, tok: jax.Array, h0: jax.Array, c0: jax.Array,
+            key: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """tok (T, B) -> logits (T, B, V), h and c (L, B, H). Inverted dropout where key is given."""
+    x = jax.nn.one_hot(tok, m.vocab_size) if m.input == "onehot" else p["embed"][tok]  # (T, B, D)
+    keys = None if key is None or m.dropout == 0 else jax.random.split(key, m.num_layers + 1)
+
+    def drop(x: jax.Array, i: int) -> jax.Array:
+        if keys is None:
+            return x
+        keep = jax.random.bernoulli(keys[i], 1 - m.dropout, x.shape)
+        return jnp.where(keep, x / (1 - m.dropout), 0)
+
+    hs, cs = [], []
+    for l, lp in enumerate(p["lstm"]):
+        xw = drop(x, l) @ lp["Wx"] + lp["b"]  # (T, B, 4H)
+
+        def cell(carry: tuple[jax.Array, jax.Array], xw_t: jax.Array, Wh: jax.Array = lp["Wh"]
+                 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+            h, c = carry  # (B, H) each
+            i, f, g, o = jnp.split(xw_t + h @ Wh, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        (h, c), x = jax.lax.scan(cell, (h0[l], c0[l]), xw)  # x: (T, B, H)
+        hs.append(h)
+        cs.append(c)
+    return drop(x, -1) @ p["W"] + p["b"], jnp.stack(hs), jnp.stack(cs)
+
+
+def _data(m: ModelConfig, batch: int, seq_len: int, seed: int
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    tok, tgt = (jnp.asarray(a, jnp.int32) for a in window(m, batch, seq_len, seed))  # (T, B)
+    return tok, tgt, jnp.zeros((m.num_layers, batch, m.hidden_size))  # zeros (L, B, H)
+
+
+def make_step(model_config: ModelConfig, batch: int, seq_len: int,
+              train: TrainConfig | None = None, seed: int = 0) -> Callable[[], jax.Array]:
+    """One train step: forward from the carried state, mean cross-entropy, value_and_grad,
+    optax clip + update, the state carried on (truncated BPTT: no gradient crosses windows)."""
     m, tc = model_config, train or DEFAULT_TRAIN
-    H, V = m.hidden_size, m.vocab_size
 
-    def loss_fn(p, tok, tgt, h0, c0, key):  # type: ignore[no-untyped-def]
-        x = jax.nn.one_hot(tok, V) if m.input == "onehot" else p["embed"][tok]  # (T, B, D)
-        keys = jax.random.split(key, m.num_layers + 1)
-
-        def drop(x, k):  # type: ignore[no-untyped-def]
-            if m.dropout == 0:
-                return x
-            keep = jax.random.bernoulli(k, 1 - m.dropout, x.shape)
-            return jnp.where(keep, x / (1 - m.dropout), 0)
-
-        hs, cs = [], []
-        for l, lp in enumerate(p["lstm"]):
-            xw = drop(x, keys[l]) @ lp["Wx"] + lp["b"]  # (T, B, 4H)
-
-            def cell(carry, xw_t, Wh=lp["Wh"]):  # type: ignore[no-untyped-def]
-                h, c = carry
-                i, f, g, o = jnp.split(xw_t + h @ Wh, 4, axis=-1)
-                c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-                h = jax.nn.sigmoid(o) * jnp.tanh(c)
-                return (h, c), h
-
-            (h, c), x = jax.lax.scan(cell, (h0[l], c0[l]), xw)
-            hs.append(h)
-            cs.append(c)
-        logits = drop(x, keys[-1]) @ p["W"] + p["b"]
+    def loss_fn(p: Params, tok: jax.Array, tgt: jax.Array, h0: jax.Array, c0: jax.Array,
+                key: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        logits, h, c = forward(m, p, tok, h0, c0, key)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, tgt).mean()
-        return loss, (jnp.stack(hs), jnp.stack(cs))
+        return loss, (h, c)
 
     o = tc.optimizer
     opt = {"sgd": lambda: optax.sgd(o.lr), "adam": lambda: optax.adam(o.lr, o.beta1, o.beta2, o.eps),
@@ -75,12 +101,10 @@ def make_step(model_config, batch: int, seq_len: int, train=None, seed: int = 0)
         return optax.apply_updates(p, upd), s, loss, h, c, key
 
     p = init(m, jax.random.key(seed))
-    carry = {"p": p, "s": tx.init(p), "key": jax.random.key(seed + 1)}
-    tok, tgt = (jnp.asarray(a, jnp.int32) for a in window(m, batch, seq_len, seed))
-    zeros = jnp.zeros((m.num_layers, batch, H))
-    carry["h"], carry["c"] = zeros, zeros
+    tok, tgt, zeros = _data(m, batch, seq_len, seed)
+    carry = {"p": p, "s": tx.init(p), "key": jax.random.key(seed + 1), "h": zeros, "c": zeros}
 
-    def step():  # type: ignore[no-untyped-def]
+    def step() -> jax.Array:
         carry["p"], carry["s"], loss, carry["h"], carry["c"], carry["key"] = train_step(
             carry["p"], carry["s"], tok, tgt, carry["h"], carry["c"], carry["key"])
         return loss
@@ -88,5 +112,27 @@ def make_step(model_config, batch: int, seq_len: int, train=None, seed: int = 0)
     return step
 
 
+def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
+              train: TrainConfig | None = None, seed: int = 0) -> Callable[[], jax.Array]:
+    """One eval step: the forward (no dropout) from the carried state and the mean
+    cross-entropy, one jitted function."""
+    m = model_config
+
+    @jax.jit
+    def eval_step(p, tok, tgt, h0, c0):  # type: ignore[no-untyped-def]
+        logits, h, c = forward(m, p, tok, h0, c0, None)  # (T, B, V)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tgt).mean(), h, c
+
+    p = init(m, jax.random.key(seed))
+    tok, tgt, zeros = _data(m, batch, seq_len, seed)
+    state = {"h": zeros, "c": zeros}
+
+    def step() -> jax.Array:
+        loss, state["h"], state["c"] = eval_step(p, tok, tgt, state["h"], state["c"])
+        return loss
+
+    return step
+
+
 if __name__ == "__main__":
-    demo(make_step, "jax baseline")
+    demo(make_step, "jax baseline", make_eval)

@@ -1,21 +1,33 @@
-"""The PyTorch training step a user would write by hand (the PyTorch char-LSTM tutorial's
-shape): one-hot by scatter (or nn.Embedding), nn.LSTM, nn.Linear, cross-entropy, backward,
-clip, step. `make_step(model_config, batch, seq_len) -> step`."""
+"""The PyTorch train and eval steps a user would write by hand (the two-layer PyTorch char-LSTM
+tutorial's shape): one-hot by scatter (or nn.Embedding), nn.Dropout, nn.LSTM, nn.Linear,
+F.cross_entropy; train: backward, clip_grad_norm_/clip_grad_value_, a torch.optim step;
+eval: net.eval() under torch.no_grad(). The yardstick of the torch, torch-cell and
+torch-compile backends (harness/baselines.py).
+
+    make_step(model_config, batch, seq_len, train=None, seed=0) -> step   # one train step
+    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step   # one eval step
+
+step() returns the mean cross-entropy as a 0-d tensor; float() on it waits for it."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from _common import DEFAULT_TRAIN, demo, window  # noqa: E402
+from _common import DEFAULT_TRAIN, ModelConfig, TrainConfig, demo, window  # noqa: E402
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, B, H)
 
 
 class Net(nn.Module):
-    def __init__(self, m) -> None:  # type: ignore[no-untyped-def]
+    """tokens (T, B) -> logits (T, B, V) and the final (h, c)."""
+
+    def __init__(self, m: ModelConfig) -> None:
         super().__init__()
         self.V, self.onehot = m.vocab_size, m.input == "onehot"
         self.embed = None if self.onehot else nn.Embedding(m.vocab_size, m.embed_size)
@@ -24,33 +36,41 @@ class Net(nn.Module):
                             dropout=m.dropout if m.num_layers > 1 else 0.0)
         self.out = nn.Linear(m.hidden_size, m.vocab_size)
 
-    def forward(self, tok, state):  # type: ignore[no-untyped-def]
+    def forward(self, tok: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if self.onehot:  # (T, B) -> (T, B, V)
             x = torch.zeros(*tok.shape, self.V).scatter_(-1, tok.unsqueeze(-1), 1.0)
         else:
-            x = self.embed(tok)
-        y, state = self.lstm(self.drop(x), state)
-        return self.out(self.drop(y)), state
+            x = self.embed(tok)  # (T, B, E)
+        y, state = self.lstm(self.drop(x), state)  # (T, B, H)
+        return self.out(self.drop(y)), state  # (T, B, V)
 
 
-def make_step(model_config, batch: int, seq_len: int, train=None, seed: int = 0):  # type: ignore[no-untyped-def]
-    m, tc = model_config, train or DEFAULT_TRAIN
+def _setup(m: ModelConfig, batch: int, seq_len: int, seed: int
+           ) -> tuple[Net, torch.Tensor, torch.Tensor, State]:
     torch.manual_seed(seed)
     net = Net(m)
+    tok, tgt = (torch.from_numpy(a) for a in window(m, batch, seq_len, seed))  # (T, B) each
+    zeros = torch.zeros(m.num_layers, batch, m.hidden_size)  # (L, B, H)
+    return net, tok, tgt, (zeros, zeros.clone())
+
+
+def make_step(model_config: ModelConfig, batch: int, seq_len: int,
+              train: TrainConfig | None = None, seed: int = 0) -> Callable[[], torch.Tensor]:
+    """One train step: forward from the carried state, mean cross-entropy, backward, clip,
+    optimiser step; the state carried on detached (truncated BPTT)."""
+    m, tc = model_config, train or DEFAULT_TRAIN
+    net, tok, tgt, state = _setup(m, batch, seq_len, seed)
     net.train()
     o = tc.optimizer
     opt = {"sgd": lambda p: torch.optim.SGD(p, lr=o.lr),
            "adam": lambda p: torch.optim.Adam(p, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps),
            "rmsprop": lambda p: torch.optim.RMSprop(p, lr=o.lr, alpha=o.alpha, eps=o.eps),
            "adagrad": lambda p: torch.optim.Adagrad(p, lr=o.lr, eps=o.eps)}[o.name](net.parameters())
-    tok, tgt = (torch.from_numpy(a) for a in window(m, batch, seq_len, seed))
-    zeros = torch.zeros(m.num_layers, batch, m.hidden_size)
-    state = (zeros, zeros.clone())
 
     def step() -> torch.Tensor:
         nonlocal state
         opt.zero_grad()
-        logits, (h, c) = net(tok, state)
+        logits, (h, c) = net(tok, state)  # (T, B, V)
         loss = F.cross_entropy(logits.reshape(-1, m.vocab_size), tgt.reshape(-1))
         loss.backward()
         if tc.clip.kind == "norm":
@@ -64,5 +84,22 @@ def make_step(model_config, batch: int, seq_len: int, train=None, seed: int = 0)
     return step
 
 
+def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
+              train: TrainConfig | None = None, seed: int = 0) -> Callable[[], torch.Tensor]:
+    """One eval step: net.eval() (no dropout), forward from the carried state under
+    torch.no_grad(), mean cross-entropy."""
+    m = model_config
+    net, tok, tgt, state = _setup(m, batch, seq_len, seed)
+    net.eval()
+
+    def step() -> torch.Tensor:
+        nonlocal state
+        with torch.no_grad():
+            logits, state = net(tok, state)  # (T, B, V)
+            return F.cross_entropy(logits.reshape(-1, m.vocab_size), tgt.reshape(-1))
+
+    return step
+
+
 if __name__ == "__main__":
-    demo(make_step, "torch baseline")
+    demo(make_step, "torch baseline", make_eval)

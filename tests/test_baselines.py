@@ -1,0 +1,202 @@
+"""The hand-written baselines (benchmarks/baselines/) and `lstmbench baselines` (harness/baselines.py).
+
+- every baseline's make_step and make_eval run at tiny sizes, in its backend's own interpreter
+  and environment variables (keras under KERAS_BACKEND=jax and =torch, chainer in its NumPy < 2
+  environment), give finite losses, and training lowers the loss on a fixed window;
+- the mapping backend -> baseline covers every registered backend (a backend added to the
+  registry without an entry fails here);
+- the command end to end on torch at the tiny preset, and its bad inputs (exit 2, one line).
+
+Frameworks missing here are skipped, or fail where LSTMBENCH_REQUIRE_ALL is set (tox)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import baselines, envs
+from harness.cli import main
+from impls import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+DIR = ROOT / "benchmarks" / "baselines"
+STEPS = 30
+
+# Run in the backend's interpreter (harness/harness.envs.bootstrap_code loads this checkout's
+# code by location): each tiny preset, "tiny" with dropout on, STEPS train steps, 3 eval steps.
+CHECK = r"""
+import json
+from dataclasses import replace
+try:
+    from harness.worker import load_baseline
+    mod = load_baseline(sys.argv[1])
+except ImportError as e:
+    print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
+    raise SystemExit(0)
+from impls.config import PRESETS
+out = {}
+for name in ("tiny", "tiny-embed", "tiny-deep"):
+    p = PRESETS[name]
+    m = replace(p.model, dropout=0.25) if name == "tiny" else p.model
+    step = mod.make_step(m, p.batch_size, p.seq_len, train=p.train, seed=0)
+    losses = [float(step()) for _ in range(int(sys.argv[2]))]
+    ev = mod.make_eval(m, p.batch_size, p.seq_len, train=p.train, seed=0)
+    out[name] = {"train": losses, "eval": [float(ev()) for _ in range(3)]}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("LSTMBENCH_REQUIRE_ALL"):
+        pytest.fail(f"LSTMBENCH_REQUIRE_ALL is set but {why}")
+    pytest.skip(why)
+
+
+# one backend per baseline participant: the environment each baseline is run in
+HOSTS = ["torch", "tensorflow", "keras-jax", "keras-torch", "jax", "chainer"]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_baseline_trains_and_evaluates(host: str) -> None:
+    name = baselines.BASELINES[host].baseline
+    assert name is not None
+    try:
+        py = envs.interpreter_for(host)
+    except registry.BackendError as e:
+        _unavailable(f"no interpreter for {host}: {e}")
+    env = envs.worker_env(1, backend=host)  # the worker's: KERAS_BACKEND, threads, code root
+    r = subprocess.run([py, "-c", envs.bootstrap_code(CHECK), str(DIR / baselines.FILES[name]), str(STEPS)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith(("RESULT ", "SKIP "))), "")
+    if line.startswith("SKIP "):
+        _unavailable(f"{name} baseline cannot load under {host}'s environment: {line[5:]}")
+    assert line, r.stdout[-2000:] + r.stderr[-2000:]
+    for preset, got in json.loads(line[len("RESULT "):]).items():
+        tr, ev = got["train"], got["eval"]
+        assert all(math.isfinite(x) and x > 0 for x in tr + ev), (preset, tr, ev)
+        assert sum(tr[-3:]) / 3 < tr[0] - 0.02, f"{name} under {host}, {preset}: loss did not fall: {tr}"
+
+
+# ---- the mapping -----------------------------------------------------------------------------
+
+def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
+    missing = [b for b in registry.BACKENDS if b not in baselines.BASELINES]
+    assert not missing, (f"backends without an entry in harness/baselines.py BASELINES: {missing}; "
+                         "give each its baseline, or None with the reason")
+    for b, e in baselines.BASELINES.items():
+        assert b in registry.BACKENDS, f"BASELINES names {b}, which the registry does not"
+        assert e.note.strip(), b
+        if e.baseline is None:
+            continue
+        assert e.baseline in baselines.FILES, (b, e.baseline)
+        path = DIR / baselines.FILES[e.baseline]
+        assert path.is_file(), f"{b}'s baseline {path} is missing"
+        text = path.read_text()
+        assert "def make_step(" in text and "def make_eval(" in text, path
+
+
+def test_reasons_name_real_backends_and_modes() -> None:
+    for (b, mode), why in baselines.REASONS.items():
+        assert baselines.BASELINES[b].baseline is not None, b
+        assert mode in (*baselines.MODES, "*") and why.strip(), (b, mode)
+
+
+def test_participants_share_a_baseline_only_within_an_environment() -> None:
+    names = {b: baselines.participant_name(b) for b in baselines.with_baseline()}
+    assert names["torch"] == names["torch-cell"] == names["torch-compile"] == "baseline:torch"
+    assert names["keras-jax"] != names["keras-torch"]  # KERAS_BACKEND differs
+    assert "KERAS_BACKEND=jax" in baselines.baseline_label("keras-jax")
+    for n in names.values():
+        assert n not in registry.BACKENDS
+
+
+def test_marks() -> None:
+    r = lambda ratio, lo, hi: {"ratio": ratio, "lo": lo, "hi": hi}  # noqa: E731
+    assert baselines.mark(r(0.5, 0.45, 0.6)) == "ok"
+    assert baselines.mark(r(1.05, 1.0, 1.10)) == "ok"
+    assert baselines.mark(r(1.3, 1.2, 1.4)) == "slower"
+    assert baselines.mark(r(1.08, 1.0, 1.2)) == "inconclusive"
+    assert baselines.mark(None) == "failed"
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ok, why = registry.availability("torch")
+    if not ok:
+        _unavailable(f"torch is unavailable: {why}")
+    monkeypatch.chdir(ROOT)  # --dir found from the working directory, as tox runs it
+    out = tmp_path / "b.json"
+    rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--rounds", "3",
+               "--threads", "1", "--seed", "3", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
+    assert Path(doc["baselines_dir"]) == DIR.resolve()
+    assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}
+    for row in doc["rows"]:
+        q = row["ratio"]
+        assert q is not None and all(math.isfinite(q[k]) and q[k] > 0 for k in ("ratio", "lo", "hi")), row
+        assert q["lo"] <= q["ratio"] <= q["hi"], q
+        assert row["mark"] in ("ok", "slower", "inconclusive"), row
+        assert row["baseline_s"] > 0 and row["backend_s"] > 0
+    for w in doc["workloads"]:
+        assert set(w["participants"]) == {"torch", "baseline:torch"}
+        assert all(p["result"]["status"] == "ok" for p in w["participants"].values())
+    assert "| tiny | train | torch | torch |" in cap.out
+    with pytest.raises(FileExistsError):  # never overwritten: --out refused before measuring
+        baselines.cmd_baselines(baselines_args(out=str(out)))
+
+
+def baselines_args(**kw: str) -> object:
+    import argparse
+    ns = dict(presets="tiny", backends="torch", modes="train", threads=1, out=None, dir=None,
+              seed=0, rounds=3, processes=1, workload_time=10.0, python=None)
+    ns.update(kw)
+    return argparse.Namespace(**ns)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--backends", "nope"], "unknown backend 'nope'"),
+    (["--backends", "numpy-f32"], "has no baseline"),
+    (["--backends", "onnxruntime"], "has no baseline"),
+    (["--modes", "generate"], "--modes"),
+    (["--presets", "no-such-preset"], "unknown preset"),
+    (["--dir", "/nonexistent/baselines"], "--dir"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_inputs_exit_2_with_one_line(argv: list[str], words: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["baselines", "--presets", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and words in lines[0], err
+
+
+def test_no_baselines_folder_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside a checkout (the package installed, its folder no checkout), with no --dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(baselines, "ROOT", tmp_path)
+    rc = main(["baselines", "--presets", "tiny", "--backends", "torch"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--dir" in lines[0], err
+
+
+def test_a_folder_without_the_needed_file_is_refused(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "jax_baseline.py").write_text("")
+    rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "torch_baseline.py" in err and len(err.strip().splitlines()) == 1, err
