@@ -479,23 +479,20 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
         entries.append(e)
 
     # between-unit (process, run) variance pooled over every cell measured on both sides:
-    # two processes a side give one cell almost no degrees of freedom, all cells together many
+    # two processes a side give one cell almost no degrees of freedom, all cells together many;
+    # and the cells' log ratios, whose scatter about their common shift is the between-run spread
     ss, df = 0.0, 0
-    for key, po in a.cells.items():
-        pn = b.cells.get(key)
-        if pn is not None and po.ok and pn.ok:
-            s1, d1 = sig.unit_spread(po.side(normalize), pn.side(normalize), estimator)
-            ss, df = ss + s1, df + d1
-    pooled_var = (ss / df, df) if df else None
-
-    # between-run spread: how far the cells' ratios scatter about their common shift
     logs = []
     for key, po in a.cells.items():
         pn = b.cells.get(key)
         if pn is not None and po.ok and pn.ok:
-            so, sn = sig.pooled(po.side(normalize)), sig.pooled(pn.side(normalize))
-            if so.size and sn.size:
-                logs.append(math.log(sig.estimate(sn, estimator) / sig.estimate(so, estimator)))
+            so, sn = po.side(normalize), pn.side(normalize)
+            s1, d1 = sig.unit_spread(so, sn, estimator)
+            ss, df = ss + s1, df + d1
+            vo, vn = sig.pooled(so), sig.pooled(sn)
+            if vo.size and vn.size:
+                logs.append(math.log(sig.estimate(vn, estimator) / sig.estimate(vo, estimator)))
+    pooled_var = (ss / df, df) if df else None
     run_spread = sig.between_run_spread(logs)
     if run_spread is not None:
         log(f"between-run spread: cells' ratios scatter {_pct(math.expm1(run_spread))} (robust SD) "

@@ -191,8 +191,7 @@ class WorkerParticipant:
         else:
             ans = self._request({"op": "prepare", "cell": self.cell.to_dict(), "threads": self.workers.threads,
                                  "round_time": self.round_time}, self.timeout)
-        w = self.workers.live.get((self.name, self.p))
-        self.settled_s += settle(w.proc.pid if w is not None else None)  # warm-up threads too
+        self._settle()  # warm-up threads too
         if ans.get("first_step_s") is not None:
             # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
             self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
@@ -201,9 +200,13 @@ class WorkerParticipant:
 
     def round(self) -> float:
         s = float(self._request({"op": "round"}, self.round_timeout)["s"])
+        self._settle()
+        return s
+
+    def _settle(self) -> None:
+        """Wait until this participant's worker has gone quiet (settle), counting the wait."""
         w = self.workers.live.get((self.name, self.p))
         self.settled_s += settle(w.proc.pid if w is not None else None)
-        return s
 
     def release(self) -> dict[str, Any]:
         return self._request({"op": "release"}, self.timeout)

@@ -55,21 +55,24 @@ def _data(m: ModelConfig, batch: int, seq_len: int, seed: int) -> tuple[Any, Any
     return tuple(a.T.astype("int32") for a in window(m, batch, seq_len, seed))  # (B, T) each
 
 
+def _compiled(model_config: ModelConfig, batch: int, seq_len: int, train: TrainConfig | None,
+              seed: int) -> tuple[Any, Any, Any]:
+    """The compiled model and its fixed window (x, y), both (B, T)."""
+    m = model_config
+    return (build(m, batch, seq_len, train or DEFAULT_TRAIN, seed), *_data(m, batch, seq_len, seed))
+
+
 def make_step(model_config: ModelConfig, batch: int, seq_len: int,
               train: TrainConfig | None = None, seed: int = 0) -> Callable[[], float]:
     """One train step: model.train_on_batch (forward, loss, gradients, clip, update)."""
-    m, tc = model_config, train or DEFAULT_TRAIN
-    model = build(m, batch, seq_len, tc, seed)
-    x, y = _data(m, batch, seq_len, seed)
+    model, x, y = _compiled(model_config, batch, seq_len, train, seed)
     return lambda: model.train_on_batch(x, y)
 
 
 def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
               train: TrainConfig | None = None, seed: int = 0) -> Callable[[], float]:
     """One eval step: model.test_on_batch (forward without dropout, mean cross-entropy)."""
-    m, tc = model_config, train or DEFAULT_TRAIN
-    model = build(m, batch, seq_len, tc, seed)
-    x, y = _data(m, batch, seq_len, seed)
+    model, x, y = _compiled(model_config, batch, seq_len, train, seed)
     return lambda: model.test_on_batch(x, y)
 
 
