@@ -18,8 +18,9 @@ REASONS (measured causes only). Results: one JSON document (schema lstmbench.bas
 written atomically and never over an existing file, and a Markdown table on stdout;
 progress on stderr.
 
-The mapping backend -> baseline is BASELINES below, the one place it is written: every
-registered backend has an entry (tests/test_baselines.py fails when one is added without)."""
+The mapping backend -> baseline is each backend's registry entry (BackendSpec.baseline and
+baseline_note, impls/registry.py): a new backend names its baseline, or why it has none, there;
+the baseline's file is benchmarks/baselines/<baseline>_baseline.py."""
 from __future__ import annotations
 
 import argparse
@@ -43,39 +44,22 @@ DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
 SCHEMA_VERSION = 1
 
-# baseline name -> its file in benchmarks/baselines/
-FILES: dict[str, str] = {
-    "torch": "torch_baseline.py",
-    "tensorflow": "tensorflow_baseline.py",
-    "keras": "keras_baseline.py",
-    "jax": "jax_baseline.py",
-    "chainer": "chainer_baseline.py",
-}
+
+def baseline_file(name: str) -> str:
+    """The file in benchmarks/baselines/ of baseline `name` (a BackendSpec.baseline)."""
+    return f"{name}_baseline.py"
 
 
 @dataclass(frozen=True)
 class Entry:
-    baseline: str | None  # a key of FILES, or None: this backend has no baseline
+    baseline: str | None  # a BackendSpec.baseline: benchmarks/baselines/<baseline>_baseline.py, or None
     note: str  # why this baseline (or why none)
 
 
-# backend -> its baseline: every registered backend, exactly once
-BASELINES: dict[str, Entry] = {
-    "torch": Entry("torch", "nn.LSTM with torch.optim: the baseline's own layers"),
-    "torch-cell": Entry("torch", "the same model a torch user writes with nn.LSTM"),
-    "torch-compile": Entry("torch", "the eager nn.LSTM step it compiles"),
-    "tensorflow": Entry("tensorflow", "Keras layers + GradientTape in a tf.function"),
-    "tensorflow-xla": Entry("tensorflow", "the same step without jit_compile"),
-    "keras-jax": Entry("keras", "Sequential + compile + train_on_batch/test_on_batch, KERAS_BACKEND=jax"),
-    "keras-torch": Entry("keras", "Sequential + compile + train_on_batch/test_on_batch, KERAS_BACKEND=torch"),
-    "jax": Entry("jax", "lax.scan LSTM cell, optax, jax.jit"),
-    "flax": Entry("jax", "the plain-JAX step Flax wraps"),
-    "chainer": Entry("chainer", "RNNForLM and BPTTUpdater of Chainer's ptb example"),
-    "numpy": Entry(None, "the backend is itself hand-written NumPy (the float64 oracle, never timed)"),
-    "numpy-f32": Entry(None, "the backend is itself hand-written NumPy: it is what a user writes"),
-    "onnxruntime": Entry(None, "the exported graph is what a user runs; no train mode"),
-    "tensorflow-genloop": Entry(None, "no train mode, and its eval step is tensorflow's own"),
-}
+# backend -> its baseline, read from each backend's registry entry (the one place it is
+# written), so that a new backend brings its baseline with it and nothing here changes
+BASELINES: dict[str, Entry] = {b: Entry(s.baseline, s.baseline_note)
+                               for b, s in registry.BACKENDS.items()}
 
 # (backend, mode) -> why that backend is more than 10% slower than its baseline, from
 # measurements (docs: benchmarks/baselines/README.md). Mode "*" covers both modes.
@@ -85,12 +69,6 @@ REASONS: dict[tuple[str, str], str] = {
     ("tensorflow-xla", "train"): ("jit_compile=True by design: XLA:CPU's compiled while-loop LSTM "
                                   "and its gradient are slower here than TF's oneDNN graph kernels; "
                                   "the same step without XLA (tensorflow) matches the baseline"),
-    ("keras-torch", "*"): ("its LSTM layers are built with use_cudnn=False, which on Keras' torch "
-                           "engine takes the generic RNN loop (LSTMCell per step, input product "
-                           "included); the baseline's default use_cudnn='auto' takes Keras' torch "
-                           "LSTM fallback (one input-projection matmul per window, then only the "
-                           "recurrent product per step). Fix: use_cudnn='auto' (measured: char-rnn "
-                           "train 104 -> 74 ms, eval 59 -> 27 ms, same losses)"),
 }
 
 
@@ -246,8 +224,6 @@ def select_backends(text: str | None) -> list[str] | None:
         raise UsageError(f"--backends {text!r} names no backend; give a comma list, e.g. torch,jax")
     for n in names:
         registry.get_spec(n)  # unknown -> BackendError, exit 2
-        if n not in BASELINES:
-            raise UsageError(f"backend {n} has no entry in harness/baselines.py BASELINES; add one")
         if BASELINES[n].baseline is None:
             raise UsageError(f"backend {n} has no baseline ({BASELINES[n].note}); "
                              f"choose from: {', '.join(with_baseline())}")
@@ -272,8 +248,8 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     named = backends is not None
     candidates = backends if named else with_baseline()
     for f in {BASELINES[b].baseline for b in candidates}:
-        if not (base_dir / FILES[f]).is_file():  # type: ignore[index]
-            raise UsageError(f"{base_dir} has no {FILES[f]}; pass --dir with the checkout's "  # type: ignore[index]
+        if not (base_dir / baseline_file(f)).is_file():
+            raise UsageError(f"{base_dir} has no {baseline_file(f)}; pass --dir with the checkout's "
                              "benchmarks/baselines folder")
     seed = int(time.time_ns() % 2**31) if seed is None else seed
     if out is None:
@@ -325,7 +301,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                 if n in hosts and n not in registry.BACKENDS:
                     host = hosts[n]
                     return Participant(workers, n, p, cells[n], 600.0,
-                                       base_dir / FILES[BASELINES[host].baseline], host)  # type: ignore[index]
+                                       base_dir / baseline_file(BASELINES[host].baseline), host)
                 return WorkerParticipant(workers, n, p, cells[n], 600.0)
 
             wd = measure_workload(parts, make, probe, sched, rng, log)
@@ -362,7 +338,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
                        backends=info, baselines_dir=str(base_dir),
-                       baselines={q: {"file": FILES[BASELINES[h].baseline], "host": h,  # type: ignore[index]
+                       baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
                                       "serves": [b for b in avail if participant_name(b) == q]}
                                   for q, h in hosts.items()},
                        mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},

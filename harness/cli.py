@@ -288,14 +288,20 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    if a.matrix in ("quality", "quality-adam", "quality-tiny"):  # training to a target: harness/quality.py
-        from .quality import cmd_quality
+    from .quality import MATRICES as QUALITY, cmd_quality, is_quality_journal
+    _positive_threads(a.threads)
+    # training to a target (harness/quality.py): by name, or a quality run's journal to resume
+    if a.matrix in QUALITY or (a.matrix is None and a.resume and is_quality_journal(a.resume)):
         return cmd_quality(a)
+    if a.jobs is not None:
+        raise UsageError(f"--jobs applies to the quality matrices ({', '.join(QUALITY)}) only; "
+                         "a benchmark matrix measures one workload at a time")
+    if a.threads is None:
+        a.threads = DEFAULT_THREADS
     from .matrix import Matrix, load_matrix
     from .run import load_resume, run_matrix
     if a.processes is not None and a.processes < 1:
         raise UsageError(f"--processes must be an integer >= 1, got {a.processes}")
-    _positive_threads(a.threads)
     resume = Path(a.resume) if a.resume else None
     if resume is not None:  # the interrupted run's settings, from its journal's header
         _, _, header, _ = load_resume(resume)
@@ -438,7 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")
     p.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted run from its journal (or the journal's target file)")
-    python(p), threads(p)
+    p.add_argument("--jobs", metavar="N",
+                   help="quality matrices: backends trained side by side, one lane each "
+                        "(default: the cores // --threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"threads for every framework alike (default {DEFAULT_THREADS}: the cores; "
+                        "1 per backend for the quality matrices)")
+    python(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("setup", help="build the environments some backends need (chainer)")

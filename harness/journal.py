@@ -5,6 +5,8 @@ only what is missing), and the final results file written atomically from it.
 The journal is JSON lines beside the target, `<target>.journal.jsonl`:
     line 1    the header: the results document without cells/workloads (+ "target")
     line 2..  one record per finished workload: {"workload": {...}, "cells": [...]}
+              (the quality matrix, harness/quality.py: one per finished backend,
+              {"backend": name, "result": {...}})
 Each line is flushed and fsynced before `append` returns. A line torn by a crash (the last
 one) is ignored when reading, and cut off before the next append.
 
@@ -19,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .results import ResultsError
 
@@ -96,9 +98,13 @@ class Journal:
         self._write_line(record)
 
     @staticmethod
-    def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def read(path: str | os.PathLike[str], is_record: Callable[[dict[str, Any]], bool] | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(header, records). Lines that do not parse (a torn last line) are passed over; a
-        journal without a readable header gives ({}, records)."""
+        journal without a readable header gives ({}, records). `is_record` says which lines
+        after the header are records (default: a workload's, {"workload": {...}, "cells": [...]};
+        the quality matrix keeps {"backend": ..., "result": {...}})."""
+        is_record = is_record or _is_workload_record
         p = Path(path)
         try:
             data = p.read_bytes()
@@ -117,9 +123,13 @@ class Journal:
                 continue
             if i == 0:
                 header = obj
-            elif isinstance(obj.get("workload"), dict) and isinstance(obj.get("cells"), list):
+            elif is_record(obj):
                 records.append(obj)
         return header, records
+
+
+def _is_workload_record(obj: dict[str, Any]) -> bool:
+    return isinstance(obj.get("workload"), dict) and isinstance(obj.get("cells"), list)
 
 
 # ---- the final file ---------------------------------------------------------------------

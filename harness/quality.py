@@ -1,23 +1,35 @@
 """The quality matrix (`lstmbench run --matrix quality`): train every backend the same way
 and record how fast each reaches a target validation loss, and how good it ends.
 
-Per backend, in a fresh process of its own environment (`python -m harness train`, so the
-same code path as the `train` command): the same seeded initial parameters, the same batches
-in the same order, the preset's optimiser as the framework ships it, a fixed step budget,
-the validation loss every `eval_every` steps on the same validation characters.
+Per backend, in a fresh process of its own environment (`lstmbench train` in the backend's
+interpreter, so the same code path as the `train` command): the same seeded initial
+parameters, the same batches in the same order, the preset's optimiser as the framework ships
+it, a fixed step budget, the validation loss every `eval_every` steps on the same validation
+characters.
 
 Recorded per backend: steps to the target (the first evaluation at or under it: exact and
 free of timing noise, resolution `eval_every`), seconds to the target, the loss against
-steps and against seconds, the final validation loss, a sample, and the native optimiser's
-documented deviation from docs/SPEC.md §4 where it has one.
+steps and against seconds, the final validation loss, a sample, the native optimiser's
+documented deviation from docs/SPEC.md §4 where it has one, and where and beside what it ran
+(`lane`, `start_s`/`end_s`, `concurrent_with`).
+
+Lanes: `--jobs N` lanes (default cores // threads; the quality matrices default to one
+thread per backend, so one lane per core) pull backends from one queue, slowest expected
+first, each training its backend in a child process of its own process group. Ctrl-C or
+SIGTERM stops every lane's child (SIGTERM to the group, SIGKILL after a grace period).
 
 Noise: seconds count only training steps (tokens copied in, the step, the loss fetched to the
 host, which waits for the device); evaluation, start-up and compilation outside the first
-step are not counted. Besides the measured sum (`seconds_to_target`, what a user waits,
-contention included), `estimate_s_to_target` = steps to target x the median step time, which
-a few slow steps on a shared machine do not move. The backends run one after another, never
-side by side. Results are JSON (`schema` lstmbench.quality), written atomically and never
-over an existing file."""
+step are not counted. With two lanes every backend's seconds were measured while another
+backend trained on the other core (memory bandwidth and caches are shared, so they are
+slower than on an idle machine); `estimate_s_to_target` = steps to target x the median step
+time, which a few slow steps do not move. Steps to target are unaffected by any of it.
+
+Durability: each finished backend is appended (flushed and fsynced) to a journal beside the
+target file (harness.journal), so a finished backend survives any interruption, even SIGKILL
+of this process; `run --resume JOURNAL` trains only the missing ones. The results are JSON
+(`schema` lstmbench.quality), written atomically from the journal at the end and never over
+an existing file; the journal is removed once they are."""
 from __future__ import annotations
 
 import json
@@ -38,7 +50,10 @@ import numpy as np
 from impls import registry
 
 from .data import prepare
-from .envs import UsageError, interpreter_for, parse_python_overrides, worker_env
+from .envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
+from .journal import Journal, finalize, journal_path
+from .pool import _child_setup
+from .signals import interruptible, on_second_signal
 
 SCHEMA = "lstmbench.quality"
 SCHEMA_VERSION = 1
@@ -60,8 +75,18 @@ class QualityConfig:
 
 
 # Calibrated on the project's 2-core machine (docs/quality.md): numpy-f32 passes 1.9 nats
-# at step 1000 of 1500 (1.93 at step 900, 1.89 at 1000; 1.81 at 1500); the budget keeps
-# chainer, the slowest, to about 7 minutes of training.
+# at step 1000 of 1500 (1.93 at step 900, 1.89 at 1000; 1.81 at 1500); tensorflow and
+# tensorflow-xla (Keras RMSprop, eps inside the root) only at step 1300, so a budget under 1300
+# would hide that finding. The budget, 1500 steps, fits the 30 minutes of the whole run in two lanes:
+# median step times at 1 thread (30-step probes, 2 December 2026, while two other jobs shared
+# the cores, load 3.5-4.5) sum to 1.84 s over the 11 trainable backends (chainer 0.37,
+# keras-torch 0.32, jax 0.16, keras-jax 0.15, flax, torch-cell, numpy-f32 0.14, tensorflow
+# 0.13, tensorflow-xla 0.12, torch-compile 0.10 + 15 s compiling, torch 0.09). x 1500 steps
+# x 1.07 (16 evaluations of 20 windows) + ~150 s of start-ups = 3100 s of lane time; in two
+# lanes, slowest first, the longer lane ends at ~1620 s = 27 minutes at that contention. On a
+# quiet machine (numpy-f32 runs at 0.057 s a step, 2.4x faster than in the probe) about
+# 13-15 minutes. Chainer, the longest single backend, needs ~590 s at the probe's speed, well
+# inside the per-backend timeout (1500 s).
 MATRICES: dict[str, QualityConfig] = {
     "quality": QualityConfig("quality", "char-rnn", "shakespeare", steps=1500, eval_every=100,
                              target_loss=1.9),
@@ -73,6 +98,13 @@ MATRICES: dict[str, QualityConfig] = {
     "quality-tiny": QualityConfig("quality-tiny", "tiny", "python-stdlib", steps=30, eval_every=10,
                                   target_loss=4.2, val_chars=2000, timeout_s=300.0),
 }
+
+
+# The lanes' queue order: the slowest first (longest-processing-time first), so that no lane is
+# left with a long backend while the other idles at the end; by the probes' median step time
+# above (ties and the backends not named keep the order given).
+SLOWEST_FIRST: tuple[str, ...] = ("chainer", "keras-torch", "jax", "keras-jax", "flax", "torch-cell",
+                                   "numpy-f32", "tensorflow", "tensorflow-xla", "torch-compile", "torch")
 
 
 def steps_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -105,9 +137,46 @@ def summarize_run(run: dict[str, Any], target: float) -> dict[str, Any]:
     return out
 
 
+def lane_cpus(lane: int, threads: int | None, jobs: int,
+              available: list[int] | None = None) -> list[int] | None:
+    """The CPUs lane `lane` (1..jobs) owns: `threads` of them, each lane its own, where the lanes
+    fit the CPUs this process may use; None (no pinning) where they do not, or threads is unset.
+
+    Why pin at all: a backend that limits its thread pool through the affinity mask (jax,
+    flax, keras-jax: XLA sizes its pool from the mask, impls/jax_impl.py) takes the FIRST
+    `threads` CPUs of the mask it inherits, so two such backends in two lanes both landed on
+    CPU 0 and left CPU 1 idle (measured: 50% idle during the first lane run, each child at
+    half a core). Giving each lane its own CPUs makes every backend's choice the lane's."""
+    if not threads:
+        return None
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        available = sorted(os.sched_getaffinity(0))
+    if jobs * threads > len(available) or not 1 <= lane <= jobs:
+        return None
+    return available[(lane - 1) * threads: lane * threads]
+
+
+def _lane_setup(parent: int, cpus: list[int] | None) -> Callable[[], None]:
+    """The child's set-up between fork and exec: its lane's CPUs (inherited by whatever it
+    runs), then pool's PR_SET_PDEATHSIG set-up."""
+    setup = _child_setup(parent)
+    mask = set(cpus) if cpus else None
+
+    def run() -> None:
+        if mask is not None:
+            os.sched_setaffinity(0, mask)
+        setup()
+    return run
+
+
 def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
-             overrides: dict[str, str], log: Callable[[str], None]) -> dict[str, Any]:
-    """One backend's training in its own process; its summary, or a failure record."""
+             overrides: dict[str, str], log: Callable[[str], None],
+             children: Children | None = None, cpus: list[int] | None = None) -> dict[str, Any]:
+    """One backend's training in its own process (group), pinned to `cpus` where given (its
+    lane's, lane_cpus); its summary, or a failure record. The process is registered in
+    `children` while it runs, so an interruption can stop it."""
     from .train import _CHILD
     spec = registry.get_spec(backend)
     try:
@@ -120,28 +189,33 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
         env = worker_env(threads)
     env.update(getattr(spec, "env_vars", {}) or {})
     env[_CHILD] = "1"
-    cmd = [python, "-m", "harness", "train", "--backend", backend, "--preset", cfg.preset,
-           "--corpus", cfg.corpus, "--out", str(out), "--steps", str(cfg.steps),
-           "--eval-every", str(cfg.eval_every), "--seed", str(cfg.seed),
-           "--val-chars", str(cfg.val_chars), "--no-progress"]
+    # harness_command, not `python -m harness`: another environment's interpreter (chainer's)
+    # has no lstmbench installed, and a non-editable install's code is not on its path
+    cmd = harness_command(python, "train", "--backend", backend, "--preset", cfg.preset,
+                          "--corpus", cfg.corpus, "--out", str(out), "--steps", str(cfg.steps),
+                          "--eval-every", str(cfg.eval_every), "--seed", str(cfg.seed),
+                          "--val-chars", str(cfg.val_chars), "--no-progress")
     if cfg.optimizer_from:
         cmd += ["--optimizer-from", cfg.optimizer_from]
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
+    # its own session: Ctrl-C reaches only us, and we stop its whole group; PR_SET_PDEATHSIG
+    # (pool's child set-up): killed with us even by SIGKILL, never left training as an orphan
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # Ctrl-C reaches only us
+                            text=True, start_new_session=True,
+                            preexec_fn=_lane_setup(os.getpid(), cpus))
+    if children is not None:
+        children.add(proc)
     tail: deque[str] = deque(maxlen=5)
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _killpg(proc, signal.SIGKILL)
 
     timer = threading.Timer(cfg.timeout_s, kill)
+    timer.daemon = True
     timer.start()
     try:
         assert proc.stdout is not None
@@ -152,12 +226,14 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
             elif line:
                 tail.append(line)
         code = proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)  # the child saves its checkpoint and log (SIGINT
-        proc.wait()                          # may be ignored in a background job)
+    except KeyboardInterrupt:  # only where called in the main thread (lanes run in threads)
+        _killpg(proc, signal.SIGTERM)  # the child saves its checkpoint and log
+        proc.wait()
         raise
     finally:
         timer.cancel()
+        if children is not None:
+            children.discard(proc)
     wall = time.perf_counter() - t0
     run_json = out / "run.json"
     if timed_out.is_set():
@@ -182,68 +258,305 @@ def _trainable(backend: str) -> str | None:
     return None
 
 
+class Children:
+    """The lanes' live training processes (each the leader of its own process group), so that
+    an interruption can stop every one of them, and so that no lane starts one after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self.closed = False
+
+    def add(self, proc: subprocess.Popen) -> bool:
+        """Register a started child; False (and the child killed) once the run is stopping."""
+        with self._lock:
+            if not self.closed:
+                self._procs.append(proc)
+                return True
+        _killpg(proc, signal.SIGKILL)
+        return False
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            if proc in self._procs:
+                self._procs.remove(proc)
+
+    def close(self) -> None:
+        """No new child from now on."""
+        with self._lock:
+            self.closed = True
+
+    def signal(self, sig: int) -> None:
+        """`sig` to every live child's whole group (a child that re-ran itself in its
+        backend's interpreter has a grandchild there)."""
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _killpg(proc, sig)
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    if proc.returncode is not None:  # reaped: its group id may belong to someone else now
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass
+
+
+def schedule_order(backends: list[str]) -> list[str]:
+    """The queue's order: the slowest expected first (longest-processing-time first keeps the
+    lanes' finishing times close), the rest as given."""
+    rank = {b: i for i, b in enumerate(SLOWEST_FIRST)}
+    return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
+
+
+def default_jobs(threads: int | None, cores: int | None = None) -> int:
+    """Lanes that fit the machine: cores // threads per backend (at least 1)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, threads or cores))
+
+
+def run_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
+              record: Callable[[str, dict[str, Any]], None], *, children: Children,
+              clock: Callable[[], float] = time.monotonic, grace_s: float = 5.0) -> None:
+    """Train `backends` in `jobs` lanes pulling from one queue (in the order given); each
+    finished backend goes to `record` (one at a time, in the lane's thread, so it is on disk
+    however the main thread ends). Its result gets `lane` (1..jobs), `start_s`/`end_s`
+    (monotonic seconds since the lanes started) and `concurrent_with` (the backends that
+    trained at any moment of its run, from the scheduler's own bookkeeping, not from timing).
+
+    The lanes are threads; the work is in the children `train_one` starts (registered in
+    `children`). An exception in the main thread (Ctrl-C, SIGTERM via harness.signals) closes
+    the queue, sends SIGTERM to every child's process group and SIGKILL to those still there
+    after `grace_s`, waits for the lanes and propagates. A backend whose training was cut
+    short that way is not recorded; one that finished is."""
+    queue = deque(backends)
+    lock = threading.Lock()  # the queue, the bookkeeping and `record`
+    running: dict[str, set[str]] = {}  # backend -> every backend seen training beside it
+    failures: list[BaseException] = []
+    t0 = clock()
+
+    def lane(n: int) -> None:
+        while True:
+            with lock:
+                if children.closed or not queue or failures:
+                    return
+                b = queue.popleft()
+                for other in running:
+                    running[other].add(b)
+                running[b] = set(running)
+                start = clock() - t0
+            try:
+                res = train_one(b, n)
+            except Exception as e:  # noqa: BLE001 - one backend's harness failure, not the run's
+                res = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
+            with lock:
+                end = clock() - t0
+                beside = running.pop(b)
+                if children.closed and res.get("status") != "ok":
+                    return  # stopped by the interruption: not a finished backend
+                res.update(lane=n, start_s=round(start, 3), end_s=round(end, 3),
+                           concurrent_with=sorted(beside))
+                try:
+                    record(b, res)
+                except BaseException as e:  # noqa: BLE001 - e.g. the journal's disk is full
+                    failures.append(e)
+                    return
+
+    threads = [threading.Thread(target=lane, args=(n,), name=f"quality lane {n}", daemon=True)
+               for n in range(1, min(jobs, len(backends)) + 1)]
+    on_second_signal(lambda: children.signal(signal.SIGKILL))  # a second Ctrl-C: no grace
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)  # short joins: the main thread stays responsive to signals
+            if failures:
+                raise failures[0]
+    except BaseException:
+        children.close()
+        children.signal(signal.SIGTERM)  # the child keeps its log and checkpoint, then exits
+        deadline = clock() + grace_s
+        for t in threads:
+            t.join(max(0.0, deadline - clock()))
+        if any(t.is_alive() for t in threads):
+            children.signal(signal.SIGKILL)
+            for t in threads:
+                t.join(10.0)
+        raise
+
+
+def noise_statement(threads: int | None, jobs: int, cores: int) -> str:
+    """What the seconds of this run mean, in words (the document's "noise" field)."""
+    per = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "the default threads"
+    if jobs > 1:
+        beside = (f"{jobs} lanes on {cores} cores: each backend was measured with {per}, on "
+                  "its lane's own CPUs where they fit (see each backend's cpus), while "
+                  f"up to {jobs - 1} other backend(s) trained in the other lane(s) (see each "
+                  "backend's lane and concurrent_with); caches and memory bandwidth were shared, "
+                  "so seconds are slower than on an idle machine and depend on the neighbour")
+    else:
+        beside = f"one lane: backends ran one at a time, each with {per}"
+    return ("steps_to_target is exact (deterministic data order and initial parameters; "
+            "resolution eval_every) and unaffected by the lanes; seconds count training steps "
+            "only, each ending with the loss fetched to the host; " + beside + "; "
+            "estimate_s_to_target = steps_to_target x median step time resists a few slow steps")
+
+
+def _is_backend_record(obj: dict[str, Any]) -> bool:
+    return isinstance(obj.get("backend"), str) and isinstance(obj.get("result"), dict)
+
+
+def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[str, Any]],
+                                     dict[int, dict[str, Any]]]:
+    """(journal, target, header, finished results by backend, sessions by index) of an
+    interrupted quality run; UsageError (one line) where `path` is neither such a journal nor
+    its target file."""
+    journal_file = path if str(path).endswith(".journal.jsonl") else journal_path(path)
+    if not journal_file.is_file():
+        raise UsageError(f"--resume {path}: no journal at {journal_file}; give the journal "
+                         "(*.journal.jsonl) an interrupted run left, or its target file")
+    header, records = Journal.read(journal_file, _is_backend_record)
+    if header.get("schema") != SCHEMA:
+        raise UsageError(f"--resume {path}: {journal_file} is not a quality run's journal "
+                         f"(no {SCHEMA} header)")
+    try:
+        QualityConfig(**header["matrix"])
+        list(header["requested_backends"])
+    except (KeyError, TypeError) as e:
+        raise UsageError(f"--resume {path}: {journal_file}'s header lacks the run's settings ({e})") from None
+    done: dict[str, dict[str, Any]] = {}
+    sessions: dict[int, dict[str, Any]] = {}
+    for rec in records:  # a backend journaled twice (never by this code): the last one counts
+        done[rec["backend"]] = rec["result"]
+        if isinstance(rec.get("session"), dict):
+            sessions[int(rec["session"].get("index", 0))] = rec["session"]
+    target = Path(header.get("target") or str(journal_file)[: -len(".journal.jsonl")])
+    return journal_file, target, header, done, sessions
+
+
 def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threads: int | None = None,
-                overrides: dict[str, str] | None = None, command: list[str] | None = None,
+                jobs: int | None = None, overrides: dict[str, str] | None = None,
+                command: list[str] | None = None, resume: Path | None = None,
                 log: Callable[[str], None] = print) -> Path:
-    """Run the matrix and write the results file; its path."""
-    from impls.case import write_new
+    """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
+    then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path."""
     from impls.config import get_preset
+    from .results import check_writable
     overrides = overrides or {}
+    done: dict[str, dict[str, Any]] = {}
+    sessions: dict[int, dict[str, Any]] = {}
+    if resume is not None:
+        journal_file, target, header, done, sessions = load_resume(resume)
+        cfg = QualityConfig(**header["matrix"])
+        backends, threads = list(header["requested_backends"]), header.get("threads")
+        doc = {k: v for k, v in header.items() if k != "target"}
+    else:
+        check_writable(out_dir)  # before the corpus is fetched and anything trains
+    backends = list(dict.fromkeys(backends))  # each once: a backend is one record
+    jobs = jobs or default_jobs(threads)
+    cores = os.cpu_count() or 1
     preset = get_preset(cfg.preset)
     if cfg.optimizer_from:
         preset = replace(preset, train=get_preset(cfg.optimizer_from).train)
     corpus = prepare(cfg.corpus)  # fetched and cached once, before any backend starts
-    doc: dict[str, Any] = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        **_machine(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
-        "threads": threads, "python": sys.version.split()[0],
-        "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
-        "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
-                  "optimizer": preset.train.optimizer.to_json(), "clip": asdict(preset.train.clip),
-                  **{k: v for k, v in asdict(preset.model).items() if k != "vocab_size"},
-                  "vocab_size": corpus.vocab_size},
-        "reference": REFERENCE,
-        "noise": ("steps_to_target is exact (deterministic data order and initial parameters); "
-                  "seconds count training steps only, each ending with the loss fetched to the "
-                  "host; estimate_s_to_target = steps_to_target x median step time resists "
-                  "contention; backends run one at a time"),
-        "backends": {}, "interrupted": False}
-    t0 = time.perf_counter()
-    log(f"quality matrix {cfg.name}: {preset.name} on {cfg.corpus} ({corpus.summary()['chars']:,} "
+    if resume is None:
+        doc = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            **_machine(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
+            "threads": threads, "jobs": jobs, "cores": cores, "python": sys.version.split()[0],
+            "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
+            "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
+                      "optimizer": preset.train.optimizer.to_json(), "clip": asdict(preset.train.clip),
+                      **{k: v for k, v in asdict(preset.model).items() if k != "vocab_size"},
+                      "vocab_size": corpus.vocab_size},
+            "reference": REFERENCE, "requested_backends": list(backends),
+            "noise": noise_statement(threads, jobs, cores), "interrupted": False}
+        target = _results_path(out_dir, doc)
+        journal_file = journal_path(target)
+        Journal(journal_file).write_header({**doc, "target": str(target)})
+    elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
+        raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "
+                         f"on (sha256 {corpus.sha256[:12]}, the journal's "
+                         f"{str((doc.get('corpus') or {}).get('sha256'))[:12]}); resume it where it started")
+    journal = Journal(journal_file)
+    # a session: one process's part of the run (the first, then each --resume); start_s/end_s
+    # and concurrent_with compare backends of the same session only
+    session = 0 if resume is None else 1 + max([0, *sessions, *(r.get("session", 0) for r in done.values())])
+    session_info = {"index": session, "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "jobs": jobs, "threads": threads, "cores": cores}
+    results: dict[str, dict[str, Any]] = dict(done)
+    say_lock = threading.Lock()  # lanes log from their threads: whole lines, never interleaved
+
+    def say(line: str) -> None:
+        with say_lock:
+            log(line)
+
+    def record(b: str, res: dict[str, Any]) -> None:
+        dev = registry.get_spec(b).deviations.get(preset.train.optimizer.name)
+        res["optimizer_deviation"] = dev.cause if dev else None
+        res["session"] = session
+        journal.append({"backend": b, "result": res, "session": session_info})
+        results[b] = res
+        lane = f" [lane {res['lane']}]" if res.get("lane") else ""
+        say(_line(b, res) + lane)
+
+    todo = [b for b in backends if b not in done]
+    trainable = [b for b in schedule_order(todo) if not _trainable(b)]
+    lanes_used = min(jobs, len(trainable))
+    if resume is not None:
+        say(f"resuming {journal_file}: {len(done)} of {len(backends)} backends already finished "
+            f"({', '.join(done) or 'none'})")
+    say(f"quality matrix {cfg.name}: {preset.name} on {cfg.corpus} ({corpus.summary()['chars']:,} "
         f"characters, V={corpus.vocab_size}), {cfg.steps} steps per backend, target "
-        f"{cfg.target_loss} nats, validation every {cfg.eval_every} steps")
+        f"{cfg.target_loss} nats, validation every {cfg.eval_every} steps; {len(trainable)} to train "
+        f"in {lanes_used} lane(s) x {threads or 'default'} thread(s) on {cores} cores")
+    if threads and lanes_used * threads > cores:
+        say(f"note: {lanes_used} lanes x {threads} threads exceed the {cores} cores: the lanes "
+            "will slow each other down")
+    t0 = time.perf_counter()
+    interrupted: BaseException | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
-            for b in backends:
+        with interruptible():
+            for b in todo:
                 why = _trainable(b)
                 if why:
-                    res: dict[str, Any] = {"status": "unsupported", "error": why}
-                else:
-                    log(f"{b}: training ...")
-                    res = _run_one(b, cfg, Path(tmp) / b, threads, overrides, log)
-                dev = registry.get_spec(b).deviations.get(preset.train.optimizer.name)
-                res["optimizer_deviation"] = dev.cause if dev else None
-                doc["backends"][b] = res
-                log(_line(b, res))
-    except KeyboardInterrupt:
-        doc["interrupted"] = True
-        log("interrupted: writing the backends finished so far")
-    doc["wall_s"] = time.perf_counter() - t0
+                    record(b, {"status": "unsupported", "error": why, "lane": None})
+            with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
+                children = Children()
+
+                def train_one(b: str, lane: int) -> dict[str, Any]:
+                    cpus = lane_cpus(lane, threads, jobs) if jobs > 1 else None
+                    say(f"{b}: training in lane {lane}"
+                        + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
+                    res = _run_one(b, cfg, Path(tmp) / b, threads, overrides, say,
+                                   children=children, cpus=cpus)
+                    res["cpus"] = cpus
+                    return res
+
+                run_lanes(trainable, jobs, train_one, record, children=children)
+    except KeyboardInterrupt as e:
+        interrupted = e
+    wall = time.perf_counter() - t0
+    if interrupted is not None:
+        left = [b for b in backends if b not in results]
+        say(f"interrupted: {len(results)} finished backends kept in {journal_file} "
+            f"({len(left)} left: {', '.join(left)}); continue with: lstmbench run --resume {journal_file}")
+        raise interrupted
+    doc["backends"] = {b: results[b] for b in backends if b in results}  # the requested order
+    sessions[session] = {**session_info, "wall_s": wall}
+    doc["sessions"] = [sessions[k] for k in sorted(sessions)]
+    doc["jobs"] = jobs  # this session's; each session's own are in "sessions"
+    doc["noise"] = noise_statement(threads, max(int(x.get("jobs") or 1) for x in doc["sessions"]), cores)
+    doc["resumed"] = resume is not None
+    doc["wall_s"] = wall  # this session's; a resumed run's earlier sessions are in "sessions"
     doc["comparison"] = compare(doc["backends"])
-    path = _results_path(out_dir, doc)
-    data = json.dumps(doc, indent=1).encode()
-    for i in range(1000):
-        cand = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")
-        try:
-            written = write_new(cand, lambda f: f.write(data))
-            break
-        except FileExistsError:
-            continue
+    written = finalize(journal_file, target, doc)
     log(table(doc))
     log(f"wrote {written}")
-    if doc["interrupted"]:
-        raise KeyboardInterrupt
     return written
 
 
@@ -269,14 +582,14 @@ def _line(b: str, r: dict[str, Any]) -> str:
     if r.get("status") != "ok":
         return f"{b}: {r.get('status')}: {r.get('error')}"
     hit = (f"target at step {r['steps_to_target']} ({r['seconds_to_target']:.1f} s, estimate "
-           f"{r['estimate_s_to_target']:.1f} s)" if r["steps_to_target"] else "target not reached")
+           f"{r['estimate_s_to_target']:.1f} s)" if r["steps_to_target"] is not None else "target not reached")
     return f"{b}: {hit}; final validation {r['final_val_loss']:.4f} nats after {r['steps']} steps"
 
 
 def table(doc: dict[str, Any]) -> str:
     t = doc["matrix"]["target_loss"]
     rows = [f"{'backend':15} {'status':8} {'steps to ' + str(t):>14} {'s to target':>12} "
-            f"{'est. s':>8} {'chars/s':>9} {'final val':>10} {'bits/char':>9}  optimiser"]
+            f"{'est. s':>8} {'chars/s':>9} {'final val':>10} {'bits/char':>9} {'lane':>4}  optimiser"]
     for b, r in doc["backends"].items():
         if r.get("status") != "ok":
             rows.append(f"{b:15} {r.get('status', '?'):8} {r.get('error', '')[:70]}")
@@ -285,7 +598,7 @@ def table(doc: dict[str, Any]) -> str:
         rows.append(f"{b:15} {'ok':8} {f(r['steps_to_target'], 'd'):>14} "
                     f"{f(r['seconds_to_target'], '.1f'):>12} {f(r['estimate_s_to_target'], '.1f'):>8} "
                     f"{f(r['chars_per_s'], ',.0f'):>9} {r['final_val_loss']:10.4f} "
-                    f"{r['final_val_bpc']:9.3f}  {'native: ' + r['optimizer_deviation'][:40] if r['optimizer_deviation'] else 'docs/SPEC.md §4'}")
+                    f"{r['final_val_bpc']:9.3f} {f(r.get('lane'), 'd'):>4}  {'native: ' + r['optimizer_deviation'][:40] if r['optimizer_deviation'] else 'docs/SPEC.md §4'}")
     c = doc.get("comparison", {})
     if c.get("spec_band"):
         lo, hi = c["spec_band"]
@@ -312,22 +625,74 @@ def _results_path(out_dir: Path, doc: dict[str, Any]) -> Path:
     return out_dir / slug / f"{stamp}-{doc['matrix']['name']}-cpu.json"
 
 
+def parse_jobs(text: str | None) -> int | None:
+    """--jobs: an integer >= 1 (None: not given); one-line UsageError otherwise."""
+    if text is None:
+        return None
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"--jobs must be an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise UsageError(f"--jobs must be an integer >= 1, got {n}")
+    return n
+
+
+def is_quality_journal(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` (a journal, or the target it is beside) belongs to a quality run, so
+    that `run --resume` without --matrix reaches the right engine."""
+    p = Path(path)
+    j = p if str(p).endswith(".journal.jsonl") else journal_path(p)
+    try:
+        with open(j, "rb") as f:
+            first = f.readline()
+        return json.loads(first).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _names(text: str) -> list[str]:
+    """--backends: known names, each once (a repeat would train and record it twice)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for n in names:
+        registry.get_spec(n)
+    return names
+
+
 def cmd_quality(a: Any) -> int:
-    """`lstmbench run --matrix quality|quality-tiny [--backends ...] [--threads N] [--out DIR]`."""
-    if a.matrix not in MATRICES:
-        raise UsageError(f"unknown quality matrix {a.matrix!r}; choose from {', '.join(MATRICES)}")
-    cfg = MATRICES[a.matrix]
+    """`lstmbench run --matrix quality|quality-adam|quality-tiny [--backends ...] [--threads N]
+    [--jobs N] [--out DIR]`, or `run [--matrix M] --resume JOURNAL` to finish an interrupted one."""
+    jobs = parse_jobs(getattr(a, "jobs", None))
     if getattr(a, "device", "cpu") != "cpu" or getattr(a, "precision", "float32") != "float32":
         raise UsageError("the quality matrix runs on the CPU in float32 only; drop --device/--precision")
-    if a.backends:
-        backends = [n.strip() for n in a.backends.split(",") if n.strip()]
-        for n in backends:
-            registry.get_spec(n)
+    resume = Path(a.resume) if getattr(a, "resume", None) else None
+    if resume is not None:  # the interrupted run's settings, from its journal's header
+        _, _, header, _, _ = load_resume(resume)
+        name, backends, threads = header["matrix"]["name"], list(header["requested_backends"]), header.get("threads")
+        if a.matrix is not None and a.matrix != name:
+            raise UsageError(f"--resume: the journal's matrix is {name!r}, not {a.matrix!r}; "
+                             "leave --matrix out to continue it")
+        if a.backends and _names(a.backends) != backends:
+            raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
+                             "leave --backends out to continue it")
+        if a.threads is not None and a.threads != threads:
+            raise UsageError(f"--resume: the journal's run trained with --threads {threads}; "
+                             "leave --threads out to continue it")
+        cfg = QualityConfig(**header["matrix"])
     else:
-        backends = [b for b in registry.BACKENDS if b != "numpy"]  # the float64 oracle is slow
-    from .train import terminate_as_interrupt
-    with terminate_as_interrupt():
-        run_quality(cfg, backends, Path(a.out), threads=a.threads,
-                    overrides=parse_python_overrides(getattr(a, "python", None)),
-                    command=["lstmbench", *sys.argv[1:]])
+        if a.matrix not in MATRICES:
+            raise UsageError(f"unknown quality matrix {a.matrix!r}; choose from {', '.join(MATRICES)}")
+        cfg = MATRICES[a.matrix]
+        # one thread per backend by default: the lanes then fill the cores one each, and a
+        # framework's thread pool does not spin against a neighbour's (docs/quality.md)
+        threads = a.threads if a.threads is not None else 1
+        if a.backends:
+            backends = _names(a.backends)
+        else:
+            backends = [b for b in registry.BACKENDS if b != "numpy"]  # the float64 oracle is slow
+        if not backends:
+            raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
+    run_quality(cfg, backends, Path(a.out), threads=threads, jobs=jobs,
+                overrides=parse_python_overrides(getattr(a, "python", None)),
+                command=["lstmbench", *sys.argv[1:]], resume=resume)
     return 0

@@ -2,7 +2,8 @@
 (schema `lstmbench.quality`, written by `run --matrix quality*`, harness/quality.py) renders,
 per file, the validation-loss curves against steps and against training seconds (one line
 per backend), a time-to-target table (steps and seconds to the target, final validation loss,
-bits per character) and every backend's sample.
+bits per character; for a run in lanes, each backend's lane and the backends that trained
+beside it, the context of its seconds) and every backend's sample.
 
 harness/report.py owns the output folder (new or a previous report's, assembled in a
 temporary folder and renamed into place): `split_inputs` takes the quality files out of its
@@ -127,16 +128,26 @@ def time_to_target_table(doc: dict[str, Any]) -> Any:
     head = ["backend", "optimiser", f"steps to {target:g}", "s to target (measured)",
             "s to target (estimate)", "final val loss (nats)", "bits/char", "best val loss",
             "chars/s"]
+    drawable = {b: r for b, r in doc["backends"].items() if not problem(r)}
+    # files from lanes (run --jobs) say where each backend ran and beside what: the seconds'
+    # context; files from before the lanes have no such fields, and no such columns
+    lanes = any(isinstance(r.get("lane"), int) for r in drawable.values())
+    if lanes:
+        head += ["lane", "trained beside"]
     rows = []
-    for b, r in doc["backends"].items():
-        if problem(r):
-            continue
+    for b, r in drawable.items():
         dev = r.get("optimizer_deviation")
-        rows.append([b, "native: " + str(dev).split(":")[0] if dev else "docs/SPEC.md §4",  # the cause, short
-                     _fmt(r.get("steps_to_target"), "d") if r.get("steps_to_target") is not None else "not reached",
-                     _fmt(r.get("seconds_to_target"), ".1f"), _fmt(r.get("estimate_s_to_target"), ".1f"),
-                     _fmt(r["final_val_loss"], ".4f"), _fmt(r["final_val_bpc"], ".3f"),
-                     _fmt(r.get("best_val_loss"), ".4f"), _fmt(r.get("chars_per_s"), ",.0f")])
+        row = [b, "native: " + str(dev).split(":")[0] if dev else "docs/SPEC.md §4",  # the cause, short
+               _fmt(r.get("steps_to_target"), "d") if r.get("steps_to_target") is not None else "not reached",
+               _fmt(r.get("seconds_to_target"), ".1f"), _fmt(r.get("estimate_s_to_target"), ".1f"),
+               _fmt(r["final_val_loss"], ".4f"), _fmt(r["final_val_bpc"], ".3f"),
+               _fmt(r.get("best_val_loss"), ".4f"), _fmt(r.get("chars_per_s"), ",.0f")]
+        if lanes:
+            beside = r.get("concurrent_with")
+            session = f" (session {r['session']})" if r.get("session") else ""
+            row += [(_fmt(r.get("lane"), "d") if isinstance(r.get("lane"), int) else "-") + session,
+                    ", ".join(map(str, beside)) if isinstance(beside, list) and beside else "-"]
+        rows.append(row)
     return Table(head, rows, right={2, 3, 4, 5, 6, 7, 8})
 
 
@@ -149,14 +160,16 @@ def plot_curves(doc: dict[str, Any], out_dir: Path) -> Path | None:
         return None
     plt = _plt()
     import matplotlib
-    cmap = matplotlib.colormaps["tab10"]
+    # tab10 for up to ten curves; more (11 backends train) would repeat a colour: tab20
+    cmap = matplotlib.colormaps["tab10" if len(ok) <= 10 else "tab20"]
+    ncol = cmap.N
     target = doc["matrix"]["target_loss"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for i, (b, r) in enumerate(ok.items()):
         steps = [p["step"] for p in r["curve"]]
         secs = [p["seconds"] for p in r["curve"]]
         loss = [p["val_loss"] for p in r["curve"]]
-        style = dict(color=cmap(i % 10), lw=1.6, marker="o", ms=2.5,
+        style = dict(color=cmap(i % ncol), lw=1.6, marker="o", ms=2.5,
                      ls="--" if r.get("optimizer_deviation") else "-",
                      label=b + (" (native optimiser)" if r.get("optimizer_deviation") else ""))
         axes[0].plot(steps, loss, **style)
@@ -190,7 +203,10 @@ def _summary(doc: dict[str, Any]) -> str:
             f"{m.get('corpus')} (V={model.get('vocab_size', corpus.get('vocab_size', '?'))}), "
             f"{m.get('steps')} steps per backend, validation on {m.get('val_chars')} characters every "
             f"{m.get('eval_every')} steps, target {m.get('target_loss')} nats; machine {machine}, "
-            f"threads {doc.get('threads')}, created {doc.get('created')}"
+            f"threads {doc.get('threads')}"
+            + (f", {doc['jobs']} lane(s) on {doc.get('cores', '?')} cores" if isinstance(doc.get("jobs"), int) else "")
+            + f", created {doc.get('created')}"
+            + (f"; resumed: {len(doc.get('sessions') or [])} sessions" if doc.get("resumed") else "")
             + ("; INTERRUPTED: only the backends finished are recorded" if doc.get("interrupted") else ""))
 
 
@@ -214,7 +230,9 @@ def sections(docs: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, list[
             items += [("note", "Steps to target: the first evaluation at or under it (resolution: "
                                f"{doc['matrix'].get('eval_every')} steps). Seconds: the measured "
                                "sum of training steps up to it, and the estimate steps x median "
-                               "step time, which contention moves less."), ("table", table)]
+                               "step time, which contention moves less."
+                               + (f" Noise, as the run states it: {doc['noise']}."
+                                  if isinstance(doc.get("noise"), str) else "")), ("table", table)]
             (out_dir / f"{_stem(doc)}-table.md").write_text(table.markdown() + "\n")
         band = (doc.get("comparison") or {}).get("spec_band")
         if isinstance(band, list) and len(band) == 2 and all(map(_finite, band)):

@@ -248,6 +248,9 @@ class WorkloadData:
     short: bool = False  # the time budget cut the base rounds short
 
 
+PROGRESS_EVERY_S = 30.0  # a workload whose rounds take long says how far it is at most this often
+
+
 class ProbeState:
     """The run's noise probe: its best time so far (the clean threshold's base)."""
 
@@ -293,6 +296,7 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
         last = p == sched.processes - 1
         r, extra_start = 0, None
         t_block = time.monotonic()
+        t_said = t_block  # progress: a line when rounds are long enough to leave a silence
         while live:
             if (sched.max_time is not None and r < sched.rounds and r >= sched.min_rounds
                     and time.monotonic() - t_block > sched.max_time / sched.processes):
@@ -335,6 +339,10 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
                                            "probe_s": probe_s, "clean": True})
             rnd += 1
             r += 1
+            if time.monotonic() - t_said > PROGRESS_EVERY_S:
+                t_said = time.monotonic()
+                log(f"      {r} round{'s' if r != 1 else ''} of process set {p} done "
+                    f"({t_said - t_block:.0f} s; {sched.rounds} planned)")
         for b, part in live.items():
             try:
                 rel = part.release()

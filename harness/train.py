@@ -37,7 +37,7 @@ from impls.config import ModelConfig, Preset, get_preset
 from impls.params import init_params
 
 from .data import Corpus, DataError, Streams, encode, prepare
-from .envs import UsageError, interpreter_for, parse_python_overrides, worker_env
+from .envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
 
 VAL_CHARS = 100_000  # validation characters evaluated by default (0: the whole split)
 SAMPLE_CHARS = 300  # characters sampled at the end of a run
@@ -72,8 +72,8 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
 
 def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
                     overrides: dict[str, str]) -> int:
-    """Run `python -m harness ARGV` with the backend's interpreter and environment; its
-    exit status. Only ever one level deep."""
+    """Run `lstmbench ARGV` (harness.envs.harness_command) with the backend's interpreter and
+    environment; its exit status. Only ever one level deep."""
     spec = registry.get_spec(name)
     if os.environ.get(_CHILD):
         ok, why = registry.availability(name)
@@ -88,7 +88,9 @@ def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
         env = worker_env(threads)
     env.update(getattr(spec, "env_vars", {}) or {})
     env[_CHILD] = "1"
-    proc = subprocess.Popen([python, "-m", "harness", *argv], env=env)
+    # harness_command, not `python -m harness`: chainer's interpreter has no lstmbench, and a
+    # non-editable install's code is not on its path (worker_env names the folder instead)
+    proc = subprocess.Popen(harness_command(python, *argv), env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save and finish

@@ -11,7 +11,8 @@ The contract (docs/SPEC.md §10):
   (HOOKS), so the harness never switches on framework names.
 - `create(...)` returns an object satisfying `impls.base.Backend`.
 
-A new backend is one module `impls/<x>_impl.py` plus one `BackendSpec` entry in BACKENDS.
+A new backend is one module `impls/<x>_impl.py` plus one `BackendSpec` entry in BACKENDS (its
+baseline for `lstmbench baselines` included), and its tox environment: nothing in harness/.
 """
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ class BackendSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # optimiser name -> how the framework's native formula differs from docs/SPEC.md §4
     deviations: dict[str, Deviation] = field(default_factory=dict)
+    # the hand-written step of this framework that `lstmbench baselines` times it against:
+    # benchmarks/baselines/<baseline>_baseline.py, or None where there is none
+    baseline: str | None = None
+    baseline_note: str = ""  # why that baseline is the fair one, or why there is none
 
     def __post_init__(self) -> None:
         # a typo in an entry must fail at import, not as a silently skipped cell
@@ -77,6 +82,9 @@ class BackendSpec:
             if bad or not got:
                 raise ValueError(f"backend {self.name}: {what} {got!r} must be a non-empty subset "
                                  f"of {allowed!r}")
+        if not self.baseline_note:
+            raise ValueError(f"backend {self.name}: baseline_note must say why its baseline "
+                             f"({self.baseline}) is the fair one, or why it has none")
 
 
 KERAS_DEVIATIONS = {
@@ -96,57 +104,81 @@ _TF32 = ("float32", "tf32")
 
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64",
-                "the float64 reference: hand-written BPTT, the oracle"),
+                "the float64 reference: hand-written BPTT, the oracle",
+                baseline=None,
+                baseline_note="the float64 oracle: hand-written NumPy itself, never timed"),
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",
-                "the reference in float32: what you get with no framework"),
+                "the reference in float32: what you get with no framework",
+                baseline=None,
+                baseline_note="the backend is itself hand-written NumPy: it is what a user writes"),
     BackendSpec("torch", "impls.torch_impl", "TorchBackend", "torch", "main", "float32",
                 "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)",
-                devices=_GPU, precisions=_TF32),
+                devices=_GPU, precisions=_TF32,
+                baseline="torch",
+                baseline_note="nn.LSTM with torch.optim: the baseline's own layers"),
     BackendSpec("torch-cell", "impls.torch_impl", "TorchCellBackend", "torch", "main", "float32",
                 "char-rnn's cell: per-step loop of i2h + h2h Linear layers",
-                devices=_GPU, precisions=_TF32),
+                devices=_GPU, precisions=_TF32,
+                baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM"),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
-                devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS),
+                devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS,
+                baseline="tensorflow",
+                baseline_note="Keras layers + GradientTape in a tf.function"),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
                 devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
-                deviations=KERAS_DEVIATIONS),
+                deviations=KERAS_DEVIATIONS,
+                baseline="tensorflow", baseline_note="the same step without jit_compile"),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
                 "pure functions, lax.scan over time, whole step under jax.jit",
-                devices=_GPU, precisions=_TF32),
+                devices=_GPU, precisions=_TF32,
+                baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit"),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
                 "RNNForLM shape: one L.LSTM per layer called per time step",
-                deviations=CHAINER_DEVIATIONS),
+                deviations=CHAINER_DEVIATIONS,
+                baseline="chainer",
+                baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
     BackendSpec("torch-compile", "impls.torch_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
-                "optimiser step compiled; generation a compiled one-token step"),
+                "optimiser step compiled; generation a compiled one-token step",
+                baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
                 "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
-                "token, drawn on the host", modes=("eval", "generate")),
+                "token, drawn on the host", modes=("eval", "generate"),
+                baseline=None,
+                baseline_note="the exported graph is what a user runs; no train mode"),
     BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the JAX engine: stateless_call + "
                 "jax.grad + optimizer.stateless_apply, the step under jax.jit",
                 env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
-                deviations=KERAS_DEVIATIONS),
+                deviations=KERAS_DEVIATIONS,
+                baseline="keras",
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)"),
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
-                "loss.backward(), optimizer.apply; the LSTM a per-step loop of torch ops",
+                "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
+                "projection one matmul per window, the recurrent step a loop of torch ops",
                 env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
-                deviations=KERAS_DEVIATIONS),
+                deviations=KERAS_DEVIATIONS,
+                baseline="keras",
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)"),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
                 "step under nnx.jit; generation a jitted one-token step per token",
                 deviations={"adagrad": Deviation(
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
-                                  "(no option to move it out)")}),
+                                  "(no option to move it out)")},
+                baseline="jax", baseline_note="the plain-JAX step Flax wraps"),
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
                 "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
-                modes=("eval", "generate")),
+                modes=("eval", "generate"),
+                baseline=None,
+                baseline_note="no train mode, and its eval step is tensorflow's own"),
 )}
 
 

@@ -1,5 +1,6 @@
-"""The TensorFlow backend: Keras 3 layers (Embedding or tf.one_hot, one `keras.layers.LSTM`
-per layer, Dense output) driven by `tf.function`s, with Keras' native optimisers.
+"""The TensorFlow backend: the one Keras 3 model (impls/keras_model.py: Embedding or one-hot,
+one `keras.layers.LSTM` per layer, Dense output; keras-jax and keras-torch build the same)
+driven by `tf.function`s, with Keras' native optimisers.
 
 Two registry variants share the class `TensorflowBackend`:
 - `tensorflow`: graph-mode `tf.function`s. On the CPU the LSTM runs Keras' generic
@@ -38,17 +39,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TF was imported before this module, whatever was set then holds (configure() reports it).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from . import layouts  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
+from .keras_model import CharLSTM  # noqa: E402
 from .keras_optimizers import make_optimizer  # noqa: E402
-from .params import Params, check_params, init_params, param_shapes  # noqa: E402
+from .params import Params, check_params, init_params  # noqa: E402
 from .registry import BackendError  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # Keras was imported earlier with another backend
@@ -145,31 +145,6 @@ def device_matmul_peak(device: str) -> float | None:
     return 2 * n ** 3 / best / 1e9
 
 
-# ---- layout: canonical <-> Keras 3 (docs/SPEC.md §2, §3) ------------------------------------
-# Keras' LSTM kernel (D, 4H), recurrent_kernel (H, 4H) and its one bias (4H,): the row
-# layouts.KERAS (gate blocks i, f, c, o; c = the canonical g).
-
-
-def _to_keras(w: np.ndarray, H: int) -> np.ndarray:
-    """A canonical gate-axis parameter (weight (rows, 4H) or bias (4H,)) -> Keras'."""
-    return layouts.bias_to_native(layouts.KERAS, w) if w.ndim == 1 else \
-        layouts.weight_to_native(layouts.KERAS, w, H)
-
-
-def _from_keras(w: np.ndarray, H: int) -> np.ndarray:
-    """Keras' kernel (rows, 4H) / recurrent_kernel (H, 4H) / bias (4H,) -> canonical."""
-    return layouts.bias_to_canonical(layouts.KERAS, w, H) if w.ndim == 1 else \
-        layouts.weight_to_canonical(layouts.KERAS, w, w.shape[0], H)
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """One canonical parameter and the Keras variable holding it."""
-    name: str  # canonical name
-    var: Any  # keras.Variable
-    gates: bool  # last axis is 4H gate blocks (reordered between layouts)
-
-
 class TensorflowBackend:
     """Keras 3 LSTM language model; train/eval/generation steps are `tf.function`s."""
 
@@ -199,37 +174,15 @@ class TensorflowBackend:
         use_cudnn = device == "gpu" and not jit_compile
         self.kernel = (f"XLA:{device.upper()}" if jit_compile else
                        "cuDNN" if use_cudnn else "oneDNN" if _onednn_enabled() else "Eigen")
-        m = model
-        V, H, L = m.vocab_size, m.hidden_size, m.num_layers
         with tf.device(self._dev):
-            self._embed = (keras.layers.Embedding(V, m.embed_size, dtype=dtype)
-                           if m.input == "embedding" else None)
-            self._lstms = [keras.layers.LSTM(H, return_sequences=True, return_state=True,
-                                             use_cudnn=use_cudnn, dtype=dtype) for _ in range(L)]
-            self._dense = keras.layers.Dense(V, dtype=dtype)
-            # inputs of LSTM layers 0..L-1 and of the output layer; distinct seeds per layer
-            self._drops = ([keras.layers.Dropout(m.dropout, seed=seed * (L + 1) + l)
-                            for l in range(L + 1)] if m.dropout > 0 else None)
-            if self._embed is not None:
-                self._embed.build((None, None))
-            for l, lstm in enumerate(self._lstms):
-                lstm.build((None, None, m.layer_input_size(l)))
-            self._dense.build((None, None, H))
-            slots = [_Slot("embed", self._embed.embeddings, False)] if self._embed is not None else []
-            for l, lstm in enumerate(self._lstms):
-                slots += [_Slot(f"lstm.{l}.W_x", lstm.cell.kernel, True),
-                          _Slot(f"lstm.{l}.W_h", lstm.cell.recurrent_kernel, True),
-                          _Slot(f"lstm.{l}.b", lstm.cell.bias, True)]
-            slots += [_Slot("out.W", self._dense.kernel, False), _Slot("out.b", self._dense.bias, False)]
-            self._slots = slots
-            self._vars = [s.var for s in slots]  # canonical order; every one is trained
+            # the one Keras model definition (impls/keras_model.py), shapes asserted there
+            self._net = CharLSTM(model, seed=seed, use_cudnn=use_cudnn, dtype=dtype)
+            self._slots = self._net.slots()  # canonical order
+            self._vars = [s.var for s in self._slots]  # every one is trained
             self._opt = make_optimizer(self.train)
             self._opt.build(self._vars)
             # load() resets the optimiser by restoring these (slots, accumulators, iterations=0)
             self._opt_init = [(v, v.numpy()) for v in self._opt.variables]
-        shapes = param_shapes(m)
-        for s in self._slots:
-            assert tuple(s.var.shape) == shapes[s.name], (s.name, s.var.shape, shapes[s.name])
 
         jit = bool(jit_compile)
         self._forward_fn = tf.function(self._forward_impl, jit_compile=jit)
@@ -243,27 +196,12 @@ class TensorflowBackend:
     # ---- parameters and data ---------------------------------------------------
     def load(self, params: Params) -> None:
         check_params(self.model, params)
-        H = self.model.hidden_size
-        for s in self._slots:
-            w = np.asarray(params[s.name], dtype=np.float64)
-            if s.gates:
-                w = _to_keras(w, H)
-            assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
-            s.var.assign(w.astype(self.dtype))
+        self._net.assign(params)
         for v, init in self._opt_init:
             v.assign(init)
 
     def params(self) -> Params:
-        H = self.model.hidden_size
-        out: Params = {}
-        for s in self._slots:
-            out[s.name] = self._to_canonical(s, s.var.numpy(), H)
-        return out
-
-    def _to_canonical(self, s: _Slot, w: np.ndarray, H: int) -> np.ndarray:
-        w = np.array(w, dtype=np.float64)
-        assert w.shape == tuple(s.var.shape), (s.name, w.shape, s.var.shape)
-        return _from_keras(w, H) if s.gates else w
+        return {s.name: self._net.canonical(s, s.var.numpy()) for s in self._slots}
 
     def put(self, tokens: np.ndarray) -> tf.Tensor:
         t = np.asarray(tokens)
@@ -292,24 +230,8 @@ class TensorflowBackend:
     def _run(self, tok: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, training: bool
              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """tok (B, T) int32, h0/c0 (L, B, H) -> logits (B, T, V), h, c (L, B, H)."""
-        m = self.model
         with tf.device(self._dev):
-            if self._embed is not None:
-                x = self._embed(tok)  # (B, T, E)
-            else:
-                x = tf.one_hot(tok, m.vocab_size, dtype=self.dtype)  # (B, T, V)
-            hs, cs = [], []
-            drop = training and self._drops is not None
-            for l, lstm in enumerate(self._lstms):
-                if drop:
-                    x = self._drops[l](x, training=True)
-                x, h, c = lstm(x, initial_state=[h0[l], c0[l]], training=training)  # (B, T, H)
-                hs.append(h)
-                cs.append(c)
-            if drop:
-                x = self._drops[-1](x, training=True)
-            logits = self._dense(x)  # (B, T, V)
-            return logits, tf.stack(hs), tf.stack(cs)
+            return self._net(tok, h0, c0, training=training)
 
     @staticmethod
     def _loss(logits: tf.Tensor, tgt: tf.Tensor) -> tf.Tensor:
@@ -348,13 +270,13 @@ class TensorflowBackend:
             # One step needs no time loop: call each layer's LSTMCell directly (the same
             # kernel, recurrent_kernel and bias as the LSTM layer, the same z = x W + h U + b).
             tok = tok[:, 0]  # (1,)
-            x = self._embed(tok) if self._embed is not None else tf.one_hot(tok, m.vocab_size, dtype=self.dtype)
+            x = self._net.inputs_of(tok)  # (1, E) or (1, V)
             hs, cs = [], []
-            for l, lstm in enumerate(self._lstms):
+            for l, lstm in enumerate(self._net.lstms):
                 x, (h, c) = lstm.cell(x, [h0[l], c0[l]], training=False)  # (1, H)
                 hs.append(h)
                 cs.append(c)
-            logits = self._dense(x)  # (1, V)
+            logits = self._net.dense(x)  # (1, V)
             h, c = tf.stack(hs), tf.stack(cs)  # (L, 1, H)
             V = m.vocab_size
             z = tf.cast(logits[0], tf.float64)  # (V,)
@@ -386,8 +308,7 @@ class TensorflowBackend:
     def loss_and_grads(self, tokens: tf.Tensor, targets: tf.Tensor, state: Any
                        ) -> tuple[float, np.ndarray, Any, Params]:
         loss, logits, h, c, grads = self._grads_fn(tokens, targets, state[0], state[1])
-        H = self.model.hidden_size
-        g = {s.name: self._to_canonical(s, gr.numpy(), H) for s, gr in zip(self._slots, grads)}
+        g = {s.name: self._net.canonical(s, gr.numpy()) for s, gr in zip(self._slots, grads)}
         return float(loss.numpy()), np.array(logits.numpy(), np.float64), (h, c), g
 
     def train_step(self, tokens: tf.Tensor, targets: tf.Tensor, state: Any) -> tuple[Any, Any]:

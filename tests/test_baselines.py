@@ -69,7 +69,7 @@ def test_baseline_trains_and_evaluates(host: str) -> None:
     except registry.BackendError as e:
         _unavailable(f"no interpreter for {host}: {e}")
     env = envs.worker_env(1, backend=host)  # the worker's: KERAS_BACKEND, threads, code root
-    r = subprocess.run([py, "-c", envs.bootstrap_code(CHECK), str(DIR / baselines.FILES[name]), str(STEPS)],
+    r = subprocess.run([py, "-c", envs.bootstrap_code(CHECK), str(DIR / baselines.baseline_file(name)), str(STEPS)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith(("RESULT ", "SKIP "))), "")
@@ -85,19 +85,28 @@ def test_baseline_trains_and_evaluates(host: str) -> None:
 # ---- the mapping -----------------------------------------------------------------------------
 
 def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
-    missing = [b for b in registry.BACKENDS if b not in baselines.BASELINES]
-    assert not missing, (f"backends without an entry in harness/baselines.py BASELINES: {missing}; "
-                         "give each its baseline, or None with the reason")
+    # the mapping is read from the registry, so a backend added there is in it by existing
+    assert set(baselines.BASELINES) == set(registry.BACKENDS)
     for b, e in baselines.BASELINES.items():
-        assert b in registry.BACKENDS, f"BASELINES names {b}, which the registry does not"
+        spec = registry.get_spec(b)
+        assert (e.baseline, e.note) == (spec.baseline, spec.baseline_note), b
         assert e.note.strip(), b
         if e.baseline is None:
             continue
-        assert e.baseline in baselines.FILES, (b, e.baseline)
-        path = DIR / baselines.FILES[e.baseline]
+        path = DIR / baselines.baseline_file(e.baseline)
         assert path.is_file(), f"{b}'s baseline {path} is missing"
         text = path.read_text()
         assert "def make_step(" in text and "def make_eval(" in text, path
+    # every framework that can train has some baseline: only NumPy itself and the no-train
+    # backends go without
+    without = {b for b, e in baselines.BASELINES.items() if e.baseline is None}
+    assert without == {b for b in without
+                       if b.startswith("numpy") or "train" not in registry.get_spec(b).modes}
+
+
+def test_a_spec_without_a_baseline_note_is_refused() -> None:
+    with pytest.raises(ValueError, match="baseline_note"):
+        registry.BackendSpec("x", "impls.x_impl", "X", "x", "main", "float32", "x", baseline="torch")
 
 
 def test_reasons_name_real_backends_and_modes() -> None:

@@ -33,8 +33,8 @@ def test_gate_blocks_land_in_keras_order():
         p["lstm.0.b"][k * H:(k + 1) * H] = 10 * (k + 1)
     be = _backend()
     be.load(p)
-    kernel = be._lstms[0].cell.kernel.numpy()
-    bias = be._lstms[0].cell.bias.numpy()
+    kernel = be._net.lstms[0].cell.kernel.numpy()
+    bias = be._net.lstms[0].cell.bias.numpy()
     for j, gate in enumerate(("i", "f", "g", "o")):  # Keras column order
         expect = GATES.index(gate) + 1
         assert np.all(kernel[:, j * H:(j + 1) * H] == expect), gate
