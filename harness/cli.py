@@ -86,6 +86,9 @@ def cmd_backends(a: argparse.Namespace) -> int:
             print(f"{'':{w}} environment: {i.get('python')}")
         for opt, d in spec.deviations.items():
             print(f"{'':{w}} {opt}: {d.cause}")
+        print(f"{'':{w}} baseline: " + (f"{spec.baseline} (benchmarks/baselines/{spec.baseline}"
+                                         f"_baseline.py): {spec.baseline_note}" if spec.baseline
+                                         else f"none: {spec.baseline_note}"))
     return 0
 
 

@@ -91,9 +91,12 @@ MATRICES: dict[str, QualityConfig] = {
     "quality": QualityConfig("quality", "char-rnn", "shakespeare", steps=1500, eval_every=100,
                              target_loss=1.9),
     # char-rnn sizes with the tutorial's Adam (lr 1e-3, norm clip 5): where Keras and Chainer
-    # place Adam's epsilon differently from docs/SPEC.md §4
+    # place Adam's epsilon differently from docs/SPEC.md §4. Target from the 2 December run
+    # (results/amd-epyc-2c/quality/20261202T154212Z-quality-adam-cpu.json, recorded with 2.1,
+    # which no backend reached): numpy-f32, torch, jax, chainer and tensorflow were at
+    # 2.280-2.286 at step 800 and 2.312-2.317 at 700, so 2.3 is passed at step 800; 2.21 at 1000
     "quality-adam": QualityConfig("quality-adam", "char-rnn", "shakespeare", steps=1000,
-                                  eval_every=100, target_loss=2.1, optimizer_from="tutorial"),
+                                  eval_every=100, target_loss=2.3, optimizer_from="tutorial"),
     # seconds, for a smoke test: the tiny preset on the interpreter's own library source
     "quality-tiny": QualityConfig("quality-tiny", "tiny", "python-stdlib", steps=30, eval_every=10,
                                   target_loss=4.2, val_chars=2000, timeout_s=300.0),
