@@ -292,7 +292,7 @@ def test_journal_per_backend_then_interrupt_then_resume(tmp_path, small_corpus, 
         js = list(out.rglob("*.journal.jsonl"))
         return [json.loads(x)["backend"] for x in js[0].read_text().splitlines()[1:]] if js else []
 
-    def fake(backend, cfg, out_dir, threads, overrides, log, children=None):
+    def fake(backend, cfg, out_dir, threads, overrides, log, children=None, cpus=None):
         trained.append(backend)
         seen_in_journal[backend] = journaled()
         if backend == "numpy-f32":  # Ctrl-C while it trains: it must not be recorded
