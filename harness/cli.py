@@ -70,6 +70,7 @@ def cmd_backends(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(info, indent=1))
         return 0
+    from .baselines import baseline_file  # the one place a baseline's file name is made
     w = max(len(n) for n in registry.BACKENDS) + 1
     print(f"{'backend':{w}} {'status':9} {'version':11} {'kernel':26} {'modes':20} {'devices':8} "
           f"{'precisions':14}")
@@ -86,9 +87,9 @@ def cmd_backends(a: argparse.Namespace) -> int:
             print(f"{'':{w}} environment: {i.get('python')}")
         for opt, d in spec.deviations.items():
             print(f"{'':{w}} {opt}: {d.cause}")
-        print(f"{'':{w}} baseline: " + (f"{spec.baseline} (benchmarks/baselines/{spec.baseline}"
-                                         f"_baseline.py): {spec.baseline_note}" if spec.baseline
-                                         else f"none: {spec.baseline_note}"))
+        print(f"{'':{w}} baseline: " + (f"{spec.baseline} (benchmarks/baselines/"
+                                         f"{baseline_file(spec.baseline)}): {spec.baseline_note}"
+                                         if spec.baseline else f"none: {spec.baseline_note}"))
     return 0
 
 
