@@ -300,8 +300,6 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.jobs is not None:
         raise UsageError(f"--jobs applies to the quality matrices ({', '.join(QUALITY)}) only; "
                          "a benchmark matrix measures one workload at a time")
-    if a.threads is None:
-        a.threads = DEFAULT_THREADS
     from .matrix import Matrix, load_matrix
     from .run import load_resume, run_matrix
     if a.processes is not None and a.processes < 1:
@@ -318,13 +316,15 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
                              "leave --backends out to continue it")
         a.device, a.precision = header.get("device", a.device), header.get("precision", a.precision)
-        a.threads, a.omp_wait_policy = header.get("threads", a.threads), header.get("omp_wait_policy")
+        a.threads = header.get("threads") or a.threads or DEFAULT_THREADS
+        a.omp_wait_policy = header.get("omp_wait_policy")
         a.processes = header.get("processes") or 1
     else:
         matrix = load_matrix(a.matrix or "default")
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
         backends = _backend_list(a.backends, default)
+        a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
     for b in backends:
         if a.device not in registry.BACKENDS[b].devices:
             raise UsageError(f"backend {b} does not run on {a.device}")
@@ -452,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality matrices: backends trained side by side, one lane each "
                         "(default: the cores // --threads)")
     p.add_argument("--threads", type=int, default=None,
-                   help=f"threads for every framework alike (default {DEFAULT_THREADS}: the cores; "
-                        "1 per backend for the quality matrices)")
+                   help=f"threads for every framework alike (default: the matrix's, 1 for smoke; "
+                        f"else {DEFAULT_THREADS}, the cores; 1 per backend for the quality matrices); "
+                        "fewer than the cores pins the workers to the last CPUs")
     python(p)
     p.set_defaults(fn=cmd_run)
 

@@ -41,6 +41,8 @@ class Matrix:
     extra_time: float = 20.0  # `run`: ... and at most this many seconds of them
     processes: int = 2  # `run`: worker sets per workload unless --processes says otherwise
     workload_time: float = 60.0  # `run`: seconds of base rounds per workload, at most
+    round_time: float = 0.03  # `run`: target seconds of one participant's timed round
+    threads: int | None = None  # `run`: threads per framework unless --threads; None: the cores
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -65,14 +67,16 @@ class Matrix:
                 "min_rounds": self.min_rounds, "max_rounds": self.max_rounds, "timeout": self.timeout,
                 "rounds": self.rounds, "min_clean": self.min_clean, "extra_rounds": self.extra_rounds,
                 "extra_time": self.extra_time, "processes": self.processes,
-                "workload_time": self.workload_time, "default_backends": list(self.default_backends)}
+                "workload_time": self.workload_time, "round_time": self.round_time,
+                "threads": self.threads,
+                "default_backends": list(self.default_backends)}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Matrix":
         """The inverse of to_dict (a results file's or journal's matrix), validated."""
         if not isinstance(d, dict) or "name" not in d or "groups" not in d:
             raise UsageError("the stored matrix has no name or groups; the file is not a run's")
-        known = set(SETTINGS) | {"name", "groups"}
+        known = set(SETTINGS) | {"name", "groups", "threads"}
         backends = d.get("default_backends") or ()
         if not isinstance(backends, (list, tuple)) or not all(isinstance(b, str) for b in backends):
             raise UsageError("the stored matrix's default_backends is not a list of names")
@@ -83,6 +87,7 @@ class Matrix:
 SETTINGS: dict[str, tuple[type, str]] = {
     "min_time": (float, "seconds > 0"), "timeout": (float, "seconds > 0"),
     "extra_time": (float, "seconds >= 0"), "workload_time": (float, "seconds > 0"),
+    "round_time": (float, "seconds > 0"),
     "min_rounds": (int, "an integer > 0"), "max_rounds": (int, "an integer > 0"),
     "rounds": (int, "an integer > 0"), "min_clean": (int, "an integer > 0"),
     "extra_rounds": (int, "an integer >= 0"), "processes": (int, "an integer > 0"),
@@ -103,6 +108,9 @@ def _validate(m: "Matrix") -> None:
             (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
         if not ok_type or not (v >= 0 if ">= 0" in what else v > 0):
             raise UsageError(f"matrix {m.name}: {key} = {v!r} is invalid; it must be {what}")
+    if m.threads is not None and not (_pos_int(m.threads) and m.threads <= 1024):
+        raise UsageError(f"matrix {m.name}: threads = {m.threads!r} is invalid; it must be an "
+                         "integer from 1 to 1024 (or left out: the cores)")
     if m.min_rounds > m.max_rounds:
         raise UsageError(f"matrix {m.name}: min_rounds = {m.min_rounds} exceeds max_rounds = {m.max_rounds}")
     if not isinstance(m.groups, list) or not m.groups:
@@ -162,8 +170,15 @@ FULL_GROUPS = [
 MATRICES: dict[str, Matrix] = {
     "smoke": Matrix("smoke", [{"name": "smoke", **SMOKE_SIZES, "seq_len": 16, "batch": [8],
                                "gen_len": 30, "modes": list(MODES)}],
-                    min_time=0.2, min_rounds=3, max_rounds=10, timeout=180, rounds=30,
-                    extra_rounds=30, extra_time=5.0, processes=1, workload_time=20.0),
+                    min_time=0.2, min_rounds=3, max_rounds=10, timeout=180, rounds=90,
+                    extra_rounds=60, extra_time=5.0, processes=1, workload_time=20.0,
+                    # 90 rounds of 10 ms rather than 30 of 30 ms in the same budget: the minimum
+                    # needs a few rounds in the machine's fast moments (docs/measurement.md)
+                    round_time=0.01,
+                    # one thread, pinned (harness.pool.worker_cpus): at these sizes a second
+                    # thread only adds hand-offs, and on a shared 2-core machine a one-thread
+                    # worker on a CPU of its own measures most steadily (docs/measurement.md)
+                    threads=1),
     "default": Matrix("default", FULL_GROUPS, min_time=1.0, min_rounds=3, max_rounds=20, timeout=300,
         rounds=20, extra_rounds=40,
         extra_time=15.0, workload_time=40.0,
@@ -211,11 +226,11 @@ def load_matrix(name_or_path: str) -> Matrix:
         raise UsageError(f"matrix file {p} cannot be parsed ({type(e).__name__}: {e})".splitlines()[0]) from None
     if not isinstance(d, dict) or not isinstance(d.get("group"), list) or not d["group"]:
         raise UsageError(f"matrix file {p} needs at least one [[group]] table")
-    unknown = sorted(set(d) - set(SETTINGS) - {"name", "group"})
+    unknown = sorted(set(d) - set(SETTINGS) - {"name", "group", "threads"})
     if unknown:
         raise UsageError(f"matrix file {p}: unknown key(s) {', '.join(unknown)}; "
-                         f"known: name, group, {', '.join(SETTINGS)}")
-    settings = {k: v for k, v in d.items() if k in SETTINGS}
+                         f"known: name, group, threads, {', '.join(SETTINGS)}")
+    settings = {k: v for k, v in d.items() if k in SETTINGS or k == "threads"}
     return Matrix(d.get("name", _stem_name(p)), d["group"], **settings)
 
 

@@ -76,10 +76,13 @@ except ImportError:  # pragma: no cover - signals.py ships with this file
     pass
 
 
-def _child_setup(parent: int) -> Callable[[], None]:
+def _child_setup(parent: int, cpus: "list[int] | None" = None) -> Callable[[], None]:
     prctl = _PRCTL
+    mask = set(cpus) if cpus else None
 
     def setup() -> None:  # in the child, between fork and exec: no imports, no allocation
+        if mask is not None:  # inherited by every thread the worker starts
+            os.sched_setaffinity(0, mask)
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
@@ -87,13 +90,34 @@ def _child_setup(parent: int) -> Callable[[], None]:
     return setup
 
 
+def worker_cpus(threads: int | None, available: "list[int] | None" = None) -> list[int] | None:
+    """The CPUs a run's workers are pinned to: the last `threads` CPUs this process may use,
+    when `threads` is fewer than those; None (no pinning) otherwise.
+
+    Why: on the project's 2-core VM, one-thread workers left to the scheduler ran most rounds
+    1.3-1.5x slower than their fastest (median over cells of the 25th percentile over the
+    minimum, three smoke runs) and only when placed well at the fastest; pinned to one CPU,
+    1.06-1.19x, with half the between-run scatter of the cells' minima (docs/measurement.md,
+    "Pinning"). The last CPUs, because CPU 0 takes more of the kernel's own work; the parent,
+    which only waits while a round runs, is left unpinned."""
+    if not threads:
+        return None
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        available = sorted(os.sched_getaffinity(0))
+    if threads >= len(available):
+        return None
+    return available[-threads:]
+
+
 class Worker:
     """One worker process in interpreter `python`. `backend` gives the spec's env_vars to its
-    environment, `extra_env` more variables (OMP_WAIT_POLICY)."""
+    environment, `extra_env` more variables (OMP_WAIT_POLICY); `cpus` pins it (worker_cpus)."""
 
     def __init__(self, python: str, threads: int | None, *, backend: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.python, self.threads = python, threads
+                 extra_env: dict[str, str] | None = None, cpus: list[int] | None = None) -> None:
+        self.python, self.threads, self.cpus = python, threads, cpus
         self._buf = bytearray()
         self._closed = False
         # anonymous: unlinked as it is made, so no /tmp/lstmbench-worker-*.log is ever left
@@ -105,7 +129,7 @@ class Worker:
             self.proc = subprocess.Popen(
                 [python, "-c", _BOOT], env=env, stdin=subprocess.PIPE, stdout=self.log,
                 stderr=self.log, pass_fds=(w,), start_new_session=True,  # Ctrl-C reaches only us
-                preexec_fn=_child_setup(os.getpid()))
+                preexec_fn=_child_setup(os.getpid(), cpus))
         except BaseException:
             os.close(r)
             os.close(w)

@@ -181,16 +181,12 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
     lane's, lane_cpus); its summary, or a failure record. The process is registered in
     `children` while it runs, so an interruption can stop it."""
     from .train import _CHILD
-    spec = registry.get_spec(backend)
+    registry.get_spec(backend)  # an unknown name fails here, before any process starts
     try:
         python = interpreter_for(backend, overrides)
     except registry.BackendError as e:
         return {"status": "unavailable", "error": str(e)}
-    try:
-        env = worker_env(threads, backend=backend)  # type: ignore[call-arg]
-    except TypeError:
-        env = worker_env(threads)
-    env.update(getattr(spec, "env_vars", {}) or {})
+    env = worker_env(threads, backend=backend)  # the spec's env_vars included
     env[_CHILD] = "1"
     # harness_command, not `python -m harness`: another environment's interpreter (chainer's)
     # has no lstmbench installed, and a non-editable install's code is not on its path
@@ -252,13 +248,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
 
 def _trainable(backend: str) -> str | None:
     """Why `backend` cannot train, where the registry says so."""
-    unsupported = getattr(registry, "unsupported", None)
-    if unsupported is not None:
-        try:
-            return unsupported(backend, mode="train")
-        except TypeError:
-            return None
-    return None
+    return registry.unsupported(backend, mode="train")
 
 
 class Children:

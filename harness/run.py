@@ -16,7 +16,6 @@ is assembled from the journal at the end. A backend that crashes, hangs, gives N
 of memory gets that status for its cell; the others go on."""
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -29,11 +28,11 @@ import numpy as np
 from impls import registry
 from impls.config import flops_per_char
 
-from . import stats
+from . import cpuload, stats
 from .bench import Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
-from .pool import Worker, WorkerFailed
+from .pool import Worker, WorkerFailed, worker_cpus
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
 
@@ -109,25 +108,11 @@ def _fmt_s(s: float) -> str:
 
 # ---- worker processes ---------------------------------------------------------------------
 
-def _new_worker(python: str, threads: int | None, extra_env: dict[str, str], backend: str | None) -> Worker:
-    """pool.Worker with extra environment variables (OMP_WAIT_POLICY): passed as an argument
-    where the pool takes one, else set in this process's environment while it starts."""
-    params = inspect.signature(Worker).parameters
-    kw: dict[str, Any] = {}
-    if "backend" in params and backend and backend != PROBE:
-        kw["backend"] = backend
-    if "extra_env" in params:
-        return Worker(python, threads, extra_env=extra_env, **kw)
-    saved = {k: os.environ.get(k) for k in extra_env}
-    os.environ.update(extra_env)
-    try:
-        return Worker(python, threads, **kw)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _new_worker(python: str, threads: int | None, extra_env: dict[str, str], backend: str | None,
+                cpus: list[int] | None = None) -> Worker:
+    """pool.Worker for a backend or the probe, with the run's extra variables and CPUs."""
+    return Worker(python, threads, backend=None if backend == PROBE else backend,
+                  extra_env=extra_env, cpus=cpus)
 
 
 class Workers:
@@ -135,15 +120,15 @@ class Workers:
     p, each workload preparing its cell anew in it; a failed worker is replaced on next use."""
 
     def __init__(self, overrides: dict[str, str], threads: int | None,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.overrides, self.threads = overrides, threads
+                 extra_env: dict[str, str] | None = None, cpus: list[int] | None = None) -> None:
+        self.overrides, self.threads, self.cpus = overrides, threads, cpus
         self.extra_env = extra_env or {}
         self.live: dict[tuple[str, int], Worker] = {}
 
     def get(self, backend: str, p: int = 0) -> Worker:
         if (backend, p) not in self.live:
             py = sys.executable if backend == PROBE else interpreter_for(backend, self.overrides)
-            self.live[(backend, p)] = _new_worker(py, self.threads, self.extra_env, backend)
+            self.live[(backend, p)] = _new_worker(py, self.threads, self.extra_env, backend, self.cpus)
         return self.live[(backend, p)]
 
     def drop(self, backend: str, p: int = 0) -> None:
@@ -636,13 +621,16 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
     cells = matrix.cells(backends, device, precision)
     workloads = group_workloads(cells)
     extra_env = {"OMP_WAIT_POLICY": omp_wait_policy.upper()} if omp_wait_policy else {}
-    workers = Workers(opts.overrides, threads, extra_env)
+    cpus = worker_cpus(threads) if device == "cpu" else None
+    workers = Workers(opts.overrides, threads, extra_env, cpus)
     sched = Schedule(rounds=matrix.rounds, processes=processes, min_clean=matrix.min_clean,
                      extra_rounds=matrix.extra_rounds, extra_time=matrix.extra_time,
                      max_time=matrix.workload_time)
     rng = np.random.default_rng(opts.seed)
     log(f"matrix {matrix.name}: {len(workloads)} workloads x {len(backends)} backends, device {device}, "
-        f"precision {precision}, threads {threads}, processes {processes}, "
+        f"precision {precision}, threads {threads}"
+        + (f" (workers pinned to CPU {','.join(map(str, cpus))})" if cpus else "")
+        + f", processes {processes}, "
         f"OMP_WAIT_POLICY {omp_wait_policy or 'unset'}, {sched.rounds} rounds per process, seed {opts.seed}")
     t_start = time.monotonic()
     probe = ProbeState(None)
@@ -656,7 +644,7 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
         with _interruptible():
             log("backends:")
             info = _probe_info(workers, backends, device, threads, log)
-            probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300)
+            probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300, matrix.round_time)
             try:
                 pinfo = probe.participant.prepare()
                 probe.flop = int(pinfo.get("flop", probe.flop))
@@ -670,7 +658,7 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
             if not doc:
                 doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
                                    precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
-                                   processes=processes, seed=opts.seed, backends=info,
+                                   processes=processes, seed=opts.seed, backends=info, cpus=cpus,
                                    python=sys.version.split()[0], interrupted=False,
                                    estimator=stats.estimator_info())
                 doc["schema_version"] = 2
@@ -697,6 +685,10 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
                 spent.append(time.monotonic() - t0)
                 for c in rec["cells"]:
                     log(f"      {c['cell']['backend']:15} " + _describe(c["result"]))
+                busy = rec["workload"].get("foreign_cores")
+                if busy is not None and busy >= stats.FOREIGN_LIMIT:
+                    log(f"      other processes kept {busy:.2f} cores busy during this workload: "
+                        "its figures are not judged by compare")
             end = _noise_burst(workers, probe)
             big_end = _gemm_peak(workers, device, backends, info)
             doc["_big_peak"] = max([v for v in (doc["_big_peak"], big_end) if v] or [0]) or None
@@ -748,11 +740,13 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
     parts: list[WorkerParticipant] = []
 
     def make(b: str, p: int) -> Participant:
-        parts.append(WorkerParticipant(workers, b, p, by_b[b], matrix.timeout))
+        parts.append(WorkerParticipant(workers, b, p, by_b[b], matrix.timeout, matrix.round_time))
         return parts[-1]
 
     probe_settled = getattr(probe.participant, "settled_s", 0.0)
+    before = cpuload.snapshot()
     wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
+    foreign = cpuload.foreign_cores(before, cpuload.snapshot())
     settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
     results = {b: pre.get(b) or cell_result(by_b[b], wd.backends[b], sched) for b in by_b}
     c0 = wcells[0]
@@ -760,6 +754,7 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
                 "seq_len": c0.seq_len, "device": c0.device, "precision": c0.precision,
                 "backends": list(by_b), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
                 "cut_short": wd.short, "settle_s": round(settled, 3),
+                "foreign_cores": None if foreign is None else round(foreign, 3),
                 "processes": sched.processes, "order": wd.order, "probe_s": wd.probe_s,
                 "probe_best_s": probe.best_s, "ratios": workload_ratios(results)}
     return {"workload": workload,
@@ -788,13 +783,21 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
         doc["peak"] = {"gflops": big, "via": "device_matmul_peak hook", "dtype": "float32"}
     collapse = sum(stats.collapses(probes)) + sum(c["result"].get("collapse_rounds", 0) for c in doc["cells"])
     frac, verdict = stats.noise_verdict(probes, best_s, collapse)
-    doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict)
+    foreign = [w["foreign_cores"] for w in doc["workloads"] if w.get("foreign_cores") is not None]
+    busiest = max(foreign) if foreign else None
+    if busiest is not None and busiest >= stats.FOREIGN_LIMIT:  # a neighbour inside the machine
+        verdict = "contended" if busiest >= 2 * stats.FOREIGN_LIMIT else max(verdict, "noisy", key=_VERDICTS.index)
+    doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict,
+                                       foreign_cores_max=busiest)
     doc["noise"].setdefault("start", None)
     doc["noise"].setdefault("end", None)
     doc["estimator"] = stats.estimator_info()
     doc["wall_s"] = round(time.monotonic() - t_start + float(doc.get("wall_s") or 0), 1)
     doc["schema_version"] = 2
     apply_peak(doc)
+
+
+_VERDICTS = ["unknown", "quiet", "noisy", "contended"]
 
 
 def _noise_line(what: str, s: dict[str, Any] | None, big: float | None, blas: str) -> str:
@@ -818,6 +821,10 @@ def noise_report(doc: dict[str, Any]) -> str:
                      f"over {len([x for x in p['rounds_s'] if x])} rounds; "
                      f"{100 * n.get('contended_fraction', 0):.0f}% of rounds contended "
                      f"(probe > {stats.CLEAN_FACTOR}x best), {n.get('collapse_rounds', 0)} collapse rounds")
+    if n.get("foreign_cores_max") is not None:
+        lines.append(f"  other processes on this machine: up to {n['foreign_cores_max']:.2f} cores busy "
+                     f"during a workload" + (f" (at or above {stats.FOREIGN_LIMIT}: compare will not "
+                                             "judge those workloads)" if n["foreign_cores_max"] >= stats.FOREIGN_LIMIT else ""))
     pk = doc.get("peak") or {}
     if pk.get("gflops"):
         lines.append(f"  efficiency denominator: {pk['gflops']:.1f} GFLOP/s float32 ({pk['via']})")

@@ -77,8 +77,20 @@ _T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31
          10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}  # Student t, 97.5% quantile by df
 
 
+_T950 = {1: 6.31, 2: 2.92, 3: 2.35, 4: 2.13, 5: 2.02, 6: 1.94, 7: 1.89, 8: 1.86, 9: 1.83,
+         10: 1.81, 12: 1.78, 15: 1.75, 20: 1.72, 30: 1.70}  # Student t, 95% quantile by df
+Z = {0.95: 1.96, 0.90: 1.645}  # normal quantiles of the two-sided levels used here
+
+
 def _t975(df: int) -> float:
     return next((v for k, v in sorted(_T975.items()) if df <= k), 1.96)
+
+
+def _t_two_sided(df: int, level: float) -> float:
+    """Student t quantile for a two-sided `level` interval (0.95 or 0.90)."""
+    if level == 0.90:
+        return next((v for k, v in sorted(_T950.items()) if df <= k), 1.645)
+    return _t975(df)
 
 
 def unit_logs(side: Side, name: str) -> np.ndarray:
@@ -99,7 +111,8 @@ def unit_spread(old: Side, new: Side, name: str) -> tuple[float, int]:
 
 
 def unit_interval(old: Side, new: Side, name: str, ratio: float,
-                  pooled_var: tuple[float, int] | None = None) -> tuple[float, float] | None:
+                  pooled_var: tuple[float, int] | None = None,
+                  level: float = 0.95) -> tuple[float, float] | None:
     """The ratio's 95% interval from the spread between units (every process of every run),
     centred on `ratio`: a t interval with the between-unit variance of this cell, or the
     variance pooled over every cell of the comparison (`pooled_var`: variance, df) when that
@@ -116,7 +129,7 @@ def unit_interval(old: Side, new: Side, name: str, ratio: float,
         return None
     if quantile_of(name) < 0.5:  # a low quantile of pooled units follows the luckiest unit:
         na = nb = 1  # it varies about as much as one unit does, not as a mean of them would
-    half = _t975(df) * np.sqrt(var * (1 / na + 1 / nb))
+    half = _t_two_sided(df, level) * np.sqrt(var * (1 / na + 1 / nb))
     return float(ratio * np.exp(-half)), float(ratio * np.exp(half))
 
 
@@ -134,7 +147,7 @@ def ratio_interval(old: Side, new: Side, name: str, *, reps: int = 1000, level: 
         return ratio, float("nan"), float("nan"), 1.0
     lo, hi = np.percentile(r, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     p = min(1.0, 2 * min(float(np.mean(r <= 1)), float(np.mean(r >= 1))))
-    units = unit_interval(old, new, name, ratio, pooled_var)
+    units = unit_interval(old, new, name, ratio, pooled_var, level)
     if units is not None:
         lo, hi = min(lo, units[0]), max(hi, units[1])
     return float(ratio), float(lo), float(hi), p

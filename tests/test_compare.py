@@ -86,11 +86,13 @@ def _result(cell: Cell, samples: list[dict[str, Any]]) -> dict[str, Any]:
 def synth_v2(backends: list[str] = ["numpy-f32", "torch"], *, matrix: Matrix = MATRICES["smoke"],
              seed: int = 0, rounds: int = 30, processes: int = 2, contended: float = 0.0,
              machine_speed: float = 1.0, failed: dict[str, str] | None = None,
-             threads: int = 1, proc_sd: float = 0.01) -> dict[str, Any]:
+             threads: int = 1, proc_sd: float = 0.01, workload_probes: bool = False,
+             foreign: float | None = None) -> dict[str, Any]:
     """A results v2 document: every workload's backends and the probe measured in the same
     rounds; `contended` is the share of rounds in which a neighbour slowed both the probe and
     the backends (2-4x); `machine_speed` < 1 is a slower machine (probe and rounds alike).
-    `failed` maps a cell label to the status it failed with."""
+    `failed` maps a cell label to the status it failed with. `workload_probes` stores each
+    workload's probe rounds (as harness.run does); `foreign` its cores busy with other processes."""
     rng = np.random.default_rng(seed)
     cells, workloads, probe_all = [], [], []
     by_w: dict[str, list[Cell]] = {}
@@ -125,6 +127,8 @@ def synth_v2(backends: list[str] = ["numpy-f32", "torch"], *, matrix: Matrix = M
         workloads.append({"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
                           "seq_len": c0.seq_len, "device": "cpu", "precision": "float32",
                           "backends": [c.backend for c in wcells], "rounds": rounds, "order": [],
+                          **({"probe_s": probe.tolist()} if workload_probes else {}),
+                          **({"foreign_cores": foreign} if foreign is not None else {}),
                           "ratios": {b: {"to": fastest, "ratio": e / ests[fastest], "lo": 0.98 * e / ests[fastest],
                                          "hi": 1.02 * e / ests[fastest]} for b, e in ests.items()}})
     p = np.array(probe_all)
@@ -487,3 +491,51 @@ def test_between_run_spread_widens_every_interval(tmp_path):
     ps = save(scaled(old, 1.25), tmp_path / "slow.json")
     rc, out = compare(po, ps, threshold=0.10, fail=True, json_path=tmp_path / "s.json")
     assert rc == 1 and set(marks(tmp_path / "s.json")) == {"slower"}
+
+
+def test_unchanged_is_an_equivalence_test(tmp_path):
+    """`unchanged` claims the change is within the threshold: at a true change of exactly the
+    threshold it may be said of at most ~5% of cells (two one-sided 5% tests), where a rule on
+    the point estimate would say it of about half."""
+    counts: dict[str, int] = {}
+    for i in range(20):
+        a = save(synth_v2(seed=2 * i), tmp_path / f"a{i}.json")
+        b = save(scaled(synth_v2(seed=2 * i + 1), 1.10), tmp_path / f"b{i}.json")
+        compare(a, b, threshold=0.10, json_path=tmp_path / f"c{i}.json")
+        for m in marks(tmp_path / f"c{i}.json"):
+            counts[m] = counts.get(m, 0) + 1
+    n = sum(counts.values())
+    assert n == 120 and counts.get("unchanged", 0) <= 0.05 * n, counts
+    assert counts.get("faster", 0) == 0, counts
+
+
+def test_a_change_the_machine_explains_is_not_marked(tmp_path):
+    """The probe's best round in the workload was 8% slower in the new run: cells 14% slower
+    (6% beyond the machine) are not called slower, with the reason; 35% slower (25% beyond)
+    still are, and --fail-on-regression exits 1."""
+    old = save(synth_v2(seed=1, workload_probes=True), tmp_path / "old.json")
+    slow_machine = synth_v2(seed=2, workload_probes=True, machine_speed=1 / 1.08)
+    small = save(scaled(slow_machine, 1.06), tmp_path / "small.json")
+    rc, out = compare(old, small, threshold=0.10, fail=True, json_path=tmp_path / "s.json")
+    cells = json.loads((tmp_path / "s.json").read_text())["cells"]
+    assert rc == 0 and {c["mark"] for c in cells} == {"inconclusive"}, out
+    assert all("mostly the machine's" in c["reason"] for c in cells), out
+    assert all(c["machine_shift"] == pytest.approx(1.08, rel=0.05) for c in cells)
+    big = save(scaled(slow_machine, 1.25), tmp_path / "big.json")
+    rc, out = compare(old, big, threshold=0.10, fail=True, json_path=tmp_path / "b.json")
+    assert rc == 1 and set(marks(tmp_path / "b.json")) == {"slower"}, out
+
+
+def test_a_run_beside_a_busy_process_is_not_judged(tmp_path):
+    """A workload during which other processes kept a core busy (harness.cpuload) is not
+    judged, even 25% slower; the same run with the machine to itself is."""
+    old = save(synth_v2(seed=1, foreign=0.01), tmp_path / "old.json")
+    busy = save(scaled(synth_v2(seed=2, foreign=1.0), 1.25), tmp_path / "busy.json")
+    rc, out = compare(old, busy, threshold=0.10, fail=True, json_path=tmp_path / "c.json")
+    cells = json.loads((tmp_path / "c.json").read_text())["cells"]
+    assert rc == 0 and all(c["mark"] == "inconclusive" for c in cells), out
+    assert all("new run shared the machine: other processes kept 1.00 cores busy" in c["reason"]
+               for c in cells), out
+    alone = save(scaled(synth_v2(seed=2, foreign=0.01), 1.25), tmp_path / "alone.json")
+    rc, out = compare(old, alone, threshold=0.10, fail=True, json_path=tmp_path / "d.json")
+    assert rc == 1 and set(marks(tmp_path / "d.json")) == {"slower"}, out

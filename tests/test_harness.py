@@ -130,6 +130,13 @@ def test_smoke_matrix_every_backend(tmp_path):
         assert doc["backends"][b]["available"] and doc["backends"][b]["version"], b
     assert "time ratio to the fastest" in r.stdout and "machine noise:" in r.stdout
     assert "machine at start:" in r.stdout
+    # smoke: one thread per framework, every worker pinned to the last CPU, the neighbours'
+    # CPU use recorded per workload (nothing else of ours runs: well under a core)
+    import os
+    cpus = sorted(os.sched_getaffinity(0))
+    assert doc["threads"] == 1 and doc["cpus"] == (cpus[-1:] if len(cpus) > 1 else None)
+    assert all(0 <= w["foreign_cores"] < 4 for w in doc["workloads"])
+    assert doc["noise"]["foreign_cores_max"] == max(w["foreign_cores"] for w in doc["workloads"])
 
 
 MATRIX = """

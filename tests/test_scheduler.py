@@ -191,6 +191,9 @@ def _cell(b: str) -> Cell:
     ('timeout = -1\n', "timeout = -1 is invalid"),
     ('min_time = nan\n', "min_time = nan is invalid"),
     ('colour = 1\n', "unknown key(s) colour"),
+    ('threads = 0\n', "threads = 0 is invalid"),
+    ('threads = "all"\n', "threads = 'all' is invalid"),
+    ('round_time = 0\n', "round_time = 0 is invalid"),
 ])
 def test_matrix_file_validation(tmp_path, text, message):
     p = tmp_path / "m.toml"
@@ -216,6 +219,9 @@ def test_matrix_group_validation(tmp_path, group, message):
 def test_matrix_round_trip_and_file_name(tmp_path):
     m = load_matrix("default")
     assert Matrix.from_dict(m.to_dict()) == m
+    smoke = load_matrix("smoke")
+    assert smoke.threads == 1 and m.threads is None  # smoke: one pinned thread; default: the cores
+    assert Matrix.from_dict(smoke.to_dict()) == smoke
     p = tmp_path / "my matrix!.toml"
     p.write_text('[[group]]\nvocab_size = 10\nhidden_size = 8\n')
     assert load_matrix(str(p)).name == "my-matrix"
@@ -257,3 +263,48 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
         p.kill()
         p.wait()
     assert settle(p.pid) == 0.0 and settle(None) == 0.0  # gone, or no process: no wait
+
+
+def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
+    """harness.pool.worker_cpus: the last `threads` CPUs, none when the threads fill the
+    machine; a Worker started with them has exactly that mask (every thread inherits it)."""
+    import os
+    import sys
+    from harness.pool import Worker, worker_cpus
+    assert worker_cpus(1, [0, 1]) == [1]
+    assert worker_cpus(2, [0, 1, 2, 3]) == [2, 3]
+    assert worker_cpus(2, [0, 1]) is None and worker_cpus(4, [0, 1]) is None
+    assert worker_cpus(None, [0, 1]) is None
+    cpus = sorted(os.sched_getaffinity(0))[-1:]
+    w = Worker(sys.executable, 1, cpus=cpus)
+    try:
+        assert os.sched_getaffinity(w.proc.pid) == set(cpus)
+    finally:
+        w.close()
+
+
+def test_foreign_cpu_load_counts_other_processes_only():
+    """harness.cpuload: a busy process outside the run's tree counts as a neighbour (~1 core),
+    the same busy process inside it does not."""
+    import subprocess
+    import sys
+    import time
+    from harness import cpuload
+    burn = [sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"]
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])  # the "run"
+    hog = subprocess.Popen(burn)  # not a descendant of root
+    try:
+        time.sleep(0.3)
+        a = cpuload.snapshot(root.pid)
+        time.sleep(1.0)
+        b = cpuload.snapshot(root.pid)
+        assert cpuload.foreign_cores(a, b) > 0.5
+        a = cpuload.snapshot()  # now the hog is ours: this process's child
+        time.sleep(1.0)
+        b = cpuload.snapshot()
+        assert cpuload.foreign_cores(a, b) < 0.25
+    finally:
+        hog.kill()
+        root.kill()
+        hog.wait()
+        root.wait()
