@@ -2,7 +2,7 @@
 
 The unit of scheduling is a *workload*: one (mode, sizes, device, precision) with all its
 backends. For each workload and each of `--processes` worker sets, every backend's worker
-prepares the cell (first step timed apart, warm-up, a round sized to ~30 ms); then short timed
+prepares the cell (first step timed apart, warm-up, a round sized to the matrix's round_time); then short timed
 rounds follow in a seeded random order, each round a fresh permutation of the backends plus a
 noise probe (a fixed float32 GEMM in a worker of its own with the same thread settings). So
 every backend sees the same machine states, and each round carries the probe's time: a round
