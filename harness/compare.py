@@ -256,6 +256,11 @@ class Pooled:
         return [r.values(normalize, clean_only=normalize or not stats.uses_every_round(r.run.estimator))
                 for r in self.measured]
 
+    @property
+    def workload(self) -> str | None:
+        """The workload id its runs measured it in (v2 files), else None."""
+        return next((r.workload for r in self.measured if r.workload), None)
+
     def n_used(self, normalize: bool) -> int:
         return sum(a.size for run in self.side(normalize) for a in run)
 
@@ -344,17 +349,11 @@ class Verdict:
     workload_shift: float | None = None  # the move its workload's backends shared, if within the drift
 
 
-def workload_shifts(pairs: list[tuple["Pooled", "Pooled"]], estimator: str, normalize: bool
-                    ) -> dict[str, float]:
-    """Per workload id, the ratio new/old its median cell moved by (every backend's headline),
-    where at least MIN_DRIFT_CELLS cells were measured on both sides and the move is within
-    WORKLOAD_DRIFT: a move that size is what this machine does between runs of identical code."""
-    logs: dict[str, list[float]] = {}
-    for po, pn in pairs:
-        wid = next((r.workload for r in pn.measured if r.workload), None)
-        vo, vn = sig.pooled(po.side(normalize)), sig.pooled(pn.side(normalize))
-        if wid and vo.size and vn.size:
-            logs.setdefault(wid, []).append(math.log(sig.estimate(vn, estimator) / sig.estimate(vo, estimator)))
+def workload_shifts(logs: dict[str, list[float]]) -> dict[str, float]:
+    """Per workload id, the ratio new/old its median cell moved by (`logs`: each cell's log
+    ratio of headline estimates, by workload), where at least MIN_DRIFT_CELLS cells were
+    measured on both sides and the move is within WORKLOAD_DRIFT: a move that size is what
+    this machine does between runs of identical code."""
     out = {}
     for wid, xs in logs.items():
         m = float(np.median(xs))
@@ -586,6 +585,7 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
     # and the cells' log ratios, whose scatter about their common shift is the between-run spread
     ss, df = 0.0, 0
     logs = []
+    by_workload: dict[str, list[float]] = {}  # the same log ratios, per workload: its shared move
     for key, po in a.cells.items():
         pn = b.cells.get(key)
         if pn is not None and po.ok and pn.ok:
@@ -595,9 +595,10 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
             vo, vn = sig.pooled(so), sig.pooled(sn)
             if vo.size and vn.size:
                 logs.append(math.log(sig.estimate(vn, estimator) / sig.estimate(vo, estimator)))
+                if pn.workload:
+                    by_workload.setdefault(pn.workload, []).append(logs[-1])
     pooled_var = (ss / df, df) if df else None
-    drift = workload_shifts([(po, b.cells[k]) for k, po in a.cells.items()
-                             if k in b.cells and po.ok and b.cells[k].ok], estimator, normalize)
+    drift = workload_shifts(by_workload)
     run_spread = sig.between_run_spread(logs)
     if run_spread is not None:
         log(f"between-run spread: cells' ratios scatter {_pct(math.expm1(run_spread))} (robust SD) "
@@ -614,7 +615,7 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
         if po.ok and pn.ok:
             v = judge(po, pn, threshold=threshold, estimator=estimator, normalize=normalize,
                       speeds_differ=speeds, pooled_var=pooled_var, run_spread=run_spread,
-                      workload_shift=drift.get(next((r.workload for r in pn.measured if r.workload), "")))
+                      workload_shift=drift.get(pn.workload or ""))
             if pn.noisy and not po.noisy:
                 v.regression = True
                 regress.append(f"{c.label()} noisy (new)")

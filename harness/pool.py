@@ -102,13 +102,15 @@ def worker_cpus(threads: int | None, available: "list[int] | None" = None) -> li
     which only waits while a round runs, is left unpinned."""
     if not threads:
         return None
-    if available is None:
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        available = sorted(os.sched_getaffinity(0))
-    if threads >= len(available):
+    available = usable_cpus() if available is None else available
+    if available is None or threads >= len(available):
         return None
     return available[-threads:]
+
+
+def usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on, in order; None where the platform cannot tell."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 class Worker:

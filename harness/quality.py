@@ -52,7 +52,7 @@ from impls import registry
 from .data import prepare
 from .envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
 from .journal import Journal, finalize, journal_path
-from .pool import _child_setup
+from .pool import _child_setup, usable_cpus
 from .signals import interruptible, on_second_signal
 
 SCHEMA = "lstmbench.quality"
@@ -152,26 +152,10 @@ def lane_cpus(lane: int, threads: int | None, jobs: int,
     half a core). Giving each lane its own CPUs makes every backend's choice the lane's."""
     if not threads:
         return None
-    if available is None:
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        available = sorted(os.sched_getaffinity(0))
-    if jobs * threads > len(available) or not 1 <= lane <= jobs:
+    available = usable_cpus() if available is None else available
+    if available is None or jobs * threads > len(available) or not 1 <= lane <= jobs:
         return None
     return available[(lane - 1) * threads: lane * threads]
-
-
-def _lane_setup(parent: int, cpus: list[int] | None) -> Callable[[], None]:
-    """The child's set-up between fork and exec: its lane's CPUs (inherited by whatever it
-    runs), then pool's PR_SET_PDEATHSIG set-up."""
-    setup = _child_setup(parent)
-    mask = set(cpus) if cpus else None
-
-    def run() -> None:
-        if mask is not None:
-            os.sched_setaffinity(0, mask)
-        setup()
-    return run
 
 
 def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
@@ -203,7 +187,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
     # (pool's child set-up): killed with us even by SIGKILL, never left training as an orphan
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True,
-                            preexec_fn=_lane_setup(os.getpid(), cpus))
+                            preexec_fn=_child_setup(os.getpid(), cpus))
     if children is not None:
         children.add(proc)
     tail: deque[str] = deque(maxlen=5)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from harness import quality, signals
+from harness.pool import _child_setup
 from harness.envs import interpreter_for
 from impls import registry
 
@@ -363,6 +364,6 @@ def test_a_lane_child_runs_on_its_cpus() -> None:
         pytest.skip("needs CPU affinity control and two CPUs")
     cpu = sorted(os.sched_getaffinity(0))[1]
     out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                         preexec_fn=quality._lane_setup(os.getpid(), [cpu]), capture_output=True,
+                         preexec_fn=_child_setup(os.getpid(), [cpu]), capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == f"[{cpu}]", out
