@@ -37,6 +37,7 @@ from impls import registry
 from impls.config import get_preset
 
 from .envs import ROOT, UsageError, _is_lstmbench_checkout, project_root
+from .pool import worker_cpus
 
 THRESHOLD = 1.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval")
@@ -132,15 +133,15 @@ def _workers_class() -> Any:
         interpreter and environment variables."""
 
         def __init__(self, overrides: dict[str, str], threads: int | None,
-                     hosts: dict[str, str]) -> None:
-            super().__init__(overrides, threads)
+                     hosts: dict[str, str], cpus: list[int] | None = None) -> None:
+            super().__init__(overrides, threads, cpus=cpus)
             self.hosts = hosts  # participant name -> the backend whose environment it uses
 
         def get(self, name: str, p: int = 0) -> Any:
             if (name, p) not in self.live:
                 host = self.hosts.get(name, name)
                 py = sys.executable if name == PROBE else interpreter_for(host, self.overrides)
-                self.live[(name, p)] = _new_worker(py, self.threads, self.extra_env, host)
+                self.live[(name, p)] = _new_worker(py, self.threads, self.extra_env, host, self.cpus)
             return self.live[(name, p)]
 
     return BaselineWorkers
@@ -255,7 +256,9 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     if out is None:
         check_writable(Path("results"))  # before any measurement
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
-    workers = _workers_class()(overrides or {}, threads, hosts)
+    # pinned as `run` pins (harness.pool.worker_cpus): fewer threads than CPUs, the last ones
+    cpus = worker_cpus(threads)
+    workers = _workers_class()(overrides or {}, threads, hosts, cpus)
     Participant = _participant_class()
     sched = Schedule(rounds=rounds, processes=processes, max_time=workload_time,
                      min_clean=min(stats.MIN_CLEAN, rounds * processes),
@@ -266,7 +269,8 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     t_start = time.monotonic()
     try:
         log(f"baselines: presets {','.join(presets)}, modes {','.join(modes)}, threads {threads}, "
-            f"{rounds} rounds, seed {seed}, files in {base_dir}")
+            f"{rounds} rounds, seed {seed}, files in {base_dir}"
+            + (f", workers pinned to CPU {','.join(map(str, cpus))}" if cpus else ""))
         log("backends:")
         info = _probe_info(workers, candidates, "cpu", threads, log)
         avail = [b for b in candidates if info[b].get("available")]
@@ -337,7 +341,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
-                       backends=info, baselines_dir=str(base_dir),
+                       backends=info, baselines_dir=str(base_dir), cpus=cpus,
                        baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
                                       "serves": [b for b in avail if participant_name(b) == q]}
                                   for q, h in hosts.items()},

@@ -5,8 +5,11 @@ per backend and quantity, the worst error over the cases against the tolerance."
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,85 +19,160 @@ from impls.tolerances import TOLERANCES
 
 from .cases import CROSS_CASES
 from .envs import UsageError, interpreter_for
-from .pool import Worker, WorkerFailed
+from .pool import Worker, WorkerFailed, usable_cpus
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
 
 
 def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
-              precision: str = "float32", json_path: Path | None = None,
+              precision: str = "float32", json_path: Path | None = None, jobs: int = 1,
               log: Callable[[str], None] = print) -> int:
-    """Returns the exit status: 0 when every backend passes every quantity, else 1."""
+    """Returns the exit status: 0 when every backend passes every quantity, else 1. `jobs`
+    backends are checked side by side, each in its own worker (the results do not depend on
+    it: each case is computed in one process, with `threads` threads, whatever runs beside)."""
     if json_path is not None and (json_path.exists() or json_path.is_symlink()):
         raise UsageError(f"--json {json_path} exists; choose another name (reports are never overwritten)")
     if not backends:
         raise UsageError("no backends to check: name at least one with --backends")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be an integer >= 1, got {jobs}")
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         return _run_check(Path(d), backends, overrides=overrides, threads=threads,
-                          precision=precision, json_path=json_path, log=log)
+                          precision=precision, json_path=json_path, jobs=jobs, log=log)
+
+
+def default_jobs(threads: int | None, cores: int | None = None) -> int:
+    """Backends checked side by side: the cores // threads per worker (at least 1)."""
+    cores = cores or len(usable_cpus() or []) or os.cpu_count() or 1
+    return max(1, cores // max(1, threads or cores))
+
+
+_REFERENCE_LOCK = threading.Lock()  # the lanes share the reference outputs' cache
+
+
+class _Stopped(Exception):
+    """The check was interrupted: a backend's thread ends without a result."""
+
+
+def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: dict[str, dict[str, dict]],
+                   tmp: Path, *, overrides: dict[str, str], threads: int | None, precision: str,
+                   live: dict[str, Worker], stop: threading.Event, log: Callable[[str], None],
+                   ) -> dict[str, Any]:
+    """Every case on one backend, in a worker of its environment (registered in `live`, so
+    that an interruption can kill it): the backend's report entry."""
+    entry: dict[str, Any] = {"status": "ok", "cases": {}}
+    t0 = time.perf_counter()
+
+    def start() -> Worker:
+        if stop.is_set():
+            raise _Stopped
+        live[name] = Worker(interpreter_for(name, overrides), threads, backend=name)
+        return live[name]
+    try:
+        worker = start()
+    except registry.BackendError as e:
+        log(f"{name}: unavailable: {e}")
+        return {**entry, "status": "unavailable", "reason": str(e)}
+    try:
+        for cid, case, path in cases:
+            out_path = tmp / f"{cid}.{name}.out.npz"
+            try:
+                ans = worker.request({"op": "case", "backend": name, "case": str(path),
+                                      "out": str(out_path), "threads": threads,
+                                      "precision": precision}, timeout=600)
+            except WorkerFailed as e:
+                if stop.is_set():
+                    raise _Stopped from None
+                ans = {"ok": False, "error": f"{e.kind}: {e}"}
+                worker = start()
+            if not isinstance(ans, dict):
+                ans = {"ok": False, "error": f"malformed answer: {str(ans)[:200]}"}
+            if not ans.get("ok"):
+                ans["error"] = (str(ans.get("error") or "no reason given").splitlines() or [""])[0]
+                entry["cases"][cid] = {"error": ans["error"]}
+                entry["status"] = "error"
+                log(f"{name} {cid}: error: {ans['error']}")
+                if "unavailable" in ans["error"] or "ModuleNotFoundError" in ans["error"]:
+                    entry.update(status="unavailable", reason=ans["error"])
+                    break
+                continue
+            try:
+                out, _ = load_outputs(out_path)
+            except CaseError as e:  # the backend wrote something that is not its outputs
+                entry["cases"][cid] = {"error": str(e)}
+                entry["status"] = "error"
+                log(f"{name} {cid}: error: {e}")
+                continue
+            with _REFERENCE_LOCK:  # the float64 reference runs once per case and formula
+                rows = check_outputs(out, case, name, precision, cache=references[cid])
+            entry["cases"][cid] = [r.__dict__ for r in rows]
+            if not rows or any(r.status == "FAIL" for r in rows):  # nothing compared fails too
+                entry["status"] = "FAIL"
+    finally:
+        worker.close()
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    return entry
 
 
 def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], threads: int | None,
-               precision: str, json_path: Path | None, log: Callable[[str], None]) -> int:
+               precision: str, json_path: Path | None, jobs: int, log: Callable[[str], None]) -> int:
     cases = []
     references: dict[str, dict[str, dict]] = {}  # case id -> eps form -> reference outputs
     for cc in CROSS_CASES:
         case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
         cases.append((cc.id, case, save_case(case, tmp / f"{cc.id}.npz")))
         references[cc.id] = {}
+    report: dict[str, Any] = {"precision": precision, "cases": [c[0] for c in cases], "jobs": jobs,
+                              "backends": {name: None for name in backends}}  # the given order
+    queue = deque(backends)
+    lock = threading.Lock()  # the queue and the report
+    live: dict[str, Worker] = {}  # backend -> its worker, while it runs
+    stop = threading.Event()
+    if jobs > 1:
+        log(f"checking {len(backends)} backends, {min(jobs, len(backends))} at a time")
 
-    report: dict[str, Any] = {"precision": precision, "cases": [c[0] for c in cases], "backends": {}}
-    failed = False
+    def lane() -> None:
+        while True:
+            with lock:
+                if stop.is_set() or not queue:
+                    return
+                name = queue.popleft()
+            try:
+                entry = _check_backend(name, cases, references, tmp, overrides=overrides,
+                                       threads=threads, precision=precision, live=live, stop=stop,
+                                       log=log)
+            except _Stopped:
+                return
+            except Exception as e:  # noqa: BLE001 - the harness failed on this backend, not the check
+                if stop.is_set():
+                    return
+                entry = {"status": "error", "cases": {}, "reason": f"{type(e).__name__}: {e}"}
+                log(f"{name}: error: {entry['reason']}")
+            finally:
+                live.pop(name, None)
+            with lock:
+                report["backends"][name] = entry
+                log(_line(name, entry))
+
+    lanes = [threading.Thread(target=lane, name=f"check lane {n}", daemon=True)
+             for n in range(min(jobs, len(backends)))]
+    for t in lanes:
+        t.start()
+    try:
+        while any(t.is_alive() for t in lanes):
+            for t in lanes:
+                t.join(0.2)  # short joins: the main thread stays responsive to Ctrl-C
+    except BaseException:
+        stop.set()
+        for w in list(live.values()):
+            w.kill()
+        for t in lanes:
+            t.join(10.0)
+        raise
     for name in backends:
-        entry: dict[str, Any] = {"status": "ok", "cases": {}}
-        report["backends"][name] = entry
-        t0 = time.perf_counter()
-        try:
-            worker = Worker(interpreter_for(name, overrides), threads, backend=name)
-        except registry.BackendError as e:
-            entry.update(status="unavailable", reason=str(e))
-            failed = True
-            log(f"{name}: unavailable: {e}")
-            continue
-        try:
-            for cid, case, path in cases:
-                out_path = tmp / f"{cid}.{name}.out.npz"
-                try:
-                    ans = worker.request({"op": "case", "backend": name, "case": str(path),
-                                          "out": str(out_path), "threads": threads,
-                                          "precision": precision}, timeout=600)
-                except WorkerFailed as e:
-                    ans = {"ok": False, "error": f"{e.kind}: {e}"}
-                    worker = Worker(interpreter_for(name, overrides), threads, backend=name)
-                if not isinstance(ans, dict):
-                    ans = {"ok": False, "error": f"malformed answer: {str(ans)[:200]}"}
-                if not ans.get("ok"):
-                    ans["error"] = (str(ans.get("error") or "no reason given").splitlines() or [""])[0]
-                    entry["cases"][cid] = {"error": ans["error"]}
-                    entry["status"] = "error"
-                    failed = True
-                    log(f"{name} {cid}: error: {ans['error']}")
-                    if "unavailable" in ans["error"] or "ModuleNotFoundError" in ans["error"]:
-                        entry.update(status="unavailable", reason=ans["error"])
-                        break
-                    continue
-                try:
-                    out, _ = load_outputs(out_path)
-                except CaseError as e:  # the backend wrote something that is not its outputs
-                    entry["cases"][cid] = {"error": str(e)}
-                    entry["status"] = "error"
-                    failed = True
-                    log(f"{name} {cid}: error: {e}")
-                    continue
-                rows = check_outputs(out, case, name, precision, cache=references[cid])
-                entry["cases"][cid] = [r.__dict__ for r in rows]
-                if not rows or any(r.status == "FAIL" for r in rows):  # nothing compared fails too
-                    entry["status"] = "FAIL"
-                    failed = True
-        finally:
-            worker.close()
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
-        log(_line(name, entry))
+        if report["backends"][name] is None:  # cannot happen unless a lane died unreported
+            report["backends"][name] = {"status": "error", "cases": {}, "reason": "not checked"}
+    failed = any(e["status"] != "ok" for e in report["backends"].values())
     log("")
     log(format_table(report))
     if json_path:
@@ -131,18 +209,19 @@ def _line(name: str, entry: dict[str, Any]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     tol = TOLERANCES[report["precision"]]
-    head = f"{'backend':16}" + "".join(f"{q:>20}" for q in QUANTITIES) + "  result"
-    sub = f"{'tolerance':16}" + "".join(f"{tol[q].rel:>20.0e}" for q in QUANTITIES)
+    w = max([16, *(len(n) + 2 for n in report["backends"])])  # the name column
+    head = f"{'backend':{w}}" + "".join(f"{q:>20}" for q in QUANTITIES) + "  result"
+    sub = f"{'tolerance':{w}}" + "".join(f"{tol[q].rel:>20.0e}" for q in QUANTITIES)
     lines = [head, sub]
     for name, entry in report["backends"].items():
         if entry["status"] == "unavailable":
-            lines.append(f"{name:16}  unavailable: {entry.get('reason', '')}")
+            lines.append(f"{name:{w}}  unavailable: {entry.get('reason', '')}")
             continue
         cells = []
         for q in QUANTITIES:
-            w, st = _worst(entry, q)
-            cells.append(f"{w:10.1e} {st:>9}")
-        lines.append(f"{name:16}" + "".join(f"{c:>20}" for c in cells) + f"  {entry['status']}")
+            worst, st = _worst(entry, q)
+            cells.append(f"{worst:10.1e} {st:>9}")
+        lines.append(f"{name:{w}}" + "".join(f"{c:>20}" for c in cells) + f"  {entry['status']}")
     devs = {n: registry.get_spec(n).deviations for n in report["backends"]}
     notes = [f"  {n} {opt}: {d.cause}" for n, ds in devs.items() for opt, d in ds.items()]
     if notes:

@@ -280,15 +280,18 @@ def cmd_case_diff(a: argparse.Namespace) -> int:
 # ---- check, run, setup, compare, report ----------------------------------------------
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .check import run_check
+    from .check import default_jobs, run_check
     backends = _backend_list(a.backends, BENCH_BACKENDS)
     if not backends:
         raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
     _positive_threads(a.threads)
     if a.json:
         check_new_path(a.json, "--json")  # fail now, not after minutes of checking
+    jobs = default_jobs(a.threads) if a.jobs is None else a.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs must be an integer >= 1, got {a.jobs}")
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
-                     precision=a.precision, json_path=Path(a.json) if a.json else None)
+                     precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -429,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma list (default: all but the numpy oracle)")
     p.add_argument("--json", help="write the detailed report here")
     p.add_argument("--precision", default="float32", choices=["float32", "tf32"])
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="backends checked side by side, each in its own worker (default: the "
+                        "cores // --threads)")
     python(p), threads(p)
     p.set_defaults(fn=cmd_check)
 

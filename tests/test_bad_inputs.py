@@ -370,6 +370,7 @@ ROWS = [
     Row("check-unknown-backend", ["check", "--backends", "numpy,nope"], "unknown backend 'nope'"),
     Row("check-no-backends", ["check", "--backends", ","], "names no backend"),
     Row("check-threads-0", ["check", "--backends", "numpy", "--threads", "0"], "--threads must be between 1 and 1024"),
+    Row("check-jobs-0", ["check", "--backends", "numpy", "--jobs", "0"], "--jobs must be an integer >= 1"),
     Row("check-json-exists", ["check", "--backends", "numpy", "--json", "c.npz"], "--json c.npz exists"),
     Row("check-json-dev-full", ["check", "--backends", "numpy", "--json", "/dev/full"], "--json /dev/full exists"),
     Row("check-json-missing-folder", ["check", "--backends", "numpy", "--json", "nodir/c.json"], "the folder nodir does not exist"),

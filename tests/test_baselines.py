@@ -150,6 +150,10 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     doc = json.loads(out.read_text())
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
+    # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
+    from harness.pool import usable_cpus
+    cpus = usable_cpus()
+    assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}
     for row in doc["rows"]:
         q = row["ratio"]

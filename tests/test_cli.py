@@ -91,6 +91,29 @@ def test_check_json_report(tmp_path):
     assert all(row["rel"] == 0 for row in rows)  # the reference against itself: bit for bit
 
 
+def test_check_side_by_side_gives_the_same_report(tmp_path):
+    """--jobs 2 checks two backends at once, each in its own worker: the same errors, case by
+    case, as one at a time, and the report keeps the order the backends were named in."""
+    import json
+    from harness.check import default_jobs
+    assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(None, cores=8) == 1
+    one = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    reps = []
+    for jobs in ("1", "2"):
+        r = lstmbench("check", "--backends", "numpy-f32,numpy", "--jobs", jobs, "--threads", "1",
+                      "--json", f"r{jobs}.json", cwd=tmp_path, env=one)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        reps.append(json.loads((tmp_path / f"r{jobs}.json").read_text()))
+    assert "2 at a time" in r.stdout
+    a, b = reps
+    assert list(a["backends"]) == list(b["backends"]) == ["numpy-f32", "numpy"]
+    assert (a["jobs"], b["jobs"]) == (1, 2)
+    for name in a["backends"]:
+        ra = [(row["key"], row["rel"]) for rows in a["backends"][name]["cases"].values() for row in rows]
+        rb = [(row["key"], row["rel"]) for rows in b["backends"][name]["cases"].values() for row in rows]
+        assert ra == rb and len(ra) > 20, name
+
+
 def test_listings(tmp_path):
     r = lstmbench("presets", cwd=tmp_path)
     assert r.returncode == 0 and "chainer-ptb" in r.stdout and "40,813,500" in r.stdout

@@ -362,7 +362,8 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
 # ---- the run, interrupted and resumed (needs harness.run's --resume) ---------------------------
 
 TINY = """
-rounds = 150
+rounds = 40
+threads = 1
 min_clean = 2
 extra_rounds = 2
 extra_time = 1

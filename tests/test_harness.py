@@ -66,10 +66,14 @@ def _available() -> list[str]:
 
 def test_check_every_backend(tmp_path):
     backends = _available()
-    r = lstmbench("check", "--backends", ",".join(backends), "--json", "check.json", cwd=tmp_path)
+    # one thread each, so that on two cores two backends are checked side by side (--jobs' default)
+    r = lstmbench("check", "--backends", ",".join(backends), "--threads", "1", "--json", "check.json",
+                  cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "check.json").read_text())
-    assert set(report["backends"]) == set(backends)
+    assert list(report["backends"]) == backends  # the order named, whatever finished first
+    from harness.check import default_jobs
+    assert report["jobs"] == default_jobs(1)
     for name, entry in report["backends"].items():
         assert entry["status"] == "ok", (name, entry)
         assert len(entry["cases"]) == len(report["cases"]) >= 5
@@ -141,6 +145,8 @@ def test_smoke_matrix_every_backend(tmp_path):
 
 MATRIX = """
 rounds = {rounds}
+workload_time = {workload_time}
+threads = 1
 min_clean = 2
 extra_rounds = 2
 extra_time = 1
@@ -157,8 +163,10 @@ modes = {modes}
 
 
 def _matrix(rounds: int = 4, timeout: float = 120, hidden: int = 32, gen_len: int = 20,
-            modes: str = '["train", "eval", "generate"]') -> str:
-    return MATRIX.format(rounds=rounds, timeout=timeout, hidden=hidden, gen_len=gen_len, modes=modes)
+            modes: str = '["train", "eval", "generate"]', workload_time: float = 60.0) -> str:
+    """A one-backend matrix; one pinned thread, so that no spinning pool stretches the rounds."""
+    return MATRIX.format(rounds=rounds, timeout=timeout, hidden=hidden, gen_len=gen_len, modes=modes,
+                         workload_time=workload_time)
 
 
 def _start(tmp_path: Path, matrix: str, *extra: str) -> subprocess.Popen:
@@ -200,9 +208,10 @@ def test_tiny_matrix_v2_with_two_processes_and_wait_policy(tmp_path):
 
 
 def test_killed_worker_loses_only_its_cell(tmp_path):
-    proc = _start(tmp_path, _matrix(rounds=400))
+    # 400 rounds of ~30 ms would take 24 s; each workload stops after 6 s of rounds instead
+    proc = _start(tmp_path, _matrix(rounds=400, workload_time=6.0))
     _wait_for(proc, "[1/3]")
-    time.sleep(1.5)  # the first workload's rounds are under way (400 rounds of ~30 ms)
+    time.sleep(1.5)  # the first workload's rounds are under way
     pids = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],
                                                  capture_output=True, text=True).stdout.split())
     assert pids, "no worker process found"
@@ -234,7 +243,7 @@ def test_bad_matrix_is_one_line(tmp_path):
 def test_ctrl_c_keeps_finished_workloads_and_resume_completes(tmp_path):
     import importlib.util
     has_journal = importlib.util.find_spec("harness.journal") is not None
-    proc = _start(tmp_path, _matrix(rounds=60))
+    proc = _start(tmp_path, _matrix(rounds=40))
     _wait_for(proc, "[2/3]")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
