@@ -194,8 +194,30 @@ def worker_env(threads: int | None, backend: str | None = None,
     return env
 
 
+# A child of the harness sets itself up first, before any framework starts a thread (set-up
+# between fork and exec, subprocess's preexec_fn, is not safe in a parent with threads: `check
+# --jobs` and the quality lanes start children from several threads). LSTMBENCH_CPUS pins it
+# (every thread it starts inherits the mask); LSTMBENCH_PARENT asks the kernel to SIGKILL it
+# when that parent dies (PR_SET_PDEATHSIG = 1, even after the parent's SIGKILL), and it exits
+# if the parent is already gone (it died before the request took effect). Both are taken out of the environment its own children see.
 _BOOT = """\
 import importlib.util, os, sys
+_cpus = os.environ.pop("LSTMBENCH_CPUS", "")
+if _cpus and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {int(c) for c in _cpus.split(",")})
+_parent = os.environ.pop("LSTMBENCH_PARENT", "")
+if _parent and sys.platform.startswith("linux"):
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.kill(int(_parent), 0)
+    except ProcessLookupError:
+        os._exit(1)
+    except OSError:
+        pass
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
 root = os.environ.get("LSTMBENCH_CODE_ROOT")
 for name in ("impls", "harness"):
@@ -207,6 +229,15 @@ for name in ("impls", "harness"):
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
 """
+
+
+def child_vars(parent: int, cpus: "list[int] | None" = None) -> dict[str, str]:
+    """The environment variables a child started with bootstrap_code needs to pin itself to
+    `cpus` and to die with `parent` (see _BOOT)."""
+    out = {"LSTMBENCH_PARENT": str(parent)}
+    if cpus:
+        out["LSTMBENCH_CPUS"] = ",".join(map(str, cpus))
+    return out
 
 
 def bootstrap_code(entry: str) -> str:

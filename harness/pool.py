@@ -11,23 +11,22 @@ temporary file (unlinked at birth): it can never be left behind; its tail goes i
 Workers never outlive the harness: each runs in its own process group (Ctrl-C in a terminal
 reaches only the harness), which is killed on close(), when a request is interrupted, at
 exit (atexit) and on a second Ctrl-C (signals.on_second_signal); the kernel kills a worker
-whose parent died (PR_SET_PDEATHSIG, set between fork and exec), even after a SIGKILL."""
+whose parent died (PR_SET_PDEATHSIG, which the worker's boot code sets before anything
+else: harness.envs.child_vars), even after a SIGKILL."""
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import select
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any
 
-from .envs import bootstrap_code, worker_env
+from .envs import bootstrap_code, child_vars, worker_env
 from .failures import classify_message
 
 # Run in the worker's interpreter: `harness` and `impls` loaded from the folder this process
@@ -46,19 +45,6 @@ class WorkerFailed(Exception):
         self.kind = kind
 
 
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up in the parent (nothing is loaded between fork and exec)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()
-PR_SET_PDEATHSIG = 1
-
 _live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
 
@@ -74,20 +60,6 @@ try:
     on_second_signal(kill_all)
 except ImportError:  # pragma: no cover - signals.py ships with this file
     pass
-
-
-def _child_setup(parent: int, cpus: "list[int] | None" = None) -> Callable[[], None]:
-    prctl = _PRCTL
-    mask = set(cpus) if cpus else None
-
-    def setup() -> None:  # in the child, between fork and exec: no imports, no allocation
-        if mask is not None:  # inherited by every thread the worker starts
-            os.sched_setaffinity(0, mask)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return setup
 
 
 def worker_cpus(threads: int | None, available: "list[int] | None" = None) -> list[int] | None:
@@ -127,11 +99,11 @@ class Worker:
         r, w = os.pipe()
         env = worker_env(threads, backend=backend, extra=extra_env)
         env["LSTMBENCH_PROTO_FD"] = str(w)
+        env.update(child_vars(os.getpid(), cpus))  # pinned and tied to us by its boot code
         try:
             self.proc = subprocess.Popen(
                 [python, "-c", _BOOT], env=env, stdin=subprocess.PIPE, stdout=self.log,
-                stderr=self.log, pass_fds=(w,), start_new_session=True,  # Ctrl-C reaches only us
-                preexec_fn=_child_setup(os.getpid(), cpus))
+                stderr=self.log, pass_fds=(w,), start_new_session=True)  # Ctrl-C reaches only us
         except BaseException:
             os.close(r)
             os.close(w)

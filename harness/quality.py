@@ -50,9 +50,10 @@ import numpy as np
 from impls import registry
 
 from .data import prepare
-from .envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
+from .envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
+                   worker_env)
 from .journal import Journal, finalize, journal_path
-from .pool import _child_setup, usable_cpus
+from .pool import usable_cpus
 from .signals import interruptible, on_second_signal
 
 SCHEMA = "lstmbench.quality"
@@ -172,6 +173,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
         return {"status": "unavailable", "error": str(e)}
     env = worker_env(threads, backend=backend)  # the spec's env_vars included
     env[_CHILD] = "1"
+    env.update(child_vars(os.getpid(), cpus))  # pinned, and killed with us (its boot code)
     # harness_command, not `python -m harness`: another environment's interpreter (chainer's)
     # has no lstmbench installed, and a non-editable install's code is not on its path
     cmd = harness_command(python, "train", "--backend", backend, "--preset", cfg.preset,
@@ -184,10 +186,9 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
         cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
     # its own session: Ctrl-C reaches only us, and we stop its whole group; PR_SET_PDEATHSIG
-    # (pool's child set-up): killed with us even by SIGKILL, never left training as an orphan
+    # (child_vars): killed with us even by SIGKILL, never left training as an orphan
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
-                            preexec_fn=_child_setup(os.getpid(), cpus))
+                            text=True, start_new_session=True)
     if children is not None:
         children.add(proc)
     tail: deque[str] = deque(maxlen=5)

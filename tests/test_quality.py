@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from harness import quality, signals
-from harness.pool import _child_setup
+from harness.envs import bootstrap_code, child_vars
 from harness.envs import interpreter_for
 from impls import registry
 
@@ -363,7 +363,7 @@ def test_a_lane_child_runs_on_its_cpus() -> None:
     if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs CPU affinity control and two CPUs")
     cpu = sorted(os.sched_getaffinity(0))[1]
-    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                         preexec_fn=_child_setup(os.getpid(), [cpu]), capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.strip() == f"[{cpu}]", out
+    code = bootstrap_code("print(sorted(os.sched_getaffinity(0)), 'LSTMBENCH_CPUS' in os.environ)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **child_vars(os.getpid(), [cpu])},
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == f"[{cpu}] False", out  # pinned; its own children not told again

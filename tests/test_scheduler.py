@@ -278,6 +278,8 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
     cpus = sorted(os.sched_getaffinity(0))[-1:]
     w = Worker(sys.executable, 1, cpus=cpus)
     try:
+        # the worker pins itself first thing (harness.envs._BOOT): once it answers, it has
+        assert w.request({"op": "info", "backends": [], "threads": 1, "device": "cpu"}, 120)["ok"]
         assert os.sched_getaffinity(w.proc.pid) == set(cpus)
     finally:
         w.close()
