@@ -5,7 +5,6 @@ per backend and quantity, the worst error over the cases against the tolerance."
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import time
@@ -19,7 +18,7 @@ from impls.tolerances import TOLERANCES
 
 from .cases import CROSS_CASES
 from .envs import UsageError, interpreter_for
-from .pool import Worker, WorkerFailed, usable_cpus
+from .pool import Worker, WorkerFailed
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
 
@@ -39,12 +38,6 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         return _run_check(Path(d), backends, overrides=overrides, threads=threads,
                           precision=precision, json_path=json_path, jobs=jobs, log=log)
-
-
-def default_jobs(threads: int | None, cores: int | None = None) -> int:
-    """Backends checked side by side: the cores // threads per worker (at least 1)."""
-    cores = cores or len(usable_cpus() or []) or os.cpu_count() or 1
-    return max(1, cores // max(1, threads or cores))
 
 
 _REFERENCE_LOCK = threading.Lock()  # the lanes share the reference outputs' cache
@@ -169,9 +162,6 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
         for t in lanes:
             t.join(10.0)
         raise
-    for name in backends:
-        if report["backends"][name] is None:  # cannot happen unless a lane died unreported
-            report["backends"][name] = {"status": "error", "cases": {}, "reason": "not checked"}
     failed = any(e["status"] != "ok" for e in report["backends"].values())
     log("")
     log(format_table(report))

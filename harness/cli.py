@@ -280,7 +280,8 @@ def cmd_case_diff(a: argparse.Namespace) -> int:
 # ---- check, run, setup, compare, report ----------------------------------------------
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .check import default_jobs, run_check
+    from .check import run_check
+    from .pool import default_jobs
     backends = _backend_list(a.backends, BENCH_BACKENDS)
     if not backends:
         raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
@@ -288,8 +289,6 @@ def cmd_check(a: argparse.Namespace) -> int:
     if a.json:
         check_new_path(a.json, "--json")  # fail now, not after minutes of checking
     jobs = default_jobs(a.threads) if a.jobs is None else a.jobs
-    if jobs < 1:
-        raise UsageError(f"--jobs must be an integer >= 1, got {a.jobs}")
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
                      precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs)
 

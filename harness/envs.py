@@ -199,7 +199,8 @@ def worker_env(threads: int | None, backend: str | None = None,
 # --jobs` and the quality lanes start children from several threads). LSTMBENCH_CPUS pins it
 # (every thread it starts inherits the mask); LSTMBENCH_PARENT asks the kernel to SIGKILL it
 # when that parent dies (PR_SET_PDEATHSIG = 1, even after the parent's SIGKILL), and it exits
-# if the parent is already gone (it died before the request took effect). Both are taken out of the environment its own children see.
+# if the parent is already gone (it died before the request took effect). Both are taken out
+# of the environment its own children see.
 _BOOT = """\
 import importlib.util, os, sys
 _cpus = os.environ.pop("LSTMBENCH_CPUS", "")

@@ -80,6 +80,13 @@ def worker_cpus(threads: int | None, available: "list[int] | None" = None) -> li
     return available[-threads:]
 
 
+def default_jobs(threads: int | None, cores: int | None = None) -> int:
+    """Children that fit the machine side by side (quality lanes, `check --jobs`): the cores
+    // threads per child (at least 1)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, threads or cores))
+
+
 def usable_cpus() -> list[int] | None:
     """The CPUs this process may run on, in order; None where the platform cannot tell."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

@@ -53,7 +53,7 @@ from .data import prepare
 from .envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
                    worker_env)
 from .journal import Journal, finalize, journal_path
-from .pool import usable_cpus
+from .pool import default_jobs, usable_cpus
 from .signals import interruptible, on_second_signal
 
 SCHEMA = "lstmbench.quality"
@@ -287,12 +287,6 @@ def schedule_order(backends: list[str]) -> list[str]:
     lanes' finishing times close), the rest as given."""
     rank = {b: i for i, b in enumerate(SLOWEST_FIRST)}
     return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
-
-
-def default_jobs(threads: int | None, cores: int | None = None) -> int:
-    """Lanes that fit the machine: cores // threads per backend (at least 1)."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, threads or cores))
 
 
 def run_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],

@@ -72,7 +72,7 @@ def test_check_every_backend(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "check.json").read_text())
     assert list(report["backends"]) == backends  # the order named, whatever finished first
-    from harness.check import default_jobs
+    from harness.pool import default_jobs
     assert report["jobs"] == default_jobs(1)
     for name, entry in report["backends"].items():
         assert entry["status"] == "ok", (name, entry)
