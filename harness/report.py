@@ -603,15 +603,20 @@ def noise_table(runs: list[tuple[Run, list[RunCell]]]) -> Table:
         st = n.get("start") if isinstance(n.get("start"), dict) else {}
         en = n.get("end") if isinstance(n.get("end"), dict) else {}
         verdict = run.verdict or ("unknown (no noise probe)" if not run.probe_s else "?")
+        spread = n.get("round_spread") if isinstance(n.get("round_spread"), dict) else None
+        if spread and not isinstance(spread.get("median"), (int, float)):
+            spread = None
         rows.append([_run_name(run.doc), g(st.get("gflops")), g(p.get("best_gflops")), g(p.get("median_gflops")),
                      g(en.get("gflops")),
                      f"{100 * run.contended:.0f}%" if run.contended is not None else "-",
                      str(n.get("collapse_rounds", "-")),
-                     f"{100 * run.floor:.0f}%" if run.floor is not None else "-", verdict.upper()
+                     f"{100 * run.floor:.0f}%" if run.floor is not None else "-",
+                     f"{spread['median']:.2f}x" if spread else "-", verdict.upper()
                      if verdict in ("quiet", "noisy", "contended") else verdict])
-        css.append([""] * 8 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, "")])
+        css.append([""] * 9 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, "")])
     return Table(["run", "probe GFLOP/s at start", "best", "median", "at end", "contended rounds",
-                  "collapse rounds", "noise floor (probe minimum moved)", "verdict"], rows, set(range(1, 8)), css)
+                  "collapse rounds", "noise floor (probe minimum moved)",
+                  "cells' median round / fastest", "verdict"], rows, set(range(1, 9)), css)
 
 
 def plot_noise(runs: list[tuple[Run, list[RunCell]]], out_dir: Path) -> Path | None:

@@ -787,8 +787,10 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
     busiest = max(foreign) if foreign else None
     if busiest is not None and busiest >= stats.FOREIGN_LIMIT:  # a neighbour inside the machine
         verdict = "contended" if busiest >= 2 * stats.FOREIGN_LIMIT else max(verdict, "noisy", key=_VERDICTS.index)
+    spread = stats.round_spread([[x["s"] for x in c["result"].get("samples") or []]
+                                 for c in doc["cells"] if c["result"].get("status") == "ok"])
     doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict,
-                                       foreign_cores_max=busiest)
+                                       foreign_cores_max=busiest, round_spread=spread)
     doc["noise"].setdefault("start", None)
     doc["noise"].setdefault("end", None)
     doc["estimator"] = stats.estimator_info()
@@ -811,7 +813,7 @@ def noise_report(doc: dict[str, Any]) -> str:
     """How noisy the machine was: probe GFLOP/s at start and end, contended share, verdict."""
     n = doc.get("noise") or {}
     p = doc.get("probe") or {}
-    lines = [f"machine noise: {n.get('verdict', 'unknown').upper()}"]
+    lines = [f"machine noise: {n.get('verdict', 'unknown').upper()} (by the probe GEMM and the neighbour count)"]
     for k in ("start", "end"):
         s = n.get(k) or {}
         if s.get("gflops"):
@@ -821,6 +823,10 @@ def noise_report(doc: dict[str, Any]) -> str:
                      f"over {len([x for x in p['rounds_s'] if x])} rounds; "
                      f"{100 * n.get('contended_fraction', 0):.0f}% of rounds contended "
                      f"(probe > {stats.CLEAN_FACTOR}x best), {n.get('collapse_rounds', 0)} collapse rounds")
+    rs = n.get("round_spread") or {}
+    if rs.get("median"):
+        lines.append(f"  cells' own rounds: the median cell's median round took {rs['median']:.2f}x its fastest "
+                     f"(90% of cells within {rs['q90']:.2f}x); the probe feels such swings only in part")
     if n.get("foreign_cores_max") is not None:
         lines.append(f"  other processes on this machine: up to {n['foreign_cores_max']:.2f} cores busy "
                      f"during a workload" + (f" (at or above {stats.FOREIGN_LIMIT}: compare will not "

@@ -91,6 +91,9 @@ def _check_v2(doc: dict, backends: list[str]) -> None:
     assert len(doc["probe"]["rounds_s"]) == sum(w["rounds"] for w in doc["workloads"])
     assert doc["noise"]["verdict"] in ("quiet", "noisy", "contended")
     assert 0 <= doc["noise"]["contended_fraction"] <= 1 and doc["estimator"]["name"]
+    spread = doc["noise"]["round_spread"]  # the cells' own median round over their fastest
+    assert spread["cells"] == sum(c["result"]["status"] == "ok" for c in doc["cells"])
+    assert 1 <= spread["median"] <= spread["q90"]
     assert {c["cell"]["backend"] for c in doc["cells"]} == set(backends)
     ids = {w["id"] for w in doc["workloads"]}
     assert {c["workload"] for c in doc["cells"]} == ids
