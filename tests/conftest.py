@@ -12,6 +12,20 @@ from impls.case import Case, make_case, run_case
 from harness.cases import CROSS_CASES, CrossCase
 
 
+_AFFINITY = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+@pytest.fixture(autouse=True)
+def _restore_cpu_affinity():
+    """A backend configured in this process may pin it (impls/jax_impl.py keeps the first
+    `threads` CPUs for XLA's pool): give the next test, and the processes it starts, the CPUs
+    the session started with. Without this, test_quality's pinning test was skipped in CI
+    ("needs two CPUs") after an in-process jax test had left the runner on one."""
+    yield
+    if _AFFINITY is not None and sorted(os.sched_getaffinity(0)) != _AFFINITY:
+        os.sched_setaffinity(0, _AFFINITY)
+
+
 def backends_under_test() -> list[str]:
     """LSTMBENCH_BACKENDS (comma list, set by each tox environment) names the backends this
     environment must test: one that is unavailable then fails. Without it, every backend
