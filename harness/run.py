@@ -787,8 +787,8 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
     busiest = max(foreign) if foreign else None
     if busiest is not None and busiest >= stats.FOREIGN_LIMIT:  # a neighbour inside the machine
         verdict = "contended" if busiest >= 2 * stats.FOREIGN_LIMIT else max(verdict, "noisy", key=_VERDICTS.index)
-    spread = stats.round_spread([[x["s"] for x in c["result"].get("samples") or []]
-                                 for c in doc["cells"] if c["result"].get("status") == "ok"])
+    spread = stats.round_spread([c["result"].get("stats") or {} for c in doc["cells"]
+                                 if c["result"].get("status") == "ok"])
     doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict,
                                        foreign_cores_max=busiest, round_spread=spread)
     doc["noise"].setdefault("start", None)

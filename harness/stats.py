@@ -241,15 +241,15 @@ def probe_summary(probe_s: Sequence[float], flop: int) -> dict[str, Any]:
             "cv": float(a.std(ddof=1) / a.mean()) if a.size > 1 else 0.0, "rounds": int(a.size)}
 
 
-def round_spread(cells: Sequence[Sequence[float]]) -> dict[str, Any] | None:
+def round_spread(summaries: Sequence[dict[str, float]]) -> dict[str, Any] | None:
     """How far the cells' own rounds ran above their fastest: per cell, its median round over
-    its minimum; the median and 90th percentile of that over cells. The machine's swings as the
-    backends felt them: on the project's 2-core VM the median cell's median round was 1.14-1.52x
-    its fastest in the runs of 4 December 2026, while the GEMM probe's (busy in the FPU, it feels
-    these phases at about a fifth of their size) was 1.06-1.10x its best (docs/measurement.md,
+    its minimum (from its `summarize` figures over every round, the result's "stats"); the
+    median and 90th percentile of that over cells. The machine's swings as the backends felt
+    them: on the project's 2-core VM the median cell's median round was 1.08-1.52x its fastest
+    in the runs of 4 December 2026, while the GEMM probe's (busy in the FPU, it feels these
+    phases at about a fifth of their size) was 1.05-1.10x its best (docs/measurement.md,
     "4 December 2026"). The headline minimum rests on the fast rounds this says are rare."""
-    per = [float(np.median(a) / np.min(a)) for a in (np.asarray(c, np.float64) for c in cells)
-           if a.size and np.min(a) > 0]
+    per = [float(s["median"] / s["min"]) for s in summaries if s.get("rounds") and s["min"] > 0]
     if not per:
         return None
     return {"median": float(np.median(per)), "q90": float(np.percentile(per, 90)), "cells": len(per)}

@@ -135,7 +135,7 @@ def test_minimum_uses_every_round_other_quantiles_the_clean_ones():
 def test_round_spread_is_the_cells_median_round_over_their_fastest():
     # three cells: steady (1.0x), median round twice its fastest (2.0x), and 1.5x
     cells = [[1e-3] * 9, [1e-3, 2e-3, 2e-3, 3e-3, 5e-3], [2e-3, 3e-3, 3e-3, 9e-3]]
-    s = stats.round_spread(cells + [[]])  # a cell without rounds is left out
+    s = stats.round_spread([stats.summarize(c) for c in cells + [[]]])  # no rounds: left out
     assert s["cells"] == 3 and s["median"] == pytest.approx(1.5)
     assert s["q90"] == pytest.approx(np.percentile([1.0, 2.0, 1.5], 90))
-    assert stats.round_spread([[], []]) is None
+    assert stats.round_spread([stats.summarize([]), {}]) is None
