@@ -34,15 +34,8 @@ VICTIMS = ("numpy-f32", "torch", "torch-cell", "tensorflow", "jax", "flax")
 
 
 def _host(step: Callable[[], Any]) -> Any:
-    from harness.bench import Prepared
-
-    class _Host:  # host memory: nothing to synchronise
-        kernel = None
-
-        @staticmethod
-        def sync() -> None:
-            return None
-    return Prepared(_Host(), step)
+    from harness.bench import HostSync, Prepared
+    return Prepared(HostSync(), step)
 
 
 def candidates() -> dict[str, Any]:

@@ -236,14 +236,17 @@ def gemm_prepared(n: int) -> Prepared:
     a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
     c = np.empty((n, n), np.float32)
 
-    class _Host:  # the probe's "backend": host memory, nothing to synchronise
-        kernel = None
+    return Prepared(HostSync(), lambda: np.matmul(a, b, out=c))
 
-        @staticmethod
-        def sync() -> None:
-            return None
 
-    return Prepared(_Host(), lambda: np.matmul(a, b, out=c))
+class HostSync:
+    """The "backend" of a step that runs on the host and is done when it returns (the probe's
+    GEMM, a baseline's step that waits for its loss): nothing to synchronise."""
+    kernel = None
+
+    @staticmethod
+    def sync() -> None:
+        return None
 
 
 def time_round(prep: Prepared, inner: int) -> float:

@@ -141,16 +141,6 @@ def op_probe(req: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "inner": inner, "n": n, "flop": 2 * n ** 3, "blas": blas_name()}
 
 
-class _HostSync:
-    """A baseline's "backend" for harness.bench's timing helpers: its step already waits for
-    the loss (float()), so there is nothing left to synchronise."""
-    kernel = None
-
-    @staticmethod
-    def sync() -> None:
-        return None
-
-
 _baselines: dict[str, ModuleType] = {}  # resolved path -> module, imported once per process
 
 
@@ -182,7 +172,7 @@ def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
     (eval) is built for the cell's sizes, batch, seq_len, optimiser and seed. One step is
     `float(step())`, so the loss is waited for inside the timed step. The first step is timed
     apart; then warm-up and a round sized like op_prepare's."""
-    from harness.bench import Cell, Prepared, _reset_peak_rss, inner_for
+    from harness.bench import Cell, HostSync, Prepared, _reset_peak_rss, inner_for
     _held.clear()
     cell = Cell.from_dict(req["cell"])
     if cell.mode not in ("train", "eval"):
@@ -194,7 +184,7 @@ def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
     if not callable(make):
         raise AttributeError(f"{req['file']} has no {'make_step' if cell.mode == 'train' else 'make_eval'}")
     fn = make(cell.model, cell.batch, cell.seq_len, train=cell.train, seed=cell.seed)
-    prep = Prepared(_HostSync(), lambda: float(fn()), check=lambda x: x is not None and math.isfinite(x))
+    prep = Prepared(HostSync(), lambda: float(fn()), check=lambda x: x is not None and math.isfinite(x))
     t0 = time.perf_counter_ns()
     out = prep.step()
     first = (time.perf_counter_ns() - t0) / 1e9
