@@ -1,22 +1,22 @@
 """`lstmbench baselines`: is each backend as fast as the plainest code its own framework's users
 write? (issue 11, item 6: fair to every framework.)
 
-benchmarks/baselines/ holds, per framework, a hand-written train step and eval step
-(`make_step`, `make_eval`). For every (preset, mode) this command measures one workload whose
-participants are the selected backends AND the baselines they need, interleaved by the same
-engine as `lstmbench run` (harness.run.measure_workload: seeded random order per round, the
-GEMM noise probe, clean rounds, re-measurement). Each participant lives in a worker process
-of its own; a baseline's worker runs in its backend's interpreter with its backend's
-environment variables (KERAS_BACKEND) and is set up by its backend module's configure()
-(thread pools, library flags), so the ratio measures the step's code, not process settings.
+benchmarks/baselines/ holds, per framework, a hand-written train step, eval step and
+generation loop (`make_step`, `make_eval`, `make_generate`). For every (preset, mode) this
+command measures one workload whose participants are the selected backends AND the baselines
+they need, interleaved by the same engine as `lstmbench run` (harness.run.measure_workload:
+seeded random order per round, the GEMM noise probe, clean rounds, re-measurement). Each
+participant lives in a worker process of its own; a baseline's worker runs in its backend's
+interpreter with its backend's environment variables (KERAS_BACKEND) and is set up by its
+backend module's configure() (thread pools, library flags), so the ratio measures the step's
+code, not process settings.
 
-Per backend: time ratio backend / baseline from the rounds both ran (paired by round:
-harness.stats.paired_ratio, the run's estimator, its bootstrap 95% interval), and a mark:
-`ok` when the whole interval is within 10% (hi <= 1.10), `slower` when its lower bound
-exceeds 1.10, `inconclusive` otherwise; a backend more than 10% slower carries its reason from
-REASONS (measured causes only). Results: one JSON document (schema lstmbench.baselines),
-written atomically and never over an existing file, and a Markdown table on stdout;
-progress on stderr.
+Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
+two variants of one run (harness.duet: paired rounds, per-process centres, the between-process
+variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
+`failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
+(measured causes only). Results: one JSON document (schema lstmbench.baselines), written
+atomically and never over an existing file, and a Markdown table on stdout; progress on stderr.
 
 The mapping backend -> baseline is each backend's registry entry (BackendSpec.baseline and
 baseline_note, impls/registry.py): a new backend names its baseline, or why it has none, there;
@@ -39,11 +39,11 @@ from impls.config import get_preset
 from .envs import ROOT, UsageError, _is_lstmbench_checkout, project_root
 from .pool import worker_cpus
 
-THRESHOLD = 1.10  # a backend more than 10% slower than its baseline must be fixed or explained
-MODES = ("train", "eval")
+THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
+MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows judged by harness.duet (marks faster|slower|unchanged|inconclusive|failed)
 
 
 def baseline_file(name: str) -> str:
@@ -63,7 +63,7 @@ BASELINES: dict[str, Entry] = {b: Entry(s.baseline, s.baseline_note)
                                for b, s in registry.BACKENDS.items()}
 
 # (backend, mode) -> why that backend is more than 10% slower than its baseline, from
-# measurements (docs: benchmarks/baselines/README.md). Mode "*" covers both modes.
+# measurements (docs: benchmarks/baselines/README.md). Mode "*" covers every mode.
 REASONS: dict[tuple[str, str], str] = {
     ("torch-cell", "*"): ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
                           "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"),
@@ -122,89 +122,22 @@ def find_dir(given: str | None) -> Path:
                      "pass --dir PATH/TO/benchmarks/baselines")
 
 
-# ---- participants ------------------------------------------------------------------------
-
-def _workers_class() -> Any:
-    from .envs import interpreter_for
-    from .run import PROBE, Workers, _new_worker
-
-    class BaselineWorkers(Workers):
-        """harness.run.Workers, where a baseline participant's worker gets its host backend's
-        interpreter and environment variables."""
-
-        def __init__(self, overrides: dict[str, str], threads: int | None,
-                     hosts: dict[str, str], cpus: list[int] | None = None) -> None:
-            super().__init__(overrides, threads, cpus=cpus)
-            self.hosts = hosts  # participant name -> the backend whose environment it uses
-
-        def get(self, name: str, p: int = 0) -> Any:
-            if (name, p) not in self.live:
-                host = self.hosts.get(name, name)
-                py = sys.executable if name == PROBE else interpreter_for(host, self.overrides)
-                self.live[(name, p)] = _new_worker(py, self.threads, self.extra_env, host, self.cpus)
-            return self.live[(name, p)]
-
-    return BaselineWorkers
-
-
-def _participant_class() -> Any:
-    from .run import WorkerParticipant, settle
-
-    class BaselineParticipant(WorkerParticipant):
-        """A baseline in worker process p: prepared by the worker's `baseline` op; its rounds
-        and release are any participant's."""
-
-        def __init__(self, workers: Any, name: str, p: int, cell: Any, timeout: float,
-                     file: Path, host: str) -> None:
-            super().__init__(workers, name, p, cell, timeout)
-            self.file, self.host = file, host
-
-        def prepare(self) -> dict[str, Any]:
-            ans = self._request({"op": "baseline", "file": str(self.file), "backend": self.host,
-                                 "cell": self.cell.to_dict(), "threads": self.workers.threads,
-                                 "round_time": self.round_time}, self.timeout)
-            w = self.workers.live.get((self.name, self.p))
-            self.settled_s += settle(w.proc.pid if w is not None else None)
-            if ans.get("first_step_s") is not None:  # as WorkerParticipant.prepare
-                self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
-                                                           + 1000 * self.round_time))
-            return ans
-
-    return BaselineParticipant
-
-
 # ---- ratios and marks -----------------------------------------------------------------------
 
-def _rounds(res: dict[str, Any], clean: bool) -> dict[tuple[int, int], float]:
-    return {(s["process"], s["round"]): s["s"] for s in res["samples"] if s["clean"] or not clean}
+def judge(res_b: dict[str, Any], res_q: dict[str, Any], pool: Any, threshold: float = THRESHOLD) -> Any:
+    """Backend against baseline from the rounds both ran: the in-run comparison of `compare
+    --variants` (harness.duet: per-process paired log ratios, the between-process variance
+    pooled over the run's cells, the same marks), the baseline as BASE and the backend as NEW.
+    `failed` where either did not measure."""
+    from . import duet
+    return duet.failed(res_q, res_b) or duet.judge(_paired(res_b, res_q), pool, threshold)
 
 
-def ratio_to_baseline(res_b: dict[str, Any], res_q: dict[str, Any], seed: int = 0
-                      ) -> dict[str, Any] | None:
-    """Backend time / baseline time over the rounds both ran, as harness.run.workload_ratios
-    pairs them (clean rounds when both cells are clean and the estimator is not the minimum;
-    every round, marked noisy, when either is noisy). None when either failed."""
-    from . import stats
+def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
+    from . import duet
     if res_b.get("status") != "ok" or res_q.get("status") != "ok":
         return None
-    noisy = bool(res_b.get("noisy") or res_q.get("noisy"))
-    clean = not noisy and not stats.uses_every_round(stats.ESTIMATOR)
-    pr = stats.paired_ratio(_rounds(res_b, clean), _rounds(res_q, clean), seed=seed)
-    if pr is None:
-        return None
-    return {"ratio": pr[0], "lo": pr[1], "hi": pr[2], "pairs": pr[3], "noisy": noisy}
-
-
-def mark(r: dict[str, Any] | None, threshold: float = THRESHOLD) -> str:
-    """ok: the whole interval within threshold; slower: its lower bound beyond; else
-    inconclusive. No ratio (a participant failed): failed."""
-    if r is None:
-        return "failed"
-    if r["hi"] <= threshold:
-        return "ok"
-    if r["lo"] > threshold:
-        return "slower"
-    return "inconclusive"
+    return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -239,11 +172,11 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     """Measure every (preset, mode) workload; write the document; returns (path, document)."""
     import numpy as np
 
-    from . import stats
+    from . import duet, stats
     from .bench import Cell
     from .results import check_writable, default_path, new_document, write_results
-    from .run import (PROBE, ProbeState, Schedule, WorkerParticipant, _describe, _probe_info,
-                      cell_result, measure_workload)
+    from .run import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers, _describe,
+                      _probe_info, cell_result, launcher, measure_workload)
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     named = backends is not None
@@ -258,21 +191,22 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
     # pinned as `run` pins (harness.pool.worker_cpus): fewer threads than CPUs, the last ones
     cpus = worker_cpus(threads)
-    workers = _workers_class()(overrides or {}, threads, hosts, cpus)
-    Participant = _participant_class()
+    backend_launch = launcher(overrides or {}, threads, cpus=cpus)
+    # a baseline's worker is its host backend's: same interpreter, env_vars, threads and CPUs
+    workers = Workers(lambda name: backend_launch(hosts.get(name, name)))
     sched = Schedule(rounds=rounds, processes=processes, max_time=workload_time,
                      min_clean=min(stats.MIN_CLEAN, rounds * processes),
                      extra_rounds=max(10, rounds), extra_time=20.0)
     rng = np.random.default_rng(seed)
     workloads: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
+    measured: list[tuple[str, str, str, str, dict[str, Any], dict[str, Any]]] = []
     t_start = time.monotonic()
     try:
         log(f"baselines: presets {','.join(presets)}, modes {','.join(modes)}, threads {threads}, "
-            f"{rounds} rounds, seed {seed}, files in {base_dir}"
+            f"{rounds} rounds, {processes} process(es), seed {seed}, files in {base_dir}"
             + (f", workers pinned to CPU {','.join(map(str, cpus))}" if cpus else ""))
         log("backends:")
-        info = _probe_info(workers, candidates, "cpu", threads, log)
+        info = _probe_info(workers, candidates, "cpu", log)
         avail = [b for b in candidates if info[b].get("available")]
         if named and len(avail) < len(candidates):
             bad = next(b for b in candidates if b not in avail)
@@ -302,10 +236,11 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             log(f"[{i}/{len(plan)}] {wid}: {', '.join(parts)}  (elapsed {time.monotonic() - t_start:.0f} s)")
 
             def make(n: str, p: int) -> Any:
-                if n in hosts and n not in registry.BACKENDS:
+                if n in hosts and n not in registry.BACKENDS:  # a baseline: prepared from its file
                     host = hosts[n]
-                    return Participant(workers, n, p, cells[n], 600.0,
-                                       base_dir / baseline_file(BASELINES[host].baseline), host)
+                    return WorkerParticipant(workers, n, p, cells[n], 600.0, prepare_op="baseline",
+                                             extra={"file": str(base_dir / baseline_file(BASELINES[host].baseline)),
+                                                    "backend": host})
                 return WorkerParticipant(workers, n, p, cells[n], 600.0)
 
             wd = measure_workload(parts, make, probe, sched, rng, log)
@@ -313,21 +248,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             for n in parts:
                 log(f"      {n:34} " + _describe(res[n]))
             for b in bes:
-                q = participant_name(b)
-                r = ratio_to_baseline(res[b], res[q])
-                mk = mark(r)
-                slow = r is not None and r["ratio"] > THRESHOLD
-                why = reason_for(b, mode) if slow else None
-                if mk == "failed":
-                    bad = res[b] if res[b].get("status") != "ok" else res[q]
-                    why = f"{bad.get('status')}: {str(bad.get('error'))[:120]}"
-                elif slow and why is None:
-                    why = ("no measured reason yet: to be investigated or fixed" if mk == "slower"
-                           else "not shown to be slower: re-measure with more rounds")
-                rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
-                             "baseline": baseline_label(b), "participant": q,
-                             "backend_s": res[b].get("estimate_s"), "baseline_s": res[q].get("estimate_s"),
-                             "ratio": r, "mark": mk, "reason": why})
+                measured.append((pname, mode, wid, b, res[b], res[participant_name(b)]))
             workloads.append({"id": wid, "preset": pname, "mode": mode, "batch": c0.batch,
                               "seq_len": c0.seq_len, "rounds": wd.rounds,
                               "remeasured_rounds": wd.remeasured, "cut_short": wd.short,
@@ -336,17 +257,35 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                                                for n in parts}})
     finally:
         workers.close()
+    # one comparison over the run's cells: the between-process variance pooled over all of them
+    pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
+    rows: list[dict[str, Any]] = []
+    for pname, mode, wid, b, rb, rq in measured:
+        j = judge(rb, rq, pool)
+        slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
+        why = reason_for(b, mode) if slow else None
+        if j.mark == "failed":
+            why = j.reason
+        elif slow and why is None:
+            why = ("no measured reason yet: to be investigated or fixed" if j.mark == "slower"
+                   else "not shown to be slower: re-measure with more rounds")
+        rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
+                     "baseline": baseline_label(b), "participant": participant_name(b),
+                     "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
+                     "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
     probes = [s for s in probe.rounds_s if s]
     frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
+                       judged_by="harness.duet (the in-run comparison of compare --variants)",
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
                        backends=info, baselines_dir=str(base_dir), cpus=cpus,
                        baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
                                       "serves": [b for b in avail if participant_name(b) == q]}
                                   for q, h in hosts.items()},
                        mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},
-                       noise={"contended_fraction": frac, "verdict": verdict},
+                       noise={"contended_fraction": frac, "verdict": verdict,
+                              "between_process_sd": None if pool.tau2 is None else pool.tau2 ** 0.5},
                        wall_s=round(time.monotonic() - t_start, 1))
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     doc["workloads"], doc["rows"] = workloads, rows
@@ -363,9 +302,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     out = ["| preset | mode | backend | baseline | backend ms/step | baseline ms/step | "
            "ratio [95% CI] | mark | reason |", "|---|---|---|---|---:|---:|---|---|---|"]
     for r in rows:
-        q = r["ratio"]
-        rt = f"{q['ratio']:.2f} [{q['lo']:.2f}, {q['hi']:.2f}]" + (" noisy" if q["noisy"] else "") \
-            if q else "-"
+        lo, hi = r["ci"]
+        rt = (f"{r['ratio']:.2f} [{lo:.2f}, {hi:.2f}]" + (" noisy" if r["noisy"] else "")
+              if r["ratio"] is not None else "-")
         out.append(f"| {r['preset']} | {r['mode']} | {r['backend']} | {r['baseline']} | "
                    f"{_ms(r['backend_s'])} | {_ms(r['baseline_s'])} | {rt} | {r['mark']} | "
                    f"{r['reason'] or ''} |")
@@ -415,7 +354,7 @@ def add_parser(sub: Any) -> None:
                                          "framework (benchmarks/baselines/), interleaved")
     p.add_argument("--presets", help=f"comma list (default {','.join(DEFAULT_PRESETS)})")
     p.add_argument("--backends", help="comma list (default: every available backend with a baseline)")
-    p.add_argument("--modes", help="comma list of train, eval (default both)")
+    p.add_argument("--modes", help="comma list of train, eval, generate (default all three)")
     p.add_argument("--threads", type=int, default=threads,
                    help=f"threads for every framework alike (default {threads}: the cores)")
     p.add_argument("--out", help="results FILE to write (must not exist; default "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -249,14 +250,37 @@ class HostSync:
         return None
 
 
+def _slowdown() -> float:
+    """LSTMBENCH_INJECT_SLOWDOWN=F: every timed round of this worker lasts F times as long (the
+    extra time a busy loop inside the round). The harness's own test of itself: a known
+    slowdown put into one variant's workers (`--variant b:env.LSTMBENCH_INJECT_SLOWDOWN=1.2`)
+    must come out of `compare --variants` as that ratio (docs/measurement.md). Recorded with
+    the variant's environment in the results file."""
+    text = os.environ.get("LSTMBENCH_INJECT_SLOWDOWN", "")
+    if not text:
+        return 1.0
+    try:
+        f = float(text)
+    except ValueError:
+        f = math.nan
+    if not (1.0 <= f <= 100.0):
+        raise ValueError(f"LSTMBENCH_INJECT_SLOWDOWN={text!r}: give a factor from 1 to 100")
+    return f
+
+
 def time_round(prep: Prepared, inner: int) -> float:
     """One timed round: `inner` steps bracketed by sync(); seconds per step."""
     be = prep.backend
+    slow = _slowdown()
     be.sync()
     t0 = time.perf_counter_ns()
     for _ in range(inner):
         prep.last = prep.step()
     be.sync()
+    if slow > 1.0:  # stretch the round to slow x its time, spinning (a CPU-bound slowdown)
+        end = t0 + int((time.perf_counter_ns() - t0) * slow)
+        while time.perf_counter_ns() < end:
+            pass
     return (time.perf_counter_ns() - t0) / 1e9 / inner
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from impls import registry
 from impls.case import (CaseError, check_new_path, check_outputs, diff_outputs, format_rows, is_output,
@@ -298,22 +299,44 @@ def cmd_run(a: argparse.Namespace) -> int:
     _positive_threads(a.threads)
     # training to a target (harness/quality.py): by name, or a quality run's journal to resume
     if a.matrix in QUALITY or (a.matrix is None and a.resume and is_quality_journal(a.resume)):
+        if a.variant:
+            raise UsageError("--variant applies to the benchmark matrices; a quality matrix trains "
+                             "each backend once")
         return cmd_quality(a)
     if a.jobs is not None:
         raise UsageError(f"--jobs applies to the quality matrices ({', '.join(QUALITY)}) only; "
                          "a benchmark matrix measures one workload at a time")
+    from .run import run_matrix
+    from .variants import parse_variants
+    variants = parse_variants(a.variant)
+    if variants and a.resume:
+        raise UsageError("--resume continues the journal's variants; leave --variant out")
+    run_matrix(**run_options(a, default_matrix="default", variants=variants),
+               command=["lstmbench", *sys.argv[1:]])
+    return 0
+
+
+DEFAULT_VARIANT_PROCESSES = 3  # worker sets per variant unless --processes (docs/measurement.md)
+
+
+def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | None = None
+                ) -> dict[str, Any]:
+    """run_matrix's arguments from `run`'s (or `ab`'s) options, every one checked before any
+    worker starts; a resumed run's settings come from its journal's header."""
     from .matrix import Matrix, load_matrix
-    from .run import load_resume, run_matrix
+    from .run import load_resume
+    from .variants import check_src
     if a.processes is not None and a.processes < 1:
         raise UsageError(f"--processes must be an integer >= 1, got {a.processes}")
-    resume = Path(a.resume) if a.resume else None
+    resume = Path(a.resume) if getattr(a, "resume", None) else None
     if resume is not None:  # the interrupted run's settings, from its journal's header
         _, _, header, _ = load_resume(resume)
         matrix = Matrix.from_dict(header["matrix"])
         if a.matrix is not None and load_matrix(a.matrix).to_dict() != header["matrix"]:
             raise UsageError(f"--resume: the journal's matrix is {matrix.name!r}, not {a.matrix!r}; "
                              "leave --matrix out to continue it")
-        backends = list(header.get("backends") or [])
+        from .variants import split
+        backends = list(dict.fromkeys(split(n)[0] for n in header.get("backends") or []))
         if a.backends and _backend_list(a.backends, []) != backends:
             raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
                              "leave --backends out to continue it")
@@ -322,7 +345,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         a.omp_wait_policy = header.get("omp_wait_policy")
         a.processes = header.get("processes") or 1
     else:
-        matrix = load_matrix(a.matrix or "default")
+        matrix = load_matrix(a.matrix or default_matrix)
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
         backends = _backend_list(a.backends, default)
@@ -332,21 +355,61 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise UsageError(f"backend {b} does not run on {a.device}")
     if a.precision == "tf32" and a.device != "gpu":
         raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
-    run_matrix(matrix, backends, device=a.device, precision=a.precision, threads=a.threads,
-               overrides=parse_python_overrides(a.python), out_dir=Path(a.out),
-               command=["lstmbench", *sys.argv[1:]], processes=a.processes or matrix.processes,
-               omp_wait_policy=a.omp_wait_policy, seed=a.seed, resume=resume)
-    return 0
+    for v in variants or []:
+        if v.src is not None:
+            check_src(v.src, f"--variant {v.name}: src")
+    processes = a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes)
+    return dict(matrix=matrix, backends=backends, device=a.device, precision=a.precision,
+                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=Path(a.out),
+                processes=processes, omp_wait_policy=a.omp_wait_policy, seed=a.seed, resume=resume,
+                variants=variants or None)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
+    """The options `run` and `ab` share (what to measure, and how)."""
+    p.add_argument("--matrix", help=f"smoke | default | full | gpu | FILE.toml/.yaml (default {default_matrix})"
+                   + ("; quality | quality-adam | quality-tiny train to a target" if default_matrix == "default" else ""))
+    p.add_argument("--backends", help="comma list (default: the matrix's, else every backend for the device)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
+                   help="float32 (strict, default) or tf32 (GPU only)")
+    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="fresh worker processes per backend (per variant) and workload (default: "
+                        f"{DEFAULT_VARIANT_PROCESSES} per variant with variants; else the matrix's, 1 for "
+                        "smoke, 2 for default; docs/measurement.md)")
+    p.add_argument("--omp-wait-policy", choices=["passive", "active"],
+                   help="OMP_WAIT_POLICY for every worker (default: unset, the runtime's own)")
+    p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"threads for every framework alike (default: the matrix's, 1 for smoke; "
+                        f"else {DEFAULT_THREADS}, the cores; 1 per backend for the quality matrices); "
+                        "fewer than the cores pins the workers to the last CPUs")
+    p.add_argument("--python", action="append", metavar="BACKEND=INTERPRETER",
+                   help="run BACKEND with this interpreter (repeatable)")
 
 
 def cmd_setup(a: argparse.Namespace) -> int:
-    from .envs import setup
+    from .envs import setup, setup_named
+    if a.name is not None:  # a named environment with the packages given (framework releases)
+        setup_named(a.name, a.envs)
+        return 0
     for env in a.envs or list(RECIPES):
         setup(env)
     return 0
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    if a.variants is not None or a.new is None:  # one run, two of its variants
+        if a.new is not None:
+            raise UsageError("--variants compares two variants of ONE run: give one results file "
+                             "(compare OLD NEW compares two runs)")
+        if a.normalize:
+            raise UsageError("--normalize is for two runs on different machines; an in-run "
+                             "comparison pairs rounds of one run")
+        from .inrun import run_compare_variants
+        return run_compare_variants(a.old, a.variants, threshold=_percent(a.threshold),
+                                    fail_on_regression=a.fail_on_regression, json_path=a.json)
     from .compare import run_compare
     return run_compare(a.old, a.new, threshold=_percent(a.threshold),
                        fail_on_regression=a.fail_on_regression, normalize=a.normalize,
@@ -438,38 +501,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("run", help="run a benchmark matrix")
-    p.add_argument("--matrix", help="smoke | default (the default) | full | gpu | quality | quality-adam | "
-                                     "quality-tiny | FILE.toml/.yaml")
-    p.add_argument("--backends", help="comma list (default: every backend for the device)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
-                   help="float32 (strict, default) or tf32 (GPU only)")
-    p.add_argument("--out", default="results", help="results folder (default results/)")
-    p.add_argument("--processes", type=int, metavar="N",
-                   help="fresh worker processes per backend and workload (default: the matrix's, "
-                        "1 for smoke, 2 for default; docs/measurement.md)")
-    p.add_argument("--omp-wait-policy", choices=["passive", "active"],
-                   help="OMP_WAIT_POLICY for every worker (default: unset, the runtime's own)")
-    p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")
+    add_run_options(p, default_matrix="default")
+    p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="measure every backend once per variant, interleaved (repeatable, two or more): "
+                        "keys python=PATH, python.BACKEND=PATH, src=DIR|REV, env.VAR=VALUE, threads=N "
+                        "(harness/variants.py); compare them with `compare RESULTS --variants A,B`")
     p.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted run from its journal (or the journal's target file)")
     p.add_argument("--jobs", metavar="N",
                    help="quality matrices: backends trained side by side, one lane each "
                         "(default: the cores // --threads)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"threads for every framework alike (default: the matrix's, 1 for smoke; "
-                        f"else {DEFAULT_THREADS}, the cores; 1 per backend for the quality matrices); "
-                        "fewer than the cores pins the workers to the last CPUs")
-    python(p)
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("setup", help="build the environments some backends need (chainer)")
-    p.add_argument("envs", nargs="*", help=f"default: {', '.join(RECIPES)}")
+    p = sub.add_parser("setup", help="build the environments some backends need (chainer), or a "
+                                      "named one with chosen package versions")
+    p.add_argument("envs", nargs="*", metavar="ENV|PACKAGE",
+                   help=f"environments to build (default: {', '.join(RECIPES)}); with --name, the "
+                        "packages to install, e.g. jax==0.9.2")
+    p.add_argument("--name", help="build the environment .venv-NAME with the PACKAGEs given, for a "
+                                  "variant (--variant old:python.jax=.venv-NAME/bin/python)")
     p.set_defaults(fn=cmd_setup)
 
-    p = sub.add_parser("compare", help="compare two runs (files or folders)")
-    p.add_argument("old")
-    p.add_argument("new")
+    p = sub.add_parser("compare", help="compare two runs (files or folders), or two variants of one run")
+    p.add_argument("old", metavar="OLD|RESULTS", help="the old run (files or folders), or with "
+                   "--variants the one run whose variants are compared")
+    p.add_argument("new", nargs="?", metavar="NEW", help="the new run (files or folders)")
+    p.add_argument("--variants", metavar="BASE,NEW",
+                   help="judge variant NEW against BASE from their paired rounds in RESULTS "
+                        "(a run with --variant; default: its two variants)")
     p.add_argument("--threshold", default="10%", help="smallest change that counts (default 10%%, asv's default factor 1.1)")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 on a significant slowdown beyond the threshold, a new cell "
@@ -488,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .baselines import add_parser as add_baselines_parser  # baselines (harness/baselines.py)
     add_baselines_parser(sub)
+
+    from .inrun import add_parser as add_ab_parser  # ab (harness/inrun.py)
+    add_ab_parser(sub)
 
     from .train import add_parsers as add_train_parsers  # data, train, evaluate, sample
     add_train_parsers(sub)

@@ -43,7 +43,8 @@ from impls.config import ConfigError
 from . import significance as sig
 from . import stats
 from .bench import Cell
-from .results import SCHEMA, ResultsError, expand_paths, load_results, validate_samples
+from .results import ResultsError, expand_paths, load_results, validate_samples, variant_threads
+from .variants import participant
 
 PathLike = str | os.PathLike[str]
 
@@ -95,6 +96,13 @@ class RunCell:
     samples: list[dict[str, Any]]  # {"s", "process", "round", "probe_s", "clean"}
     noisy: bool
     workload: str | None = None  # the workload id it was measured in (v2)
+    variant: str | None = None  # the variant that measured it (v3, harness.variants), if any
+    threads: Any = None  # the threads it ran with (its variant's threads=, else the run's)
+
+    @property
+    def name(self) -> str:
+        """Its participant name: BACKEND, or BACKEND@VARIANT."""
+        return participant(self.cell.backend, self.variant)
 
     @property
     def measured(self) -> bool:
@@ -124,23 +132,6 @@ class RunCell:
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _load_doc(path: Path) -> dict[str, Any]:
-    """results.load_results; a v2 file is read here too while that loader reads only v1."""
-    try:
-        return load_results(path)
-    except ResultsError as e:
-        err = e
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        raise err from None
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("schema_version") == 2 \
-            and isinstance(doc.get("cells"), list):
-        doc["_path"] = str(path)
-        return doc
-    raise err
 
 
 def _probe_blocks(doc: dict[str, Any]) -> list[list[float | None]] | None:
@@ -175,7 +166,7 @@ def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
     not a number, zero, negative or infinite) are a ResultsError naming the file, the cell and
     the value; a NaN sample makes that cell failed with status "nan"."""
     p = Path(path)
-    doc = _load_doc(p)
+    doc = load_results(p)
     machine = doc.get("machine")
     if not isinstance(machine, dict):
         raise ResultsError(f"{p}: 'machine' is {machine!r}, not a machine record; the file is "
@@ -213,8 +204,10 @@ def read_run(path: PathLike) -> tuple[Run, list[RunCell]]:
         if status in ("ok", "noisy") and not samples:
             status, error = "error", error or "no timed rounds recorded"
         wid = entry.get("workload")
+        variant = entry.get("variant")
         cells.append(RunCell(run, cell, res, status, error, samples, noisy,
-                             wid if isinstance(wid, str) else None))
+                             wid if isinstance(wid, str) else None, variant,
+                             variant_threads(doc, variant)))
     return run, cells
 
 
@@ -226,6 +219,12 @@ class Pooled:
     cell: Cell
     threads: Any  # the run's --threads: part of what was measured, though not of the Cell
     runs: list[RunCell] = field(default_factory=list)
+    variant: str | None = None  # the variant that measured it (v3), part of what was measured
+
+    @property
+    def name(self) -> str:
+        """BACKEND, or BACKEND@VARIANT."""
+        return participant(self.cell.backend, self.variant)
 
     @property
     def measured(self) -> list[RunCell]:
@@ -291,15 +290,16 @@ def load_side(paths: PathLike | Iterable[PathLike]) -> Side:
     for f in files:
         run, rcs = read_run(f)
         runs.append(run)
-        for rc in rcs:
-            p = cells.setdefault((rc.cell.key(), run.threads), Pooled(rc.cell, run.threads))
+        for rc in rcs:  # a variant is part of what was measured: torch@a pairs with torch@a
+            p = cells.setdefault((rc.cell.key(), rc.threads, rc.variant),
+                                 Pooled(rc.cell, rc.threads, variant=rc.variant))
             p.runs.append(rc)
     return Side([str(f) for f in files], cells, runs)
 
 
-def _loose_id(c: Cell) -> tuple:
+def _loose_id(p: "Pooled") -> tuple:
     """What a user would call "the same cell" even when its sizes changed."""
-    return (c.backend, c.mode, c.preset, c.batch)
+    return (p.name, p.cell.mode, p.cell.preset, p.cell.batch)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -566,9 +566,10 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
     regress: list[str] = []
     nan_cells: list[str] = []
 
-    def entry(c: Cell, mark: str, v: Verdict | None = None, **extra: Any) -> None:
+    def entry(pl: Pooled, mark: str, v: Verdict | None = None, **extra: Any) -> None:
         counts[mark] += 1
-        e = {"backend": c.backend, "mode": c.mode, "preset": c.preset, "batch": c.batch,
+        c = pl.cell
+        e = {"backend": c.backend, "variant": pl.variant, "mode": c.mode, "preset": c.preset, "batch": c.batch,
              "seq_len": c.seq_len, "device": c.device, "precision": c.precision, "mark": mark,
              "ratio": _fnum(v.ratio) if v else None,
              "ci": [_fnum(v.lo), _fnum(v.hi)] if v and math.isfinite(v.lo) else None,
@@ -621,44 +622,44 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
                 regress.append(f"{c.label()} noisy (new)")
             if v.mark == "slower":
                 regress.append(f"{c.label()} slower")
-            entry(c, v.mark, v, old_status=po.status(), new_status=pn.status())
+            entry(po, v.mark, v, old_status=po.status(), new_status=pn.status())
             fmt = (lambda x: f"{x:.4g}" if math.isfinite(x) else "-") if normalize else fmt_time
-            rows.append([c.backend, c.mode, c.preset, str(c.batch), fmt(v.old_s), fmt(v.new_s),
+            rows.append([po.name, c.mode, c.preset, str(c.batch), fmt(v.old_s), fmt(v.new_s),
                          f"{v.ratio:.3f} [{v.lo:.3f}, {v.hi:.3f}]", f"{v.p:.3g}",
                          v.mark.upper() if v.mark == "slower" else v.mark, v.reason])
             continue
         reg = po.ok and not pn.ok
         if reg:
             regress.append(f"{c.label()} failed ({pn.status().split(':')[0]})")
-        entry(c, "failed", Verdict("failed", reason=f"old {po.status()}; new {pn.status()}", regression=reg),
+        entry(po, "failed", Verdict("failed", reason=f"old {po.status()}; new {pn.status()}", regression=reg),
               old_status=po.status(), new_status=pn.status())
-        not_ok.append([c.backend, c.mode, c.preset, str(c.batch), po.status(), pn.status()])
+        not_ok.append([po.name, c.mode, c.preset, str(c.batch), po.status(), pn.status()])
 
     incomparable: list[list[str]] = []
     only: list[list[str]] = []
     unmatched_new = {k: v for k, v in b.cells.items() if k not in a.cells}
     by_loose: dict[tuple, list[Pooled]] = {}
     for v in unmatched_new.values():
-        by_loose.setdefault(_loose_id(v.cell), []).append(v)
+        by_loose.setdefault(_loose_id(v), []).append(v)
     for key, po in a.cells.items():
         if key in b.cells:
             continue
         c = po.cell
-        cands = by_loose.get(_loose_id(c), [])
+        cands = by_loose.get(_loose_id(po), [])
         if cands:
             pn = cands.pop(0)
             why = differences(po, pn)
-            incomparable.append([c.backend, c.mode, c.preset, str(c.batch), why])
-            entry(c, "incomparable", Verdict("incomparable", reason=why))
+            incomparable.append([po.name, c.mode, c.preset, str(c.batch), why])
+            entry(po, "incomparable", Verdict("incomparable", reason=why))
         else:
-            only.append([c.backend, c.mode, c.preset, str(c.batch), "old only"])
-            entry(c, "incomparable", Verdict("incomparable", reason="old only"))
+            only.append([po.name, c.mode, c.preset, str(c.batch), "old only"])
+            entry(po, "incomparable", Verdict("incomparable", reason="old only"))
             counts["incomparable"] -= 1  # listed apart from changed cells in the summary line
     for rest in by_loose.values():
         for pn in rest:
             c = pn.cell
-            only.append([c.backend, c.mode, c.preset, str(c.batch), "new only"])
-            entry(c, "incomparable", Verdict("incomparable", reason="new only"))
+            only.append([pn.name, c.mode, c.preset, str(c.batch), "new only"])
+            entry(pn, "incomparable", Verdict("incomparable", reason="new only"))
             counts["incomparable"] -= 1
     new_cells = list(b.cells.values())
     if new_cells and not any(p.ok for p in new_cells):

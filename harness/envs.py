@@ -166,17 +166,20 @@ def _is_site_dir(d: Path) -> bool:
 
 
 def worker_env(threads: int | None, backend: str | None = None,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
+               extra: dict[str, str] | None = None, root: str | os.PathLike[str] | None = None
+               ) -> dict[str, str]:
     """Environment for a worker: the same `harness`/`impls` code as this process importable,
     thread pools pinned alike everywhere, the backend spec's env_vars (KERAS_BACKEND=jax, set
     before any import), then `extra` (OMP_WAIT_POLICY). In a non-editable install the code's
     folder is site-packages, which must not reach another environment's path (it would bring
     NumPy 2 into chainer's): the worker then loads the two packages by location instead
-    (pool.Worker's bootstrap), and LSTMBENCH_CODE_ROOT names that folder."""
+    (pool.Worker's bootstrap), and LSTMBENCH_CODE_ROOT names that folder. `root` gives another
+    source tree's folder instead (a variant's src=, harness.variants)."""
     env = dict(os.environ)
-    root = code_root()
+    here = code_root()
+    root = Path(root).resolve() if root is not None else here
     env["LSTMBENCH_CODE_ROOT"] = str(root)
-    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != root]
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) not in (root, here)]
     env["PYTHONPATH"] = os.pathsep.join(rest if _is_site_dir(root) else [str(root), *rest])
     if not env["PYTHONPATH"]:
         del env["PYTHONPATH"]
@@ -263,22 +266,58 @@ def setup_dir(env_name: str) -> Path:
     return root / f".venv-{env_name}" if root is not None else data_dir() / f"venv-{env_name}"
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+def setup_named(name: str, packages: list[str], *, log=print) -> Path:
+    """`lstmbench setup --name NAME PACKAGE...`: an environment at setup_dir(NAME) holding NumPy
+    and the packages given (e.g. jax==0.9.2 jaxlib==0.9.2), for a variant that runs another
+    release of a framework (`--variant old:python.jax=PATH`). The workers need nothing else: the
+    harness's code reaches them by location (bootstrap_code). Idempotent; the packages asked
+    for are recorded beside the interpreter (lstmbench-env.json)."""
+    if not _ENV_NAME.match(name) or ".." in name:
+        raise UsageError(f"--name {name!r}: use letters, digits, '_', '-', '+' and '.' (it names "
+                         "the folder .venv-NAME)")
+    if name in RECIPES:
+        raise UsageError(f"--name {name}: that is the recipe `lstmbench setup {name}` builds; choose "
+                         "another name")
+    if not packages:
+        raise UsageError(f"--name {name}: give the packages to install, e.g. `lstmbench setup --name "
+                         f"{name} jax==0.9.2`")
+    bad = [p for p in packages if p.startswith("-")]
+    if bad:
+        raise UsageError(f"--name {name}: {bad[0]!r} is not a package; give requirement specifiers only")
+    return _build(name, [["numpy", *packages]], log=log,
+                  record={"name": name, "packages": packages})
+
+
 def setup(env_name: str, *, log=print) -> Path:
     """Create (or update) the environment at setup_dir(env_name) with its recipe; idempotent."""
     if env_name not in RECIPES:
         raise UsageError(f"no environment named {env_name!r} to set up; choose from {', '.join(RECIPES)} "
                          "(the main environment is this one: pip install -e '.[torch,tensorflow,jax]')")
+    py = _build(env_name, RECIPES[env_name], log=log)
+    users = [b.name for b in BACKENDS.values() if b.env == env_name]
+    log(f"ready: {py} (backends: {', '.join(users)})")
+    return py
+
+
+def _build(env_name: str, steps: list[list[str]], *, log=print, record: dict | None = None) -> Path:
+    """Create (or update) the venv at setup_dir(env_name) and pip install each step into it."""
     where = setup_dir(env_name)
     py = where / "bin" / "python"
     if not py.exists():
         log(f"creating {where}")
         venv.EnvBuilder(with_pip=True, clear=False).create(where)
-    for i, args in enumerate(RECIPES[env_name], 1):
-        log(f"[{i}/{len(RECIPES[env_name])}] pip install {' '.join(args)}")
+    for i, args in enumerate(steps, 1):
+        log(f"[{i}/{len(steps)}] pip install {' '.join(args)}")
         r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args])
         if r.returncode:
             raise UsageError(f"installing {' '.join(args)} into {where} failed (pip exit {r.returncode}); "
                              "see pip's output above")
-    users = [b.name for b in BACKENDS.values() if b.env == env_name]
-    log(f"ready: {py} (backends: {', '.join(users)})")
+    if record is not None:
+        import json
+        (where / "lstmbench-env.json").write_text(json.dumps(record, indent=1) + "\n")
+        log(f"ready: {py}\n  use it as a variant's interpreter, e.g. "
+            f"--variant {env_name}:python={py} (or python.BACKEND={py} for one backend)")
     return py

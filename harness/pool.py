@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from .envs import bootstrap_code, child_vars, worker_env
@@ -92,19 +93,39 @@ def usable_cpus() -> list[int] | None:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How a participant's worker process starts: the interpreter, the backend whose spec's
+    env_vars it gets (None: the probe), its threads and CPUs, more environment variables
+    (OMP_WAIT_POLICY, a variant's env.VAR) and the source tree it runs (None: this process's;
+    a variant's src=, harness.variants)."""
+    python: str
+    backend: str | None
+    threads: int | None
+    cpus: tuple[int, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    code_root: str | None = None
+
+    def start(self) -> "Worker":
+        return Worker(self.python, self.threads, backend=self.backend, extra_env=dict(self.env),
+                      cpus=list(self.cpus) if self.cpus else None, code_root=self.code_root)
+
+
 class Worker:
     """One worker process in interpreter `python`. `backend` gives the spec's env_vars to its
-    environment, `extra_env` more variables (OMP_WAIT_POLICY); `cpus` pins it (worker_cpus)."""
+    environment, `extra_env` more variables (OMP_WAIT_POLICY); `cpus` pins it (worker_cpus);
+    `code_root` runs another source tree's harness and impls (LSTMBENCH_CODE_ROOT)."""
 
     def __init__(self, python: str, threads: int | None, *, backend: str | None = None,
-                 extra_env: dict[str, str] | None = None, cpus: list[int] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, cpus: list[int] | None = None,
+                 code_root: str | None = None) -> None:
         self.python, self.threads, self.cpus = python, threads, cpus
         self._buf = bytearray()
         self._closed = False
         # anonymous: unlinked as it is made, so no /tmp/lstmbench-worker-*.log is ever left
         self.log = tempfile.TemporaryFile("w+b", prefix="lstmbench-worker-", suffix=".log")
         r, w = os.pipe()
-        env = worker_env(threads, backend=backend, extra=extra_env)
+        env = worker_env(threads, backend=backend, extra=extra_env, root=code_root)
         env["LSTMBENCH_PROTO_FD"] = str(w)
         env.update(child_vars(os.getpid(), cpus))  # pinned and tied to us by its boot code
         try:

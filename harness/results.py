@@ -20,8 +20,8 @@ from impls.case import write_new
 from .envs import ROOT
 
 SCHEMA = "lstmbench.results"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1 is migrated on read (migrate_v1)
+SCHEMA_VERSION = 3  # 3: variants (harness.variants): the run's "variants", each cell's "variant"
+READABLE_VERSIONS = (1, 2, 3)  # older versions are migrated on read (migrate_v1, migrate_v2)
 
 
 class ResultsError(Exception):
@@ -216,6 +216,18 @@ def migrate_v1(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def migrate_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 or 2 document in version 3's shape (in place): no variants (`"variants":
+    None`, every cell's `"variant": None`). schema_version stays the file's own, as in
+    migrate_v1, and "migrated": True is added."""
+    doc.setdefault("variants", None)
+    for c in doc.get("cells") or []:
+        if isinstance(c, dict):
+            c.setdefault("variant", None)
+    doc["migrated"] = True
+    return doc
+
+
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check one results file (version 1 is migrated to 2); ResultsError, one line
     naming the file (and the cell), when it cannot be used."""
@@ -259,8 +271,24 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         validate_samples(res, f"{p}: cell {i} ({cell.get('backend', '?')} {cell.get('mode', '?')})")
     if version == 1:
         migrate_v1(doc)
+    if version in (1, 2):
+        migrate_v2(doc)
+    _check_variants(doc, p)
     doc["_path"] = str(p)
     return doc
+
+
+def _check_variants(doc: dict[str, Any], p: Path) -> None:
+    """Every cell's variant is null or one the document defines."""
+    vs = doc.get("variants")
+    if vs is not None and not (isinstance(vs, dict) and all(isinstance(v, dict) for v in vs.values())):
+        raise ResultsError(f"{p}: 'variants' is {type(vs).__name__}, not a table of variant "
+                           "definitions; the file is corrupt or was edited")
+    for i, c in enumerate(doc["cells"]):
+        v = c.get("variant")
+        if v is not None and (not isinstance(v, str) or v not in (vs or {})):
+            raise ResultsError(f"{p}: cell {i} names variant {v!r}, which the file does not define; "
+                               "the file is corrupt or was edited")
 
 
 def _is_results_file(p: Path) -> bool:
@@ -314,7 +342,8 @@ def cell_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "mode": cell.get("mode"), "preset": cell.get("preset"), "batch": B, "seq_len": T,
             "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
             "vocab_size": m.get("vocab_size"), "input": m.get("input"),
-            "workload": c.get("workload"), "threads": doc.get("threads"),
+            "workload": c.get("workload"), "variant": c.get("variant"),
+            "threads": variant_threads(doc, c.get("variant")),
             "status": res.get("status"), "error": res.get("error"),
             "chars_per_s": cps, "us_per_char": _f(res.get("us_per_char")),
             "estimate_s": est, "ci_lo_s": _f(ci[0]), "ci_hi_s": _f(ci[1]),
@@ -328,6 +357,12 @@ def cell_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "kernel": res.get("kernel"), "schema_version": doc.get("schema_version"),
         })
     return rows
+
+
+def variant_threads(doc: dict[str, Any], variant: str | None) -> Any:
+    """The threads a cell ran with: its variant's threads= where it set one, else the run's."""
+    v = (doc.get("variants") or {}).get(variant or "") if variant else None
+    return (v or {}).get("threads") or doc.get("threads")
 
 
 def load_dataframe(paths: Iterable[str | os.PathLike[str]]) -> Any:

@@ -32,9 +32,11 @@ from . import cpuload, stats
 from .bench import Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
-from .pool import Worker, WorkerFailed, worker_cpus
+from .pool import Launch, Worker, WorkerFailed, worker_cpus
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
+from .variants import Variant, participant as participant_name, sources as variant_sources
+from .variants import split as split_participant
 
 PROBE = "probe"  # the noise probe's participant name in `order`
 PROBE_N = 256  # the probe GEMM's size: ~1 ms per multiply on a laptop core, many per round
@@ -108,31 +110,58 @@ def _fmt_s(s: float) -> str:
 
 # ---- worker processes ---------------------------------------------------------------------
 
-def _new_worker(python: str, threads: int | None, extra_env: dict[str, str], backend: str | None,
-                cpus: list[int] | None = None) -> Worker:
-    """pool.Worker for a backend or the probe, with the run's extra variables and CPUs."""
-    return Worker(python, threads, backend=None if backend == PROBE else backend,
-                  extra_env=extra_env, cpus=cpus)
+Launcher = Callable[[str], Launch]  # participant name -> how its worker starts
+
+
+def launcher(overrides: dict[str, str], threads: int | None, extra_env: dict[str, str] | None = None,
+             cpus: list[int] | None = None, variants: dict[str, Variant] | None = None,
+             roots: dict[str, str] | None = None, device: str = "cpu") -> Launcher:
+    """How the run starts each participant's worker: the probe in this interpreter; a backend
+    in its environment's interpreter (harness.envs.interpreter_for, --python overrides); a
+    backend in a variant (BACKEND@VARIANT, harness.variants) with the variant's interpreter,
+    source tree (`roots`: variant -> folder), environment variables and threads. Workers with
+    fewer threads than CPUs are pinned to the last CPUs (harness.pool.worker_cpus) on the CPU."""
+    extra = tuple(sorted((extra_env or {}).items()))
+    base_cpus = tuple(cpus) if cpus else None
+
+    def launch(name: str) -> Launch:
+        if name == PROBE:
+            return Launch(sys.executable, None, threads, base_cpus, extra)
+        backend, vname = split_participant(name)
+        v = (variants or {}).get(vname or "")
+        if v is None:
+            return Launch(interpreter_for(backend, overrides), backend, threads, base_cpus, extra)
+        t = v.threads or threads
+        pin = (worker_cpus(t) if device == "cpu" else None) if v.threads else cpus
+        return Launch(v.interpreter(backend, overrides), backend, t, tuple(pin) if pin else None,
+                      tuple(sorted({**dict(extra), **dict(v.env)}.items())), (roots or {}).get(v.name))
+
+    return launch
 
 
 class Workers:
-    """Live workers keyed by (backend, process index): process p of every workload uses set
-    p, each workload preparing its cell anew in it; a failed worker is replaced on next use."""
+    """Live workers keyed by (participant, process index): process p of every workload uses set
+    p, each workload preparing its cell anew in it; a failed worker is replaced on next use.
+    `launch` says how each participant's worker starts (launcher)."""
 
-    def __init__(self, overrides: dict[str, str], threads: int | None,
-                 extra_env: dict[str, str] | None = None, cpus: list[int] | None = None) -> None:
-        self.overrides, self.threads, self.cpus = overrides, threads, cpus
-        self.extra_env = extra_env or {}
+    def __init__(self, launch: Launcher) -> None:
+        self.launch = launch
         self.live: dict[tuple[str, int], Worker] = {}
 
-    def get(self, backend: str, p: int = 0) -> Worker:
-        if (backend, p) not in self.live:
-            py = sys.executable if backend == PROBE else interpreter_for(backend, self.overrides)
-            self.live[(backend, p)] = _new_worker(py, self.threads, self.extra_env, backend, self.cpus)
-        return self.live[(backend, p)]
+    def get(self, name: str, p: int = 0) -> Worker:
+        if (name, p) not in self.live:
+            self.live[(name, p)] = self.launch(name).start()
+        return self.live[(name, p)]
 
-    def drop(self, backend: str, p: int = 0) -> None:
-        w = self.live.pop((backend, p), None)
+    def threads(self, name: str) -> int | None:
+        return self.launch(name).threads
+
+    def pid(self, name: str, p: int = 0) -> int | None:
+        w = self.live.get((name, p))
+        return w.proc.pid if w is not None else None
+
+    def drop(self, name: str, p: int = 0) -> None:
+        w = self.live.pop((name, p), None)
         if w:
             w.kill()
             w.close()
@@ -152,13 +181,19 @@ def _answer(ans: dict[str, Any]) -> dict[str, Any]:
 
 
 class WorkerParticipant:
-    """A backend's cell in worker process p (or the probe, with cell None)."""
+    """A participant's cell in worker process p: a backend (in a variant), the probe (cell None,
+    `prepare_op` "probe"), or a hand-written baseline (`prepare_op` "baseline" with its file
+    and host backend in `extra`, harness.baselines). Every kind's rounds and release are the
+    same requests; only the request that prepares it differs."""
 
     def __init__(self, workers: Workers, name: str, p: int, cell: Cell | None, timeout: float,
-                 round_time: float = ROUND_TIME) -> None:
+                 round_time: float = ROUND_TIME, prepare_op: str | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         self.workers, self.name, self.p, self.cell = workers, name, p, cell
         self.timeout, self.round_time = timeout, round_time
         self.round_timeout = timeout
+        self.prepare_op = prepare_op or ("probe" if cell is None else "prepare")
+        self.extra = extra or {}
         self.settled_s = 0.0  # seconds the scheduler waited for this worker to go quiet
 
     def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -171,11 +206,12 @@ class WorkerParticipant:
             raise ParticipantFailed("unavailable", str(e)) from None
 
     def prepare(self) -> dict[str, Any]:
+        req: dict[str, Any] = {"op": self.prepare_op, "round_time": self.round_time, **self.extra}
         if self.cell is None:
-            ans = self._request({"op": "probe", "n": PROBE_N, "round_time": self.round_time}, self.timeout)
+            req["n"] = PROBE_N
         else:
-            ans = self._request({"op": "prepare", "cell": self.cell.to_dict(), "threads": self.workers.threads,
-                                 "round_time": self.round_time}, self.timeout)
+            req.update(cell=self.cell.to_dict(), threads=self.workers.threads(self.name))
+        ans = self._request(req, self.timeout)
         self._settle()  # warm-up threads too
         if ans.get("first_step_s") is not None:
             # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
@@ -190,8 +226,7 @@ class WorkerParticipant:
 
     def _settle(self) -> None:
         """Wait until this participant's worker has gone quiet (settle), counting the wait."""
-        w = self.workers.live.get((self.name, self.p))
-        self.settled_s += settle(w.proc.pid if w is not None else None)
+        self.settled_s += settle(self.workers.pid(self.name, self.p))
 
     def release(self) -> dict[str, Any]:
         return self._request({"op": "release"}, self.timeout)
@@ -449,26 +484,28 @@ def apply_peak(doc: dict[str, Any]) -> None:
 
 # ---- the run -------------------------------------------------------------------------------
 
-def _probe_info(workers: Workers, backends: list[str], device: str, threads: int | None,
+def _probe_info(workers: Workers, names: list[str], device: str,
                 log: Callable[[str], None]) -> dict[str, Any]:
-    """Availability, versions and kernel paths, asked of each backend's own worker."""
+    """Availability, versions and kernel paths, asked of each participant's own worker (a
+    backend, or a backend in a variant: BACKEND@VARIANT), keyed by participant."""
     info: dict[str, Any] = {}
-    for b in backends:
+    for name in names:
+        b = split_participant(name)[0]
         try:
-            w = workers.get(b, 0)
-            ans = w.request({"op": "info", "backends": [b], "threads": threads, "device": device},
-                            timeout=300)
+            w = workers.get(name, 0)
+            ans = w.request({"op": "info", "backends": [b], "threads": workers.threads(name),
+                             "device": device}, timeout=300)
             entry = ans["backends"][b] if ans.get("ok") else {"available": False, "reason": ans.get("error")}
             entry.update(python=ans.get("python"), executable=ans.get("executable"),
                          numpy=ans.get("numpy"))
-        except (registry.BackendError, WorkerFailed) as e:
+        except (registry.BackendError, UsageError, WorkerFailed, OSError) as e:
             entry = {"available": False, "reason": str(e)}
         if not entry.get("available"):
-            workers.drop(b, 0)
-            log(f"  {b}: unavailable: {entry.get('reason')}")
+            workers.drop(name, 0)
+            log(f"  {name}: unavailable: {entry.get('reason')}")
         else:
-            log(f"  {b}: {entry.get('version', '?')} ({entry.get('kernel', '?')})")
-        info[b] = entry
+            log(f"  {name}: {entry.get('version', '?')} ({entry.get('kernel', '?')})")
+        info[name] = entry
     return info
 
 
@@ -487,7 +524,7 @@ def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15) -> dict[
     return stats.probe_summary(got, probe.flop)
 
 
-def _gemm_peak(workers: Workers, device: str, backends: list[str], info: dict[str, Any]) -> float | None:
+def _gemm_peak(workers: Workers, device: str, names: list[str], info: dict[str, Any]) -> float | None:
     """A larger GEMM's best GFLOP/s now: NumPy's BLAS in the probe's worker on the CPU; the
     device_matmul_peak hook of an available backend's worker on a GPU."""
     if device == "cpu":
@@ -496,13 +533,14 @@ def _gemm_peak(workers: Workers, device: str, backends: list[str], info: dict[st
         except (WorkerFailed, ParticipantFailed):
             workers.drop(PROBE)
             return None
-    for b in backends:  # the first whose module has the hook (asked in its own worker)
-        if not info.get(b, {}).get("available"):
+    for name in names:  # the first whose module has the hook (asked in its own worker)
+        if not info.get(name, {}).get("available"):
             continue
+        b = split_participant(name)[0]
         try:
-            g = _answer(workers.get(b).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
+            g = _answer(workers.get(name).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
         except WorkerFailed:
-            workers.drop(b)
+            workers.drop(name)
             continue
         except ParticipantFailed:  # no device_matmul_peak hook in this backend's module
             continue
@@ -599,51 +637,89 @@ def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], list[dict[str, 
     return journal_file, target_for_journal(journal_file), header, records
 
 
+def resume_variants(header: dict[str, Any]) -> tuple[list[Variant], dict[str, str]]:
+    """The variants of an interrupted run (re-read from their recorded text) and the commit each
+    revision variant measured, so that the rest is measured on the same code."""
+    from .variants import parse_variants
+    recorded = header.get("variants") or {}
+    vs = parse_variants([d["text"] for d in recorded.values()]) if recorded else []
+    pinned = {n: d["source"]["commit"] for n, d in recorded.items()
+              if (d.get("source") or {}).get("kind") == "rev" and d["source"].get("commit")}
+    return vs, pinned
+
+
 def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", precision: str = "float32",
                threads: int | None = None, overrides: dict[str, str] | None = None,
                out_dir: Path = Path("results"), command: list[str] | None = None,
                processes: int = 1, omp_wait_policy: str | None = None, seed: int | None = None,
-               resume: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Measure every workload of `matrix` on `backends`; returns the results file's path."""
+               resume: Path | None = None, variants: list[Variant] | None = None,
+               report: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Measure every workload of `matrix` on `backends` (each backend once per variant, where
+    `variants` are given: harness.variants); returns the results file's path. `report`: print
+    the summary table and the noise report at the end (`lstmbench ab` prints its own)."""
     opts = RunOptions(device, precision, threads, processes, omp_wait_policy, seed, overrides or {})
     done: dict[str, dict[str, Any]] = {}
+    pinned: dict[str, str] = {}
+    journal_file = target = Path()  # a new run's are set once its document exists
     if resume is not None:
         journal_file, target, header, records = load_resume(resume)
         for rec in records:
             done[rec["workload"]["id"]] = rec
         doc = {k: v for k, v in header.items()}
+        variants, pinned = resume_variants(header)
         log(f"resuming {journal_file}: {len(done)} workloads already measured")
     else:
         check_writable(out_dir)
         doc = {}
+    variants = list(variants or [])
     if opts.seed is None:
         opts.seed = int(doc.get("seed") or time.time_ns() % 2**31)
     cells = matrix.cells(backends, device, precision)
     workloads = group_workloads(cells)
+    with variant_sources(variants, pinned) as src:
+        return _measure(matrix, backends, workloads, opts, variants, src, done, doc,
+                        (journal_file, target), out_dir, command, report, log)
+
+
+def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, list[Cell]]],
+             opts: RunOptions, variants: list[Variant], src: dict[str, Any],
+             done: dict[str, dict[str, Any]], doc: dict[str, Any], files: tuple[Path, Path],
+             out_dir: Path, command: list[str] | None, report: bool,
+             log: Callable[[str], None]) -> Path:
+    """run_matrix's measurement, with every variant's source tree in place (`src`)."""
+    device, precision, threads, processes = opts.device, opts.precision, opts.threads, opts.processes
+    omp_wait_policy = opts.omp_wait_policy
     extra_env = {"OMP_WAIT_POLICY": omp_wait_policy.upper()} if omp_wait_policy else {}
     cpus = worker_cpus(threads) if device == "cpu" else None
-    workers = Workers(opts.overrides, threads, extra_env, cpus)
+    vnames = [v.name for v in variants]
+    parts = [participant_name(b, v) for b in backends for v in (vnames or [None])]
+    workers = Workers(launcher(opts.overrides, threads, extra_env, cpus, {v.name: v for v in variants},
+                               {n: str(s.root) for n, s in src.items() if s.kind != "this"}, device))
     sched = Schedule(rounds=matrix.rounds, processes=processes, min_clean=matrix.min_clean,
                      extra_rounds=matrix.extra_rounds, extra_time=matrix.extra_time,
                      max_time=matrix.workload_time)
     rng = np.random.default_rng(opts.seed)
-    log(f"matrix {matrix.name}: {len(workloads)} workloads x {len(backends)} backends, device {device}, "
-        f"precision {precision}, threads {threads}"
+    log(f"matrix {matrix.name}: {len(workloads)} workloads x {len(backends)} backends"
+        + (f" x {len(vnames)} variants ({', '.join(vnames)})" if vnames else "")
+        + f", device {device}, precision {precision}, threads {threads}"
         + (f" (workers pinned to CPU {','.join(map(str, cpus))})" if cpus else "")
-        + f", processes {processes}, "
+        + f", processes {processes}" + (" per variant" if vnames else "") + ", "
         f"OMP_WAIT_POLICY {omp_wait_policy or 'unset'}, {sched.rounds} rounds per process, seed {opts.seed}")
+    for v in variants:
+        s = src[v.name]
+        log(f"variant {v.name}: {v.text}" + (f" (code {s.kind} {s.root}" + (f", commit {s.commit[:12]}" if s.commit else "")
+                                             + ")" if s.kind != "this" else ""))
     t_start = time.monotonic()
     probe = ProbeState(None)
     finished: list[dict[str, Any]] = list(done.values())
     interrupted: BaseException | None = None
     journal: Any = None
     blas = "?"
-    if resume is None:
-        journal_file = target = Path()  # set once the document exists
+    journal_file, target = files  # (journal, results file) of a resumed run
     try:
         with _interruptible():
             log("backends:")
-            info = _probe_info(workers, backends, device, threads, log)
+            info = _probe_info(workers, parts, device, log)
             probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300, matrix.round_time)
             try:
                 pinfo = probe.participant.prepare()
@@ -653,15 +729,15 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
                 log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
                 probe.participant, blas = None, "?"
             start = _noise_burst(workers, probe)
-            big = _gemm_peak(workers, device, backends, info)
+            big = _gemm_peak(workers, device, parts, info)
             log(_noise_line("machine at start", start, big, blas))
             if not doc:
                 doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
                                    precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
                                    processes=processes, seed=opts.seed, backends=info, cpus=cpus,
                                    python=sys.version.split()[0], interrupted=False,
-                                   estimator=stats.estimator_info())
-                doc["schema_version"] = 2
+                                   estimator=stats.estimator_info(),
+                                   variants=variant_records(variants, src, info) if variants else None)
                 target = default_path(out_dir, doc)
                 journal_file = journal_path_for(target)
                 journal = _journal(journal_file)
@@ -679,18 +755,18 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
                 eta = (sum(spent) / len(spent) * (len(todo) - i + 1)) if spent else None
                 log(f"[{i}/{len(todo)}] {wid:44} elapsed {_fmt_s(t0 - t_start)}"
                     + (f", ~{_fmt_s(eta)} left" if eta is not None else ""))
-                rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log)
+                rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log, vnames)
                 journal.append(rec)
                 finished.append(rec)
                 spent.append(time.monotonic() - t0)
                 for c in rec["cells"]:
-                    log(f"      {c['cell']['backend']:15} " + _describe(c["result"]))
+                    log(f"      {entry_name(c):15} " + _describe(c["result"]))
                 busy = rec["workload"].get("foreign_cores")
                 if busy is not None and busy >= stats.FOREIGN_LIMIT:
                     log(f"      other processes kept {busy:.2f} cores busy during this workload: "
                         "its figures are not judged by compare")
             end = _noise_burst(workers, probe)
-            big_end = _gemm_peak(workers, device, backends, info)
+            big_end = _gemm_peak(workers, device, parts, info)
             doc["_big_peak"] = max([v for v in (doc["_big_peak"], big_end) if v] or [0]) or None
             doc["noise"]["end"] = end
     except KeyboardInterrupt as e:
@@ -714,33 +790,61 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
         raise interrupted
     doc.pop("target", None)
     _assemble(doc, finished, probe, blas, t_start, device)
-    log("")
-    log(summary_table(doc))
-    log("")
-    log(noise_report(doc))
+    if report:
+        log("")
+        log(summary_table(doc))
+        log("")
+        log(noise_report(doc))
     path = _finalize(journal_file, target, doc)
     log(f"\nresults: {path}")
     return path
 
 
+def entry_name(c: dict[str, Any]) -> str:
+    """A results file's cell entry as a participant name: BACKEND, or BACKEND@VARIANT."""
+    return participant_name(c["cell"]["backend"], c.get("variant"))
+
+
+def variant_records(variants: list[Variant], src: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """What the results file keeps of each variant: its definition, where its code came from
+    (folder, commit), and per backend the interpreter and framework version its workers had."""
+    out: dict[str, Any] = {}
+    for v in variants:
+        backends = {}
+        for name, i in info.items():
+            b, vn = split_participant(name)
+            if vn == v.name:
+                backends[b] = {k: i.get(k) for k in ("available", "version", "kernel", "executable",
+                                                     "python", "numpy", "reason") if i.get(k) is not None}
+        out[v.name] = {**v.definition(), "source": src[v.name].record(), "backends": backends}
+    return out
+
+
 def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: Workers,
                   probe: ProbeState, sched: Schedule, rng: np.random.Generator, matrix: Matrix,
-                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Measure one workload; its journal record {"workload": {...}, "cells": [...]}."""
-    by_b = {c.backend: c for c in wcells}
+                  log: Callable[[str], None], variants: list[str] | None = None) -> dict[str, Any]:
+    """Measure one workload; its journal record {"workload": {...}, "cells": [...]}. With
+    `variants`, every backend takes part once per variant (BACKEND@VARIANT), each cell entry
+    naming its variant."""
+    by_p: dict[str, Cell] = {}  # participant -> its cell
+    variant_of: dict[str, str | None] = {}
+    for c in wcells:
+        for v in variants or [None]:
+            name = participant_name(c.backend, v)
+            by_p[name], variant_of[name] = c, v
     pre: dict[str, dict[str, Any]] = {}
-    for b, c in by_b.items():
+    for name, c in by_p.items():
         why = _unsupported(c)
         if why:
-            pre[b] = {"status": "unsupported", "error": why}
-        elif not info.get(b, {}).get("available"):
-            pre[b] = {"status": "unavailable", "error": info.get(b, {}).get("reason")}
-    timed = [b for b in by_b if b not in pre]
+            pre[name] = {"status": "unsupported", "error": why}
+        elif not info.get(name, {}).get("available"):
+            pre[name] = {"status": "unavailable", "error": info.get(name, {}).get("reason")}
+    timed = [n for n in by_p if n not in pre]
 
     parts: list[WorkerParticipant] = []
 
-    def make(b: str, p: int) -> Participant:
-        parts.append(WorkerParticipant(workers, b, p, by_b[b], matrix.timeout, matrix.round_time))
+    def make(name: str, p: int) -> Participant:
+        parts.append(WorkerParticipant(workers, name, p, by_p[name], matrix.timeout, matrix.round_time))
         return parts[-1]
 
     probe_settled = getattr(probe.participant, "settled_s", 0.0)
@@ -748,22 +852,23 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
     wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
     foreign = cpuload.foreign_cores(before, cpuload.snapshot())
     settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
-    results = {b: pre.get(b) or cell_result(by_b[b], wd.backends[b], sched) for b in by_b}
+    results = {n: pre.get(n) or cell_result(by_p[n], wd.backends[n], sched) for n in by_p}
     c0 = wcells[0]
     workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
                 "seq_len": c0.seq_len, "device": c0.device, "precision": c0.precision,
-                "backends": list(by_b), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
+                "backends": list(by_p), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
                 "cut_short": wd.short, "settle_s": round(settled, 3),
                 "foreign_cores": None if foreign is None else round(foreign, 3),
                 "processes": sched.processes, "order": wd.order, "probe_s": wd.probe_s,
                 "probe_best_s": probe.best_s, "ratios": workload_ratios(results)}
     return {"workload": workload,
-            "cells": [{"cell": by_b[b].to_dict(), "workload": wid, "result": results[b]} for b in by_b]}
+            "cells": [{"cell": by_p[n].to_dict(), "variant": variant_of[n], "workload": wid,
+                       "result": results[n]} for n in by_p]}
 
 
 def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeState, blas: str,
               t_start: float, device: str) -> None:
-    """The final v2 document from the journal's records and the run's probe figures."""
+    """The final document (schema v3) from the journal's records and the run's probe figures."""
     doc["workloads"] = [r["workload"] for r in records]
     doc["cells"] = [c for r in records for c in r["cells"]]
     rounds_s = [s for w in doc["workloads"] for s in w.get("probe_s", [])]
@@ -795,7 +900,7 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
     doc["noise"].setdefault("end", None)
     doc["estimator"] = stats.estimator_info()
     doc["wall_s"] = round(time.monotonic() - t_start + float(doc.get("wall_s") or 0), 1)
-    doc["schema_version"] = 2
+    doc["schema_version"] = 3
     apply_peak(doc)
 
 
@@ -864,9 +969,9 @@ def summary_table(doc: dict[str, Any]) -> str:
     for wid, cs in by_w.items():
         lines.append(wid)
         rs = ratios.get(wid, {})
-        order = sorted(cs, key=lambda c: (rs.get(c["cell"]["backend"], {}).get("ratio", float("inf"))))
+        order = sorted(cs, key=lambda c: (rs.get(entry_name(c), {}).get("ratio", float("inf"))))
         for c in order:
-            b, res = c["cell"]["backend"], c["result"]
+            b, res = entry_name(c), c["result"]
             if res.get("status") != "ok":
                 lines.append(f"  {b:15} {res.get('status')}: {str(res.get('error'))[:70]}")
                 continue

@@ -168,21 +168,23 @@ def load_baseline(path: str) -> ModuleType:
 def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
     """Prepare a hand-written baseline (benchmarks/baselines/<x>_baseline.py) as this worker's
     participant: the process is first set up exactly as `backend`'s worker is (its module's
-    configure(): thread pools, library flags), then the file's make_step (train) or make_eval
-    (eval) is built for the cell's sizes, batch, seq_len, optimiser and seed. One step is
+    configure(): thread pools, library flags), then the file's make_step (train), make_eval
+    (eval) or make_generate (generate: seq_len characters at batch 1) is built for the cell's
+    sizes, batch, seq_len, optimiser and seed. One step is
     `float(step())`, so the loss is waited for inside the timed step. The first step is timed
     apart; then warm-up and a round sized like op_prepare's."""
     from harness.bench import Cell, HostSync, Prepared, _reset_peak_rss, inner_for
     _held.clear()
     cell = Cell.from_dict(req["cell"])
-    if cell.mode not in ("train", "eval"):
-        raise ValueError(f"a baseline has train and eval steps, not {cell.mode!r}")
+    factory = {"train": "make_step", "eval": "make_eval", "generate": "make_generate"}.get(cell.mode)
+    if factory is None:
+        raise ValueError(f"a baseline has train, eval and generate steps, not {cell.mode!r}")
     info = backend_info(req["backend"], req.get("threads"), cell.device)
     _reset_peak_rss()
     mod = load_baseline(req["file"])
-    make = getattr(mod, "make_step" if cell.mode == "train" else "make_eval", None)
+    make = getattr(mod, factory, None)
     if not callable(make):
-        raise AttributeError(f"{req['file']} has no {'make_step' if cell.mode == 'train' else 'make_eval'}")
+        raise AttributeError(f"{req['file']} has no {factory}")
     fn = make(cell.model, cell.batch, cell.seq_len, train=cell.train, seed=cell.seed)
     prep = Prepared(HostSync(), lambda: float(fn()), check=lambda x: x is not None and math.isfinite(x))
     t0 = time.perf_counter_ns()

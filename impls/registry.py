@@ -177,8 +177,10 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
                 "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
                 modes=("eval", "generate"),
-                baseline=None,
-                baseline_note="no train mode, and its eval step is tensorflow's own"),
+                baseline="tensorflow",
+                baseline_note="its compiled generation loop against the plain Keras loop a user "
+                              "writes (one model call per character); its eval step is "
+                              "tensorflow's own, and it has no train mode"),
 )}
 
 

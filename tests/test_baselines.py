@@ -16,6 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness import baselines, envs
@@ -124,13 +125,33 @@ def test_participants_share_a_baseline_only_within_an_environment() -> None:
         assert n not in registry.BACKENDS
 
 
-def test_marks() -> None:
-    r = lambda ratio, lo, hi: {"ratio": ratio, "lo": lo, "hi": hi}  # noqa: E731
-    assert baselines.mark(r(0.5, 0.45, 0.6)) == "ok"
-    assert baselines.mark(r(1.05, 1.0, 1.10)) == "ok"
-    assert baselines.mark(r(1.3, 1.2, 1.4)) == "slower"
-    assert baselines.mark(r(1.08, 1.0, 1.2)) == "inconclusive"
-    assert baselines.mark(None) == "failed"
+def _result(seconds: list[list[float]]) -> dict:
+    """A cell result whose samples are seconds[p][r] (process p, round r)."""
+    return {"status": "ok", "samples": [{"s": s, "process": p, "round": r, "clean": True}
+                                        for p, rs in enumerate(seconds) for r, s in enumerate(rs)]}
+
+
+def test_marks_are_the_in_run_comparisons() -> None:
+    """A backend against its baseline is judged by harness.duet, as compare --variants judges two
+    variants: the same marks, the baseline as BASE, the backend as NEW."""
+    from harness import duet
+    rng = np.random.default_rng(0)
+    phase = np.exp(rng.normal(0, 0.2, (3, 40)))  # the host's phases, shared round by round
+    base = 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
+
+    def judged(factor: float) -> str:
+        new = factor * 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
+        rb, rq = _result(new.tolist()), _result(base.tolist())
+        pool = duet.Pool.of([baselines._paired(rb, rq)])
+        j = baselines.judge(rb, rq, pool)
+        assert j.lo <= j.ratio <= j.hi and abs(j.ratio / factor - 1) < 0.02, (factor, j)
+        return j.mark
+    assert judged(1.0) == "unchanged"
+    assert judged(1.3) == "slower"
+    assert judged(0.6) == "faster"
+    failed = baselines.judge({"status": "crash", "error": "worker exited"}, _result(base.tolist()),
+                             duet.Pool(None, 0))
+    assert failed.mark == "failed" and failed.regression and "crash" in failed.reason
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -144,7 +165,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(ROOT)  # --dir found from the working directory, as tox runs it
     out = tmp_path / "b.json"
     rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--rounds", "3",
-               "--threads", "1", "--seed", "3", "--out", str(out)])
+               "--modes", "train,eval", "--threads", "1", "--seed", "3", "--out", str(out)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err[-3000:]
     doc = json.loads(out.read_text())
@@ -156,10 +177,11 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}
     for row in doc["rows"]:
-        q = row["ratio"]
-        assert q is not None and all(math.isfinite(q[k]) and q[k] > 0 for k in ("ratio", "lo", "hi")), row
-        assert q["lo"] <= q["ratio"] <= q["hi"], q
-        assert row["mark"] in ("ok", "slower", "inconclusive"), row
+        (lo, hi), (elo, ehi) = row["ci"], row["ci90"]
+        assert all(math.isfinite(x) and x > 0 for x in (row["ratio"], lo, hi, elo, ehi)), row
+        assert lo <= elo <= row["ratio"] <= ehi <= hi, row
+        assert row["mark"] in ("faster", "slower", "unchanged", "inconclusive"), row
+        assert row["pairs"] >= 3 and row["processes"] == 1 and row["tau_assumed"], row
         assert row["baseline_s"] > 0 and row["backend_s"] > 0
     for w in doc["workloads"]:
         assert set(w["participants"]) == {"torch", "baseline:torch"}
@@ -181,7 +203,7 @@ def baselines_args(**kw: str) -> object:
     (["--backends", "nope"], "unknown backend 'nope'"),
     (["--backends", "numpy-f32"], "has no baseline"),
     (["--backends", "onnxruntime"], "has no baseline"),
-    (["--modes", "generate"], "--modes"),
+    (["--modes", "predict"], "--modes"),
     (["--presets", "no-such-preset"], "unknown preset"),
     (["--dir", "/nonexistent/baselines"], "--dir"),
     (["--threads", "0"], "--threads"),

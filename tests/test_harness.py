@@ -84,7 +84,8 @@ def test_check_every_backend(tmp_path):
 
 def _check_v2(doc: dict, backends: list[str]) -> None:
     """What every v2 results file must hold (CONTRACTS: results schema v2)."""
-    assert doc["schema_version"] == 2 and doc["processes"] >= 1 and "omp_wait_policy" in doc
+    assert doc["schema_version"] == 3 and doc["processes"] >= 1 and "omp_wait_policy" in doc
+    assert doc["variants"] is None and all(c["variant"] is None for c in doc["cells"])
     assert doc["machine"]["cores"] and doc["machine"]["cpu"] and "commit" in doc["git"]
     assert doc["threads"] and doc["peak"]["gflops"] > 0 and doc["peak"]["via"].startswith("numpy")
     assert doc["probe"]["kind"] == "gemm" and doc["probe"]["best_gflops"] > 0 and doc["probe"]["blas"]
