@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from harness import stats  # noqa: E402
 from harness.matrix import SMOKE_SIZES, Matrix  # noqa: E402
 from harness.run import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers,  # noqa: E402
-                         group_workloads, measure_workload)
+                         group_workloads, launcher, measure_workload)
 
 CLEAN_FACTORS = (1.2, 1.5, 2.0, 3.0)
 
@@ -52,7 +52,7 @@ def candidates(samples: list[dict[str, Any]], best_probe: float | None) -> dict[
 
 def one_repeat(matrix: Matrix, backends: list[str], rounds: int, threads: int, seed: int) -> list[dict[str, Any]]:
     """Every workload of the matrix, interleaved, in fresh workers; per workload the raw data."""
-    workers = Workers({}, threads)
+    workers = Workers(launcher({}, threads))
     probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300))
     try:
         probe.participant.prepare()  # type: ignore[union-attr]

@@ -697,6 +697,12 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
     if counts["inconclusive"]:
         log(f"note: {counts['inconclusive']} inconclusive cell(s) are neither passed nor failed; to decide "
             "them, re-run on a quieter machine, with more --processes, or give several runs a side")
+    judged = sum(counts[k] for k in ("slower", "faster", "unchanged", "inconclusive"))
+    if judged and counts["inconclusive"] > judged / 2:
+        log("note: most cells are inconclusive: between two runs this machine's drift hides changes of "
+            "this size. Measure both versions in ONE run and compare them there: `lstmbench ab OLD NEW` "
+            "(git revisions, folders or python:PATH), or `run --variant old:... --variant new:...` then "
+            "`compare RESULTS --variants old,new` (docs/measurement.md, \"Duet measurement\")")
     if json_path is not None:
         out = write_json(json_path, {
             "schema": "lstmbench.compare", "schema_version": 1, "old": a.files, "new": b.files,

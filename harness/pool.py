@@ -88,6 +88,30 @@ def default_jobs(threads: int | None, cores: int | None = None) -> int:
     return max(1, cores // max(1, threads or cores))
 
 
+def mem_available() -> int | None:
+    """Bytes of memory available for new processes now (Linux MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_reserve() -> int:
+    """Memory to keep available when a worker starts: the larger of 2 GiB (the largest
+    worker, keras-torch's, held 0.9 GB after preparing a smoke cell) and a tenth of the
+    machine's memory."""
+    total = None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    return max(2 << 30, (total or 0) // 10)
+
+
 def usable_cpus() -> list[int] | None:
     """The CPUs this process may run on, in order; None where the platform cannot tell."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

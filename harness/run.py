@@ -32,7 +32,7 @@ from . import cpuload, stats
 from .bench import Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
-from .pool import Launch, Worker, WorkerFailed, worker_cpus
+from .pool import Launch, Worker, WorkerFailed, mem_available, memory_reserve, worker_cpus
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
 from .variants import Variant, participant as participant_name, sources as variant_sources
@@ -142,16 +142,36 @@ def launcher(overrides: dict[str, str], threads: int | None, extra_env: dict[str
 class Workers:
     """Live workers keyed by (participant, process index): process p of every workload uses set
     p, each workload preparing its cell anew in it; a failed worker is replaced on next use.
-    `launch` says how each participant's worker starts (launcher)."""
+    `launch` says how each participant's worker starts (launcher).
 
-    def __init__(self, launch: Launcher) -> None:
+    Workers stay alive from workload to workload (starting one costs up to a minute: imports,
+    compiles), unless memory runs short: before a worker starts while less than `reserve`
+    bytes are available, idle workers of other process sets go first, least recently used
+    first (a full set of smoke's 13 backends holds about 5 GB; two variants of three sets
+    would not fit this project's 24 GiB machine)."""
+
+    def __init__(self, launch: Launcher, reserve: int | None = None) -> None:
         self.launch = launch
         self.live: dict[tuple[str, int], Worker] = {}
+        self.used: dict[tuple[str, int], float] = {}  # when each was last asked for
+        self.reserve = reserve if reserve is not None else memory_reserve()
 
     def get(self, name: str, p: int = 0) -> Worker:
-        if (name, p) not in self.live:
-            self.live[(name, p)] = self.launch(name).start()
-        return self.live[(name, p)]
+        key = (name, p)
+        if key not in self.live:
+            self._make_room(p)
+            self.live[key] = self.launch(name).start()
+        self.used[key] = time.monotonic()
+        return self.live[key]
+
+    def _make_room(self, p: int) -> None:
+        """Close idle workers of other process sets (never the probe) while memory is short."""
+        idle = sorted((k for k in self.live if k[1] != p and k[0] != PROBE), key=lambda k: self.used.get(k, 0))
+        while idle:
+            avail = mem_available()
+            if avail is None or avail >= self.reserve:
+                return
+            self.drop(*idle.pop(0))
 
     def threads(self, name: str) -> int | None:
         return self.launch(name).threads
@@ -162,6 +182,7 @@ class Workers:
 
     def drop(self, name: str, p: int = 0) -> None:
         w = self.live.pop((name, p), None)
+        self.used.pop((name, p), None)
         if w:
             w.kill()
             w.close()
@@ -169,6 +190,7 @@ class Workers:
     def close(self) -> None:
         for k in list(self.live):
             self.live.pop(k).close()
+        self.used.clear()
 
 
 def _answer(ans: dict[str, Any]) -> dict[str, Any]:

@@ -310,3 +310,38 @@ def test_foreign_cpu_load_counts_other_processes_only():
         root.kill()
         hog.wait()
         root.wait()
+
+
+def test_idle_workers_of_other_sets_make_room_when_memory_is_short(monkeypatch):
+    """Workers stay alive across workloads, but a worker about to start while memory is short
+    first closes idle workers of other process sets, least recently used first; never the
+    probe, never one of its own set."""
+    from harness import run
+    started: list[tuple[str, int]] = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.closed = name, False
+            self.proc = type("P", (), {"pid": 1})()
+
+        def kill(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    launch = lambda name: type("L", (), {"start": lambda self: Fake(name), "threads": 1})()  # noqa: E731
+    avail = {"bytes": 10 << 30}
+    monkeypatch.setattr(run, "mem_available", lambda: avail["bytes"])
+    w = run.Workers(launch, reserve=4 << 30)
+    for key in [("probe", 0), ("a", 0), ("b", 0), ("a", 1)]:
+        w.get(*key)
+        started.append(key)
+    assert set(w.live) == set(started)  # plenty of memory: nothing closed
+    w.get("a", 0)  # used again: now b@0 is the least recently used idle worker of set 0
+    avail["bytes"] = 1 << 30  # short: closing one worker does not help here (the figure is fixed)
+    w.get("b", 1)
+    assert set(w.live) == {("probe", 0), ("a", 1), ("b", 1)}  # set 0's idle workers went, not the probe
+    avail["bytes"] = 10 << 30
+    w.get("c", 1)
+    assert ("c", 1) in w.live and len(w.live) == 4
