@@ -3,6 +3,9 @@
 - every baseline's make_step and make_eval run at tiny sizes, in its backend's own interpreter
   and environment variables (keras under KERAS_BACKEND=jax and =torch, chainer in its NumPy < 2
   environment), give finite losses, and training lowers the loss on a fixed window;
+- every baseline's make_generate, in the same environments, draws exactly seq_len ids in
+  [0, V), returns their sum, samples (not argmax), gives the same text for the same seed and
+  another for another seed, and refuses a batch other than 1;
 - the mapping backend -> baseline covers every registered backend (a backend added to the
   registry without an entry fails here);
 - the command end to end on torch at the tiny preset, and its bad inputs (exit 2, one line).
@@ -27,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
 
-# Run in the backend's interpreter (harness/harness.envs.bootstrap_code loads this checkout's
-# code by location): each tiny preset, "tiny" with dropout on, STEPS train steps, 3 eval steps.
-CHECK = r"""
+# The start of a check run in the backend's interpreter (harness.envs.bootstrap_code loads this
+# checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
+# its framework cannot load there.
+LOAD = r"""
 import json
-from dataclasses import replace
 try:
     from harness.worker import load_baseline
     mod = load_baseline(sys.argv[1])
@@ -39,6 +42,11 @@ except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
     raise SystemExit(0)
 from impls.config import PRESETS
+"""
+
+# Each tiny preset, "tiny" with dropout on, STEPS train steps, 3 eval steps.
+CHECK = LOAD + r"""
+from dataclasses import replace
 out = {}
 for name in ("tiny", "tiny-embed", "tiny-deep"):
     p = PRESETS[name]
@@ -61,26 +69,82 @@ def _unavailable(why: str) -> None:
 HOSTS = ["torch", "tensorflow", "keras-jax", "keras-torch", "jax", "chainer"]
 
 
-@pytest.mark.parametrize("host", HOSTS)
-def test_baseline_trains_and_evaluates(host: str) -> None:
+def _run_in_host(host: str, script: str, *args: str) -> dict:
+    """Run LOAD + a check on `host`'s baseline in that backend's interpreter and worker
+    environment (KERAS_BACKEND, threads, code root); its RESULT line's JSON (skips or fails,
+    as LSTMBENCH_REQUIRE_ALL says, where the framework is missing)."""
     name = baselines.BASELINES[host].baseline
     assert name is not None
     try:
         py = envs.interpreter_for(host)
     except registry.BackendError as e:
         _unavailable(f"no interpreter for {host}: {e}")
-    env = envs.worker_env(1, backend=host)  # the worker's: KERAS_BACKEND, threads, code root
-    r = subprocess.run([py, "-c", envs.bootstrap_code(CHECK), str(DIR / baselines.baseline_file(name)), str(STEPS)],
+    env = envs.worker_env(1, backend=host)
+    r = subprocess.run([py, "-c", envs.bootstrap_code(script), str(DIR / baselines.baseline_file(name)), *args],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith(("RESULT ", "SKIP "))), "")
     if line.startswith("SKIP "):
         _unavailable(f"{name} baseline cannot load under {host}'s environment: {line[5:]}")
     assert line, r.stdout[-2000:] + r.stderr[-2000:]
-    for preset, got in json.loads(line[len("RESULT "):]).items():
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_baseline_trains_and_evaluates(host: str) -> None:
+    name = baselines.BASELINES[host].baseline
+    for preset, got in _run_in_host(host, CHECK, str(STEPS)).items():
         tr, ev = got["train"], got["eval"]
         assert all(math.isfinite(x) and x > 0 for x in tr + ev), (preset, tr, ev)
         assert sum(tr[-3:]) / 3 < tr[0] - 0.02, f"{name} under {host}, {preset}: loss did not fall: {tr}"
+
+
+GEN_LEN = 40
+
+# Run in the backend's interpreter: for each tiny preset, two generate steps of seed 0 and one
+# of seed 1, each called twice (returned value, ids); then the sizes a generate step refuses.
+GEN_CHECK = LOAD + r"""
+n = int(sys.argv[2])
+out = {}
+for name in ("tiny", "tiny-embed", "tiny-deep"):
+    p = PRESETS[name]
+    runs = {}
+    for key, seed in (("a", 0), ("b", 0), ("c", 1)):
+        step = mod.make_generate(p.model, 1, n, train=p.train, seed=seed)
+        runs[key] = [(float(step()), step.tokens.tolist()) for _ in range(2)]
+    out[name] = {"V": p.model.vocab_size, "runs": runs}
+refused = []
+for b, t in ((2, n), (1, 0)):
+    try:
+        mod.make_generate(PRESETS["tiny"].model, b, t)
+        refused.append(None)
+    except ValueError as e:
+        refused.append(str(e))
+out["refused"] = refused
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_baseline_generates(host: str) -> None:
+    got = _run_in_host(host, GEN_CHECK, str(GEN_LEN))
+    b_msg, t_msg = got.pop("refused")
+    assert b_msg and "batch must be 1" in b_msg, b_msg
+    assert t_msg and "seq_len" in t_msg, t_msg
+    assert set(got) == {"tiny", "tiny-embed", "tiny-deep"}
+    for preset, g in got.items():
+        V, runs = g["V"], g["runs"]
+        for key, calls in runs.items():
+            for value, toks in calls:
+                assert len(toks) == GEN_LEN and all(0 <= t < V for t in toks), (preset, key, toks)
+                assert math.isfinite(value) and value == sum(toks), (preset, key, value, toks)
+                # random weights give a near-uniform softmax: a sampler draws many ids, an
+                # argmax (or a constant) few
+                assert len(set(toks)) >= 3, (preset, key, toks)
+            # the sampler's state goes on from call to call: the second text is another draw
+            assert calls[0][1] != calls[1][1], (preset, key, calls)
+        assert runs["a"] == runs["b"], f"{host}, {preset}: seed 0 gave two texts: {runs['a']} {runs['b']}"
+        assert runs["a"][0][1] != runs["c"][0][1], f"{host}, {preset}: seeds 0 and 1 gave the same text"
 
 
 # ---- the mapping -----------------------------------------------------------------------------
@@ -97,7 +161,7 @@ def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
         path = DIR / baselines.baseline_file(e.baseline)
         assert path.is_file(), f"{b}'s baseline {path} is missing"
         text = path.read_text()
-        assert "def make_step(" in text and "def make_eval(" in text, path
+        assert all(f"def {f}(" in text for f in ("make_step", "make_eval", "make_generate")), path
     # every framework that can train has some baseline: only NumPy itself and the no-train
     # backends go without
     without = {b for b, e in baselines.BASELINES.items() if e.baseline is None}

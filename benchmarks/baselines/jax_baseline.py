@@ -1,12 +1,19 @@
-"""The JAX train and eval steps a user would write by hand: an LSTM cell under lax.scan per
-layer, optax's integer-label softmax cross-entropy; train: jax.value_and_grad, optax clip +
-optimiser, the whole step under jax.jit; eval: the forward and loss under jax.jit. The
-yardstick of the jax and flax backends (harness/baselines.py).
+"""The JAX train, eval and generate steps a user would write by hand: an LSTM cell under
+lax.scan per layer, optax's integer-label softmax cross-entropy; train: jax.value_and_grad,
+optax clip + optimiser, the whole step under jax.jit; eval: the forward and loss under jax.jit;
+generate: a jitted one-step function (the forward from the given state and a
+jax.random.categorical draw) called from a Python loop, once for the prefix and once per
+token, each token to the host as it comes (not the whole loop in one lax.scan program: that
+is the jax backend's optimisation, which this baseline is there to measure). The yardstick of
+the jax and flax backends (harness/baselines.py).
 
-    make_step(model_config, batch, seq_len, train=None, seed=0) -> step   # one train step
-    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step   # one eval step
+    make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
+    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step
+    make_generate(model_config, 1, seq_len, train=None, seed=0) -> step   # seq_len tokens
 
-step() returns the mean cross-entropy as a 0-d jax.Array; float() on it waits for it."""
+Train and eval's step() returns the mean cross-entropy as a 0-d jax.Array; float() on it waits
+for it. Generate's returns the sum of the drawn ids as an int, its `tokens` the ids
+(_common.GenerateStep)."""
 from __future__ import annotations
 
 import sys
@@ -18,7 +25,8 @@ import jax.numpy as jnp
 import optax
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from _common import DEFAULT_TRAIN, ModelConfig, TrainConfig, demo, window  # noqa: E402
+from _common import (DEFAULT_TRAIN, TEMPERATURE, GenerateStep, ModelConfig, TrainConfig,  # noqa: E402
+                     check_generate, demo, prefix, window)
 
 Params = dict[str, Any]
 
@@ -134,5 +142,38 @@ def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
     return step
 
 
+def make_generate(model_config: ModelConfig, batch: int, seq_len: int,
+                  train: TrainConfig | None = None, seed: int = 0) -> GenerateStep:
+    """One generate step (batch 1): from a zero state the jitted one_step on the 8-token
+    prefix (P, 1) gives the first token, then one_step on each drawn (1, 1) token, fed back as
+    the device array it is (all but the last); each id to the host with .item(). one_step
+    draws with jax.random.categorical on the last logits / temperature 1, splitting a key
+    carried from draw to draw from jax.random.key(seed + 1), so a seed gives the same text.
+    one_step compiles twice on the first call (prefix and single-token shapes)."""
+    m = model_config
+    check_generate(batch, seq_len)
+
+    @jax.jit
+    def one_step(p, tok, h0, c0, key):  # type: ignore[no-untyped-def]
+        logits, h, c = forward(m, p, tok, h0, c0, None)  # (t, 1, V)
+        key, sub = jax.random.split(key)
+        return jax.random.categorical(sub, logits[-1:] / TEMPERATURE), h, c, key  # (1, 1)
+
+    p = init(m, jax.random.key(seed))
+    pre = jnp.asarray(prefix(m, seed).reshape(-1, 1), jnp.int32)  # (P, 1)
+    zeros = jnp.zeros((m.num_layers, 1, m.hidden_size))  # (L, 1, H)
+    keys = {"key": jax.random.key(seed + 1)}
+
+    def draw() -> list[int]:
+        nxt, h, c, keys["key"] = one_step(p, pre, zeros, zeros, keys["key"])
+        out = [nxt.item()]
+        for _ in range(seq_len - 1):
+            nxt, h, c, keys["key"] = one_step(p, nxt, h, c, keys["key"])
+            out.append(nxt.item())
+        return out
+
+    return GenerateStep(draw)
+
+
 if __name__ == "__main__":
-    demo(make_step, "jax baseline", make_eval)
+    demo(make_step, "jax baseline", make_eval, make_generate)

@@ -1,13 +1,20 @@
-"""The TensorFlow train and eval steps a user would write by hand (TensorFlow's "training loop
-from scratch" guide): Keras layers (Embedding or tf.one_hot, Dropout, stacked layers.LSTM,
-Dense) called inside a tf.function; train: tf.GradientTape and a Keras optimiser with its own
-clipping; eval: the forward (training=False) and the loss in a tf.function. The yardstick of
-the tensorflow and tensorflow-xla backends (harness/baselines.py).
+"""The TensorFlow train, eval and generate steps a user would write by hand (TensorFlow's
+"training loop from scratch" guide; generation as its "Text generation with an RNN" tutorial
+does it): Keras layers (Embedding or tf.one_hot, Dropout, stacked layers.LSTM, Dense) called
+inside a tf.function; train: tf.GradientTape and a Keras optimiser with its own clipping; eval:
+the forward (training=False) and the loss in a tf.function; generate: the tutorial's OneStep,
+a tf.function that runs the net from the given state and draws the next token with
+tf.random.categorical, called once for the prefix and then once per token from a Python loop,
+each token to the host as it comes. The yardstick of the tensorflow and tensorflow-xla
+backends (harness/baselines.py).
 
-    make_step(model_config, batch, seq_len, train=None, seed=0) -> step   # one train step
-    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step   # one eval step
+    make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
+    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step
+    make_generate(model_config, 1, seq_len, train=None, seed=0) -> step   # seq_len tokens
 
-step() returns the mean cross-entropy as a 0-d tf.Tensor; float() on it waits for it."""
+Train and eval's step() returns the mean cross-entropy as a 0-d tf.Tensor; float() on it waits
+for it. Generate's returns the sum of the drawn ids as an int, its `tokens` the ids
+(_common.GenerateStep)."""
 from __future__ import annotations
 
 import os
@@ -22,7 +29,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from _common import DEFAULT_TRAIN, ModelConfig, TrainConfig, demo, keras_optimizer, window  # noqa: E402
+from _common import (DEFAULT_TRAIN, TEMPERATURE, GenerateStep, ModelConfig, TrainConfig,  # noqa: E402
+                     check_generate, demo, keras_optimizer, prefix, window)
 
 
 class _Net:
@@ -103,5 +111,36 @@ def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
     return step
 
 
+def make_generate(model_config: ModelConfig, batch: int, seq_len: int,
+                  train: TrainConfig | None = None, seed: int = 0) -> GenerateStep:
+    """One generate step (batch 1), the tutorial's loop: from a zero state one_step on the
+    8-token prefix (1, P) gives the first token, then one_step on each drawn (1, 1) token,
+    fed back as the tensor it is (all but the last); each id to the host with .numpy().
+    one_step draws with tf.random.categorical on the last logits / temperature 1; the seed
+    (keras.utils.set_random_seed, which seeds TensorFlow too) makes a seed give the same text.
+    one_step is traced twice on the first call (prefix and single-token shapes)."""
+    m = model_config
+    check_generate(batch, seq_len)
+    net = _Net(m, 1, seed)
+    pre = tf.constant(prefix(m, seed).astype("int32").reshape(1, -1))  # (1, P)
+    zeros = tf.zeros((m.num_layers, 1, m.hidden_size))  # (L, 1, H)
+
+    @tf.function
+    def one_step(tok: Any, h0: Any, c0: Any) -> tuple[Any, Any, Any]:
+        logits, h, c = net(tok, h0, c0, False)  # (1, t, V)
+        nxt = tf.random.categorical(logits[:, -1] / TEMPERATURE, 1, dtype=tf.int32)  # (1, 1)
+        return nxt, h, c
+
+    def draw() -> list[int]:
+        nxt, h, c = one_step(pre, zeros, zeros)
+        out = [nxt.numpy().item()]
+        for _ in range(seq_len - 1):
+            nxt, h, c = one_step(nxt, h, c)
+            out.append(nxt.numpy().item())
+        return out
+
+    return GenerateStep(draw)
+
+
 if __name__ == "__main__":
-    demo(make_step, "tensorflow baseline", make_eval)
+    demo(make_step, "tensorflow baseline", make_eval, make_generate)

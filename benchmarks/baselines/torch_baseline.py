@@ -1,13 +1,18 @@
-"""The PyTorch train and eval steps a user would write by hand (the two-layer PyTorch char-LSTM
-tutorial's shape): one-hot by scatter (or nn.Embedding), nn.Dropout, nn.LSTM, nn.Linear,
-F.cross_entropy; train: backward, clip_grad_norm_/clip_grad_value_, a torch.optim step;
-eval: net.eval() under torch.no_grad(). The yardstick of the torch, torch-cell and
-torch-compile backends (harness/baselines.py).
+"""The PyTorch train, eval and generate steps a user would write by hand (the two-layer PyTorch
+char-LSTM tutorial's shape): one-hot by scatter (or nn.Embedding), nn.Dropout, nn.LSTM,
+nn.Linear, F.cross_entropy; train: backward, clip_grad_norm_/clip_grad_value_, a torch.optim
+step; eval: net.eval() under torch.no_grad(); generate: the tutorial's sampling loop, net.eval()
+under torch.no_grad(), the prefix through nn.LSTM, then one token at a time F.softmax and
+torch.multinomial, each token to the host with .item() and fed back. The yardstick of the
+torch, torch-cell and torch-compile backends (harness/baselines.py).
 
-    make_step(model_config, batch, seq_len, train=None, seed=0) -> step   # one train step
-    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step   # one eval step
+    make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
+    make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step
+    make_generate(model_config, 1, seq_len, train=None, seed=0) -> step   # seq_len tokens
 
-step() returns the mean cross-entropy as a 0-d tensor; float() on it waits for it."""
+Train and eval's step() returns the mean cross-entropy as a 0-d tensor; float() on it waits
+for it. Generate's returns the sum of the drawn ids as an int, its `tokens` the ids
+(_common.GenerateStep)."""
 from __future__ import annotations
 
 import sys
@@ -19,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
-from _common import DEFAULT_TRAIN, ModelConfig, TrainConfig, demo, window  # noqa: E402
+from _common import (DEFAULT_TRAIN, TEMPERATURE, GenerateStep, ModelConfig, TrainConfig,  # noqa: E402
+                     check_generate, demo, prefix, window)
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (L, B, H)
 
@@ -101,5 +107,34 @@ def make_eval(model_config: ModelConfig, batch: int, seq_len: int,
     return step
 
 
+def make_generate(model_config: ModelConfig, batch: int, seq_len: int,
+                  train: TrainConfig | None = None, seed: int = 0) -> GenerateStep:
+    """One generate step (batch 1): from a zero state the 8-token prefix through the net in one
+    call, then seq_len times: softmax of the last logits at temperature 1, torch.multinomial
+    (a torch.Generator seeded with `seed`, so a seed gives the same text), the id to the host
+    with .item(), the drawn (1, 1) tensor fed back (all but the last)."""
+    m = model_config
+    check_generate(batch, seq_len)
+    torch.manual_seed(seed)
+    net = Net(m).eval()
+    pre = torch.from_numpy(prefix(m, seed)).reshape(-1, 1)  # (P, 1)
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw() -> list[int]:
+        out: list[int] = []
+        with torch.no_grad():
+            zeros = torch.zeros(m.num_layers, 1, m.hidden_size)  # (L, 1, H)
+            logits, state = net(pre, (zeros, zeros.clone()))  # (P, 1, V)
+            for k in range(seq_len):
+                probs = F.softmax(logits[-1] / TEMPERATURE, dim=-1)  # (1, V)
+                nxt = torch.multinomial(probs, 1, generator=gen)  # (1, 1)
+                out.append(nxt.item())
+                if k + 1 < seq_len:
+                    logits, state = net(nxt, state)  # (1, 1, V)
+        return out
+
+    return GenerateStep(draw)
+
+
 if __name__ == "__main__":
-    demo(make_step, "torch baseline", make_eval)
+    demo(make_step, "torch baseline", make_eval, make_generate)
