@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from impls.config import ConfigError
+from impls.files import temp_beside
 
 from . import significance as sig
 from . import stats
@@ -504,8 +504,7 @@ def write_json(path: PathLike, doc: dict[str, Any]) -> Path:
         raise ResultsError(f"--json {path}: is a folder; give a file name")
     data = json.dumps(doc, indent=1).encode()
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                                   prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
     except OSError as e:
         raise ResultsError(f"--json {path}: cannot write there ({e.strerror or e})") from None
     try:

@@ -22,6 +22,7 @@ import numpy as np
 
 from impls import registry
 from impls.config import ConfigError, flops_per_char, get_preset
+from impls.files import dir_mode
 
 from . import significance as sig
 from .bench import Cell
@@ -786,9 +787,7 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed folder
+        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would stay with the renamed folder
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot write there ({e.strerror or e}); choose another folder") from None
     try:

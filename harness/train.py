@@ -34,6 +34,7 @@ import numpy as np
 from impls import registry
 from impls.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from impls.config import ModelConfig, Preset, get_preset
+from impls.files import temp_beside
 from impls.params import init_params
 
 from .data import Corpus, DataError, Streams, encode, prepare
@@ -204,9 +205,17 @@ class _Progress:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    """Atomic: a temporary file beside `path` (impls.files), fsynced, renamed over it."""
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int | None = None,
