@@ -425,7 +425,13 @@ def cmd_train(a: Any) -> int:
           f"({doc['final_val_bpc']:.3f} bits/char); wrote {Path(a.out) / 'checkpoint.npz'}, "
           f"log.jsonl, run.json")
     if doc.get("sample"):
+        prime = default_prime(corpus.vocab)
+        print(f"\nsample: {len(doc['sample']) - len(prime)} characters drawn by {a.backend} from the "
+              f"checkpoint of step {doc.get('checkpoint_step')} (temperature 1, seed {a.seed}, primed "
+              f"with {prime!r}; `lstmbench sample {Path(a.out)}` draws more):")
         print(doc["sample"])
+    elif doc.get("sample_error"):
+        print(f"\nno sample: drawing one failed ({doc['sample_error']})")
     return 0
 
 
