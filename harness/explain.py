@@ -60,6 +60,29 @@ def neighbour_verdict(foreign_max: float | None) -> str | None:
     return "noisy" if foreign_max >= stats.FOREIGN_LIMIT else "quiet"
 
 
+PROBE_RULE = ("the probe says quiet under 10% with no collapse, contended from 50% or with collapses in "
+              "over 5% of rounds, noisy between")  # stats.noise_verdict
+
+
+def verdict_rule() -> str:
+    """How a run's verdict is reached, for a report's legend."""
+    return (f"A run's verdict comes from two signals and the more severe stands: the noise probe, by "
+            f"the share of its rounds that ran over {stats.CLEAN_FACTOR:g}x its best ({PROBE_RULE}), "
+            f"and the neighbour count, other processes' CPU use around each workload (noisy from "
+            f"{stats.FOREIGN_LIMIT:g} cores busy, contended from {2 * stats.FOREIGN_LIMIT:g}); "
+            "'by' names the signal that gave it.")
+
+
+def verdict_source(noise: dict[str, Any]) -> str:
+    """Which signal gave the verdict, in a few words: the noise probe, the neighbour count, or
+    both alike."""
+    words = verdict_words(noise)
+    for key in ("the noise probe and the neighbour count alike", "the neighbour count", "the noise probe"):
+        if f" by {key}" in words:
+            return key.replace("the ", "").replace(" alike", "")
+    return "-"
+
+
 def verdict_words(noise: dict[str, Any]) -> str:
     """The machine's verdict and the signal that gave it: the probe (its contended share and
     collapses) or the neighbour count (other processes' CPU use around each workload)."""
@@ -71,8 +94,9 @@ def verdict_words(noise: dict[str, Any]) -> str:
     nv = neighbour_verdict(foreign)
     probe = (f"{100 * frac:.0f}% of the probe's rounds ran over {stats.CLEAN_FACTOR:g}x its best, "
              f"{collapses} collapse round{'s' * (collapses != 1)}" if frac is not None else "no probe rounds")
-    rule = ("the probe says quiet under 10% with no collapse, contended from 50% or with collapses in "
-            "over 5% of rounds, noisy between")
+    rule = PROBE_RULE
+    if frac is None and foreign is None:
+        return f"{verdict.upper()}: neither the noise probe nor the neighbour count was recorded"
     if foreign is None:
         return f"{verdict.upper()} by the noise probe: {probe} ({rule}); other processes not counted"
     neighbours = (f"other processes kept up to {foreign:.2f} cores busy during a workload (noisy from "
