@@ -8,8 +8,11 @@ harness's `lstmbench run`, and the run's settings recorded in the pytest-benchma
     LSTMBENCH_PRECISION  float32 (default) | tf32 (GPU only)
     LSTMBENCH_THREADS    threads for every framework alike (default: the cores)
 
-Unlike `lstmbench run`, every cell runs in this one process, so a crash ends the session and
+Unlike `lstmbench run`, the cells run in this one process, so a crash ends the session and
 chainer (its own environment) is skipped; the timing method is harness.bench's all the same.
+Backends whose framework must be imported with their own environment variables (keras-jax,
+keras-torch: KERAS_BACKEND) are timed in a worker process of their own (test_cells.py), and
+cells a backend's registry entry cannot run (no train mode) are skipped with that reason.
 """
 from __future__ import annotations
 

@@ -71,27 +71,43 @@ def cmd_backends(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(info, indent=1))
         return 0
+    print("\n".join(backends_text(info)))
+    return 0
+
+
+def backends_text(info: dict[str, dict]) -> list[str]:
+    """`lstmbench backends` as lines: per backend a row of short columns sized to their
+    values (nothing cut), then its kernel path, description, optimiser deviations and
+    baseline on lines of their own, however long."""
     from .baselines import baseline_file  # the one place a baseline's file name is made
-    w = max(len(n) for n in registry.BACKENDS) + 1
-    print(f"{'backend':{w}} {'status':9} {'version':11} {'kernel':26} {'modes':20} {'devices':8} "
-          f"{'precisions':14}")
+    rows = []
     for name, spec in registry.BACKENDS.items():
-        i = info[name]
-        status = "available" if i.get("available") else "missing"
-        print(f"{name:{w}} {status:9} {str(i.get('version', '-'))[:11]:11} "
-              f"{str(i.get('kernel', '-'))[:26]:26} {','.join(spec.modes):20} "
-              f"{','.join(spec.devices):8} {','.join(spec.precisions):14}")
-        print(f"{'':{w}} {spec.description}")
+        i = info.get(name, {})
+        rows.append([name, "available" if i.get("available") else "missing", str(i.get("version") or "-"),
+                     ",".join(spec.modes), ",".join(spec.devices), ",".join(spec.precisions)])
+    head = ["backend", "status", "version", "modes", "devices", "precisions"]
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
+    pad = " " * (widths[0] + 1)
+
+    def row(r: list[str]) -> str:
+        return " ".join(f"{x:{w}}" for x, w in zip(r, widths)).rstrip()
+    out = [row(head)]
+    for r, (name, spec) in zip(rows, registry.BACKENDS.items()):
+        i = info.get(name, {})
+        out.append(row(r))
+        if i.get("available"):
+            out.append(f"{pad}kernel: {i.get('kernel') or '-'}")
+        out.append(f"{pad}{spec.description}")
         if not i.get("available"):
-            print(f"{'':{w}} reason: {i.get('reason')}")
+            out.append(f"{pad}reason: {i.get('reason')}")
         elif spec.env != "main":
-            print(f"{'':{w}} environment: {i.get('python')}")
+            out.append(f"{pad}environment: {i.get('python')}")
         for opt, d in spec.deviations.items():
-            print(f"{'':{w}} {opt}: {d.cause}")
-        print(f"{'':{w}} baseline: " + (f"{spec.baseline} (benchmarks/baselines/"
+            out.append(f"{pad}{opt}: {d.cause}")
+        out.append(f"{pad}baseline: " + (f"{spec.baseline} (benchmarks/baselines/"
                                          f"{baseline_file(spec.baseline)}): {spec.baseline_note}"
                                          if spec.baseline else f"none: {spec.baseline_note}"))
-    return 0
+    return out
 
 
 def cmd_presets(a: argparse.Namespace) -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from impls.config import ConfigError
+from impls.files import temp_beside
 
 from . import significance as sig
 from . import stats
@@ -347,6 +347,7 @@ class Verdict:
     eq_hi: float = math.nan
     machine_shift: float | None = None  # new/old best probe time in the cell's workload
     workload_shift: float | None = None  # the move its workload's backends shared, if within the drift
+    decided_by: str = ""  # for faster, slower, unchanged: the interval and bound that gave the mark
 
 
 def workload_shifts(logs: dict[str, list[float]]) -> dict[str, float]:
@@ -448,10 +449,13 @@ def judge(old: Pooled, new: Pooled, *, threshold: float, estimator: str, normali
         v.reason = "; ".join(dict.fromkeys(blockers))
     elif lo > 1 and ratio > up and ratio > 1 + floor and beyond > up:
         v.mark = "slower"
+        v.decided_by = _decided(v, threshold, floor, beyond)
     elif hi < 1 and ratio < down and ratio < 1 / (1 + floor) and beyond < down:
         v.mark = "faster"
+        v.decided_by = _decided(v, threshold, floor, beyond)
     elif tight:
         v.mark = "unchanged"
+        v.decided_by = _decided(v, threshold, floor, beyond)
     elif ((lo > 1 and ratio > up) or (hi < 1 and ratio < down)) and (beyond > up or beyond < down):
         which = max(floors, key=floors.get) if floors else "old"
         v.reason = (f"change {ratio - 1:+.0%} is within the noise floor: the {which} run's probe "
@@ -469,6 +473,22 @@ def judge(old: Pooled, new: Pooled, *, threshold: float, estimator: str, normali
                     f"+-{_pct(threshold)}")
     v.regression = v.mark == "slower"
     return v
+
+
+def _decided(v: Verdict, threshold: float, floor: float, beyond: float) -> str:
+    """What gave a faster, slower or unchanged mark, in the words of the module docstring:
+    the 95% interval on the side of 1 and the change beyond the threshold, the noise floor and
+    what the machine explains; or the 90% interval inside +-threshold."""
+    if v.mark == "unchanged":
+        return f"90% interval [{v.eq_lo:.3f}, {v.eq_hi:.3f}] within +-{_pct(threshold)}"
+    side = "above" if v.mark == "slower" else "below"
+    out = (f"95% interval [{v.lo:.3f}, {v.hi:.3f}] {side} 1; change {v.ratio - 1:+.0%} beyond "
+           f"+-{_pct(threshold)}")
+    if floor > threshold:
+        out += f" and the noise floor {_pct(floor)}"
+    if abs(beyond / v.ratio - 1) > 0.005:  # the machine or the workload explained part of it
+        out += f", {beyond - 1:+.0%} once the machine's own move is taken out"
+    return out
 
 
 def machine_speeds(a: Side, b: Side) -> str | None:
@@ -504,8 +524,7 @@ def write_json(path: PathLike, doc: dict[str, Any]) -> Path:
         raise ResultsError(f"--json {path}: is a folder; give a file name")
     data = json.dumps(doc, indent=1).encode()
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                                   prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
     except OSError as e:
         raise ResultsError(f"--json {path}: cannot write there ({e.strerror or e})") from None
     try:
@@ -578,6 +597,7 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
              "workload_shift": _fnum(v.workload_shift) if v and v.workload_shift else None,
              "p": _fnum(v.p) if v else None, "old_s": _fnum(v.old_s) if v else None,
              "new_s": _fnum(v.new_s) if v else None, "reason": v.reason if v else "",
+             "decided_by": v.decided_by if v else "",
              "regression": bool(v.regression) if v else False, **extra}
         entries.append(e)
 
@@ -625,8 +645,8 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
             entry(po, v.mark, v, old_status=po.status(), new_status=pn.status())
             fmt = (lambda x: f"{x:.4g}" if math.isfinite(x) else "-") if normalize else fmt_time
             rows.append([po.name, c.mode, c.preset, str(c.batch), fmt(v.old_s), fmt(v.new_s),
-                         f"{v.ratio:.3f} [{v.lo:.3f}, {v.hi:.3f}]", f"{v.p:.3g}",
-                         v.mark.upper() if v.mark == "slower" else v.mark, v.reason])
+                         f"{v.ratio:.3f} [{v.lo:.3f}, {v.hi:.3f}]", f"[{v.eq_lo:.3f}, {v.eq_hi:.3f}]",
+                         v.mark.upper() if v.mark == "slower" else v.mark, v.reason or v.decided_by])
             continue
         reg = po.ok and not pn.ok
         if reg:
@@ -670,8 +690,12 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
         log((f"per-step time / the same round's probe time, {estimator} over the clean rounds" if normalize
              else f"per-step time, {estimator} of the "
              + ("rounds" if stats.uses_every_round(estimator) else "clean rounds"))
-            + f" (new/old ratio > 1 is slower; threshold {threshold:.0%}, 95% hierarchical bootstrap CI):")
-        for ln in _table(["backend", "mode", "preset", "batch", "old", "new", "ratio [95% CI]", "p",
+            + f" (new/old ratio > 1 is slower; threshold {threshold:.0%}, hierarchical bootstrap intervals):")
+        log(f"  slower / faster: the 95% interval lies above / below 1 and the change is beyond "
+            f"+-{threshold:.0%}, both runs' noise floors and what the machine's own move explains; "
+            f"unchanged: the 90% interval lies within +-{threshold:.0%} (two one-sided 5% tests); "
+            "else inconclusive, with the reason. `why` says which held.")
+        for ln in _table(["backend", "mode", "preset", "batch", "old", "new", "ratio [95% CI]", "90% CI",
                           "mark", "why"], rows, {3, 4, 5, 6, 7}):
             log(ln)
     if not_ok:

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from impls.files import temp_beside
+
 from .envs import UsageError
 
 FORMAT = 1  # version of the cache layout and of the text normalisation below
@@ -288,7 +290,7 @@ def _write_cache(path: Path, c: Corpus) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         info = json.dumps({"vocab": c.vocab, "n_train": c.n_train, "meta": c.meta, "format": FORMAT})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, ids=c.ids, info=np.array(info))
         os.replace(tmp, path)

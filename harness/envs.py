@@ -266,6 +266,23 @@ def setup_dir(env_name: str) -> Path:
     return root / f".venv-{env_name}" if root is not None else data_dir() / f"venv-{env_name}"
 
 
+def pip_command(python: str | os.PathLike[str], *args: str) -> list[str]:
+    """pip of the environment `python` belongs to, seeing that environment alone: -I keeps the
+    working directory, PYTHONPATH and the user's site off its sys.path. Otherwise, run from a
+    checkout or under tox (PYTHONPATH = the checkout), pip found lstmbench's own metadata there
+    (lstmbench.egg-info), took it for installed, and after installing NumPy < 2 printed
+    "ERROR: pip's dependency resolver ... lstmbench 0.1.0 requires tqdm" although the
+    install had worked; a PYTHONPATH holding NumPy 2 would even pass for NumPy installed."""
+    return [str(python), "-I", "-m", "pip", *args]
+
+
+def pip_env() -> dict[str, str]:
+    """This process's environment less what points Python at other packages (PYTHONPATH,
+    PYTHONHOME), for pip and the builds it starts (a --no-build-isolation setup.py runs in a
+    child that -I does not reach)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
@@ -311,7 +328,8 @@ def _build(env_name: str, steps: list[list[str]], *, log=print, record: dict | N
         venv.EnvBuilder(with_pip=True, clear=False).create(where)
     for i, args in enumerate(steps, 1):
         log(f"[{i}/{len(steps)}] pip install {' '.join(args)}")
-        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args])
+        r = subprocess.run(pip_command(py, "install", "-q", "--disable-pip-version-check", *args),
+                           env=pip_env())
         if r.returncode:
             raise UsageError(f"installing {' '.join(args)} into {where} failed (pip exit {r.returncode}); "
                              "see pip's output above")

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from impls.files import temp_beside
+
 from .results import ResultsError
 
 SUFFIX = ".journal.jsonl"
@@ -137,7 +139,7 @@ def _is_workload_record(obj: dict[str, Any]) -> bool:
 def _write_new(path: Path, data: bytes) -> Path:
     """Temp file in the same folder, fsync, hard-link into place (fails if the name exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -1,6 +1,6 @@
 """`lstmbench report`: a Markdown and a self-contained HTML report of one or more results files,
 with plots (PNG files beside the reports, embedded as base64 in the HTML): throughput against
-batch size, throughput per preset and mode, efficiency against the measured matmul peak,
+batch size, throughput per preset and mode, efficiency against the run's peak GEMM,
 generation latency, first-step time, peak memory; the run's machine and software; the cells
 that failed; and, given `lstmbench check --json` output, the equivalence table."""
 from __future__ import annotations
@@ -22,13 +22,15 @@ import numpy as np
 
 from impls import registry
 from impls.config import ConfigError, flops_per_char, get_preset
+from impls.files import dir_mode
 
+from . import explain
 from . import significance as sig
 from .bench import Cell
 from .compare import Run, RunCell, read_run
 from .envs import UsageError
 from .quality_report import sections as quality_sections, split_inputs
-from .stats import CLEAN_FACTOR
+from .stats import CLEAN_FACTOR, MIN_CLEAN
 from .results import ResultsError, expand_paths
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")  # as in harness.check
@@ -436,8 +438,8 @@ def _mib(b: float | None) -> str:
     return "-" if not b else f"{b / 2**20:,.0f} MiB"
 
 
-def header_table(docs: list[dict[str, Any]]) -> Table:
-    """Machine and software, one column per run."""
+def header_table(docs: list[dict[str, Any]], first: int = 1) -> Table:
+    """Machine and software, one column per run (numbered from `first`)."""
     def row(name: str, f: Callable[[dict[str, Any]], Any]) -> list[str]:
         return [name] + [str(f(d)) if f(d) not in (None, "") else "-" for d in docs]
 
@@ -450,10 +452,7 @@ def header_table(docs: list[dict[str, Any]]) -> Table:
         return f"{m.get('name', '?')} (min {m.get('min_time')} s, rounds {m.get('min_rounds')}-{m.get('max_rounds')})"
 
     def peak(d: dict[str, Any]) -> str:
-        p = d.get("peak") or {}
-        if not p.get("gflops"):
-            return f"not measured ({p.get('error')})"
-        return f"{p['gflops']:.1f} GFLOP/s {p.get('dtype', '')} via {p.get('via')}"
+        return explain.peak_words(d.get("peak") if isinstance(d.get("peak"), dict) else None)
 
     def git(d: dict[str, Any]) -> str:
         g = d.get("git") or {}
@@ -482,12 +481,12 @@ def header_table(docs: list[dict[str, Any]]) -> Table:
         row("frameworks", versions),
         row("git commit", git),
         row("matrix", matrix),
-        row("matmul peak", peak),
+        row("efficiency denominator", peak),
         row("wall time", lambda d: f"{d['wall_s']:.0f} s" + (" (interrupted)" if d.get("interrupted") else "")
             if d.get("wall_s") is not None else None),
         row("command", lambda d: " ".join(d.get("command") or [])),
     ]
-    head = [""] + (["run"] if len(docs) == 1 else [f"run {i + 1}" for i in range(len(docs))])
+    head = [""] + (["run"] if len(docs) == 1 and first == 1 else [f"run {first + i}" for i in range(len(docs))])
     return Table(head, rows)
 
 
@@ -512,12 +511,20 @@ def _eff(e: Entry) -> str:
     return txt + " (above 100%: measurement error)" if e.efficiency > 1 else txt
 
 
+def results_tables(entries: list[Entry]) -> list[tuple[str, Table]]:
+    """The per-cell detail, one table per preset, mode and batch (its T in the heading), so
+    that each stays narrow enough to read."""
+    groups, labels = _groups(entries), _labels(entries)
+    by_group: dict[str, list[Entry]] = {}
+    for e in sorted((e for e in entries if e.ok), key=lambda e: (groups.index(e.group), labels.index(e.label))):
+        by_group.setdefault(f"{e.group} T{e.cell.seq_len}", []).append(e)
+    return [(g, results_table(es)) for g, es in by_group.items()]
+
+
 def results_table(entries: list[Entry]) -> Table:
     rows, css = [], []
-    groups, labels = _groups(entries), _labels(entries)
-    for e in sorted((e for e in entries if e.ok), key=lambda e: (groups.index(e.group), labels.index(e.label))):
-        c = e.cell
-        rows.append([e.label + (" (noisy)" if e.noisy else ""), c.mode, c.preset, str(c.batch), str(c.seq_len),
+    for e in entries:
+        rows.append([e.label + (" (noisy)" if e.noisy else ""),
                      _si(e.cps) + (" noisy" if e.noisy else ""),
                      f"{_si(e.cps_lo)} - {_si(e.cps_hi)}", _secs(e.estimate_s),
                      f"{e.us_per_char:.1f}" if math.isfinite(e.us_per_char) else "-",
@@ -525,22 +532,22 @@ def results_table(entries: list[Entry]) -> Table:
                      f"{e.gflops:.3g}", _eff(e),
                      _mib(max(e.device_bytes) if e.device_bytes else (max(e.rss) if e.rss else None)),
                      f"{e.clean_rounds} of {len(e.samples)}" + (f" ({e.runs} runs)" if e.runs > 1 else "")])
-        css.append(["warn" if e.noisy else ""] + [""] * 4 + ["warn" if e.noisy else ""] + [""] * 5
+        css.append(["warn" if e.noisy else "", "warn" if e.noisy else ""] + [""] * 5
                    + ["bad" if math.isfinite(e.efficiency) and e.efficiency > 1 else ""] + ["", ""])
-    return Table(["backend", "mode", "preset", "B", "T", "chars/s", "95% interval chars/s", "step time",
-                  "us/char", "first step", "GFLOP/s", "efficiency", "peak memory", "clean rounds"], rows,
-                 right=set(range(3, 14)), css=css)
+    return Table(["backend", "chars/s", "95% interval chars/s", "step time", "us/char", "first step",
+                  "GFLOP/s", "efficiency", "peak memory", "clean rounds"], rows,
+                 right=set(range(1, 10)), css=css)
 
 
 def _run_name(doc: dict[str, Any]) -> str:
     return Path(doc["_path"]).name
 
 
-def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) -> list[tuple[str, Table]]:
-    """Per run: one row per workload, each backend's time ratio to the fastest with its
-    interval (v2 `workloads[].ratios`, from paired rounds; v1: from the estimates, no
-    interval). Noisy ratios say so."""
-    by_cell = {(e.context, e.cell.key()): e for e in entries}
+def ratio_tables(runs: list[tuple[Run, list[RunCell]]]) -> list[tuple[str, list[tuple[str, Table]]]]:
+    """Per run, per workload: a table of its backends, fastest first, each with its time ratio
+    to the fastest and interval (v2 `workloads[].ratios`, from paired rounds; v1: from the
+    run's own estimates, no interval) and characters per second; one table per workload, so
+    that 13 backends read down the page instead of off its side. Noisy ratios say so."""
     out = []
     for run, rcs in runs:
         backends: list[str] = []
@@ -554,10 +561,7 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) ->
             if c.backend not in backends:
                 backends.append(c.backend)
         for wid, members in groups.items():
-            cells = {}
-            for rc in members:
-                e = by_cell.get(((run.machine, rc.cell.device, rc.cell.precision, run.threads), rc.cell.key()))
-                cells[rc.cell.backend] = (rc, e)
+            cells = {rc.cell.backend: rc for rc in members}
             row: dict[str, str] = {}
             ratios = None
             for w in stored.values():
@@ -566,9 +570,11 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) ->
                         w.get("mode") == members[0].cell.mode and w.get("batch") == members[0].cell.batch \
                         and w.get("preset") == members[0].cell.preset and w.get("seq_len") == members[0].cell.seq_len:
                     ratios = rs
-            ok = {b: e for b, (rc, e) in cells.items() if rc.measured and e is not None and e.ok}
-            fastest = min(ok, key=lambda b: ok[b].estimate_s) if ok else None
-            for b, (rc, e) in cells.items():
+            own = {b: float(rc.result["estimate_s"]) for b, rc in cells.items()  # this run's, not pooled
+                   if rc.measured and isinstance(rc.result.get("estimate_s"), (int, float))
+                   and rc.result["estimate_s"] > 0}
+            fastest = min(own, key=lambda b: own[b]) if own else None
+            for b, rc in cells.items():
                 if not rc.measured:
                     row[b] = rc.status
                     continue
@@ -578,17 +584,35 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]], entries: list[Entry]) ->
                     noisy = noisy or bool(r.get("noisy"))
                     txt = "1 (fastest)" if r["ratio"] == 1 and r.get("to") == b else \
                         f"{r['ratio']:.2f} [{r.get('lo', math.nan):.2f}, {r.get('hi', math.nan):.2f}]"
-                elif fastest and b in ok:
-                    q = ok[b].estimate_s / ok[fastest].estimate_s
+                elif fastest and b in own:
+                    q = own[b] / own[fastest]
                     txt = "1 (fastest)" if b == fastest else f"{q:.2f}"
                 else:
                     txt = "-"
                 row[b] = txt + (" noisy" if noisy else "")
             rows_by_w[wid] = row
-        rows = [[wid, *[rows_by_w[wid].get(b, "") for b in backends]] for wid in rows_by_w]
-        css = [[""] + ["warn" if "noisy" in x else ("ok" if "fastest" in x else "") for x in r[1:]] for r in rows]
-        out.append((_run_name(run.doc), Table(["workload", *backends], rows, set(range(1, len(backends) + 1)), css)))
+        tables = []
+        for wid, row in rows_by_w.items():
+            cps = {rc.cell.backend: rc.result.get("chars_per_s") for rc in groups[wid] if rc.measured}
+            order = sorted(row, key=lambda b: (_ratio_key(row[b]), backends.index(b)))
+            rows = [[b, row[b], _si(float(cps[b])) if isinstance(cps.get(b), (int, float)) else "-"]
+                    for b in order]
+            css = [["", "warn" if "noisy" in r[1] else ("ok" if "fastest" in r[1] else
+                                                         ("bad" if not r[1][:1].isdigit() else "")), ""]
+                   for r in rows]
+            tables.append((wid, Table(["backend", "time ratio to the fastest [95% CI]", "chars/s"], rows,
+                                      {1, 2}, css)))
+        out.append((_run_name(run.doc), tables))
     return out
+
+
+def _ratio_key(text: str) -> float:
+    """Sort key of a ratio cell: its number (the fastest is 1), a cell that did not run last."""
+    head = text.split()[0] if text else ""
+    try:
+        return float(head)
+    except ValueError:
+        return math.inf
 
 
 def noise_table(runs: list[tuple[Run, list[RunCell]]]) -> Table:
@@ -612,11 +636,14 @@ def noise_table(runs: list[tuple[Run, list[RunCell]]]) -> Table:
                      str(n.get("collapse_rounds", "-")),
                      f"{100 * run.floor:.0f}%" if run.floor is not None else "-",
                      f"{spread['median']:.2f}x" if spread else "-", verdict.upper()
-                     if verdict in ("quiet", "noisy", "contended") else verdict])
-        css.append([""] * 9 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, "")])
+                     if verdict in ("quiet", "noisy", "contended") else verdict,
+                     explain.verdict_source(n) if run.verdict else "-",
+                     f"{n['foreign_cores_max']:.2f}" if isinstance(n.get("foreign_cores_max"), (int, float)) else "-"])
+        css.append([""] * 9 + [{"quiet": "ok", "noisy": "warn", "contended": "bad"}.get(verdict, ""), "", ""])
     return Table(["run", "probe GFLOP/s at start", "best", "median", "at end", "contended rounds",
                   "collapse rounds", "noise floor (probe minimum moved)",
-                  "cells' median round / fastest", "verdict"], rows, set(range(1, 9)), css)
+                  "cells' median round / fastest", "verdict", "by", "other processes' cores (max)"],
+                 rows, set(range(1, 9)) | {11}, css)
 
 
 def plot_noise(runs: list[tuple[Run, list[RunCell]]], out_dir: Path) -> Path | None:
@@ -634,14 +661,16 @@ def plot_noise(runs: list[tuple[Run, list[RunCell]]], out_dir: Path) -> Path | N
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 3.2))
     for name, pts, best in series:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=3, label=name)
-        if best:
-            ax.axhline(best / CLEAN_FACTOR, color="0.5", lw=0.8, ls="--")
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=3, label=name)
+        if best:  # in the run's colour: each run's rounds are judged against its own best
+            ax.axhline(best / CLEAN_FACTOR, color=line.get_color(), lw=0.8, ls="--", alpha=0.8)
     ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="probe GFLOP/s (log)",
            title=f"Noise probe per round (dashed: best / {CLEAN_FACTOR}, below it a round is not clean)")
     _log_ticks(ax, plain=True)
-    ax.legend(fontsize=8, frameon=False)
+    # the legend beside the axes, never over the rounds it labels
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2,
+              ncol=1 if len(series) <= 16 else 2)
     fig.tight_layout()
     return _save(fig, out_dir, "noise.png")
 
@@ -719,7 +748,7 @@ def equivalence_table(check_json: Path) -> tuple[Table, list[str], str]:
 CSS = """
 body{font:14px/1.45 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2330;
  max-width:1180px;margin:24px auto;padding:0 24px;background:#fff}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 8px;padding-bottom:4px;
+h1{font-size:24px;margin:0 0 4px}h3{font-size:16px;margin:24px 0 6px}h4{font-size:14px;margin:14px 0 4px}h2{font-size:18px;margin:30px 0 8px;padding-bottom:4px;
  border-bottom:1px solid #dde2ea}p.sub{color:#5b6578;margin:0 0 16px}p.note{color:#5b6578;font-size:13px}
 table{border-collapse:collapse;margin:8px 0 12px;font-size:12.5px;width:auto;max-width:100%}
 th,td{border:1px solid #dde2ea;padding:4px 8px;text-align:left;vertical-align:top}
@@ -731,6 +760,27 @@ figure{margin:12px 0 20px}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{color:#5b6578;font-size:13px;margin-top:4px}code{background:#f3f5f9;padding:1px 4px;border-radius:3px}
 ul.notes{font-size:13px;color:#3d4556}
 """
+
+
+RUNS_PER_TABLE = 3  # runs side by side in 'Machine and software': more would run off the page
+
+
+def _when(doc: dict[str, Any]) -> tuple[int, Any]:
+    """Sort key: when the run was made (its `created`), runs without a date last, by name."""
+    try:
+        return (0, dt.datetime.fromisoformat(str(doc["created"])).timestamp())
+    except (KeyError, TypeError, ValueError):
+        return (1, str(doc.get("_path", "")))
+
+
+def _noisy_legend(docs: list[dict[str, Any]]) -> str:
+    """The NOISY rule with the clean rounds the runs needed (harness.explain)."""
+    need = sorted({n for n in (explain.min_clean_of(d) for d in docs) if n is not None})
+    rule = explain.noisy_rule(need[0] if len(need) == 1 else None)
+    if len(need) > 1:
+        rule = rule.replace(f"fewer than {MIN_CLEAN} ",
+                            f"fewer than its run's min_clean ({', '.join(map(str, need))}) ", 1)
+    return " " + rule.replace("NOISY: ", "noisy (NOISY in `run`): ", 1)
 
 
 def _need_matplotlib() -> None:
@@ -786,9 +836,7 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed folder
+        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would stay with the renamed folder
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot write there ({e.strerror or e}); choose another folder") from None
     try:
@@ -823,6 +871,8 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
 def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Path | None,
            equiv: tuple[Table, list[str], str] | None, quality: list[dict[str, Any]] | None = None) -> str:
     """Every file of the report into out_dir (a fresh folder); returns the HTML file's name."""
+    runs = sorted(runs, key=lambda r: _when(r[0].doc))  # in the order they were made, not by path
+    quality = sorted(quality or [], key=_when)
     docs, entries = load([], runs)
     colors = _colors(_labels(entries))
     plot_notes: list[str] = []
@@ -840,12 +890,13 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
          "than 20x); bars span the 95% interval; a red edge marks a noisy cell."),
         (_grouped_bars(entries, eff, lambda e: (100 * e.efficiency * e.cps_lo / e.cps,
                                                 100 * e.efficiency * e.cps_hi / e.cps),
-                       colors, "% of matmul peak", "Efficiency: achieved GFLOP/s / measured matmul peak",
+                       colors, "% of the peak GEMM", "Efficiency: achieved GFLOP/s / the run's peak GEMM",
                        None, out_dir, "efficiency.png", plot_notes),
          "Efficiency", "Achieved GFLOP/s (docs/SPEC.md §7 FLOP count: forward 2N, train 6N per character) "
-         "divided by the float32 matrix-multiply peak measured on the same device in the same run "
-         "(the best noise-probe GFLOP/s); above 100% is a measurement error, flagged in the "
-         "results table. Bars with a red edge: noisy cells."),
+         "divided by the run's peak GEMM: the fastest float32 matrix multiply it measured on the "
+         "same device (on the CPU the faster of the 256x256 noise probe and a 1024x1024 GEMM, with "
+         "the backends' threads; 'Machine and software' names both); above 100% is a measurement "
+         "error, flagged in the results table. Bars with a red edge: noisy cells."),
         (_grouped_bars([e for e in entries if e.cell.mode == "generate"], lambda e: e.us_per_char,
                        lambda e: (e.us_lo, e.us_hi), colors, "microseconds / character",
                        "Generation latency (lower is better)", None, out_dir, "generate_latency.png", plot_notes),
@@ -878,43 +929,49 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
     est = sorted({e.estimator for e in entries if e.ok}) or ["median"]
 
     sections: list[tuple[str, list[tuple[str, Any]]]] = []  # (heading, [(kind, payload)])
+    noisy_legend = _noisy_legend(docs)
     ratio_items: list[tuple[str, Any]] = [(
         "note", "Each backend's time per step relative to the fastest backend of the workload "
                 "(1 = fastest; 2.00 = twice as slow), with its 95% interval: from rounds measured "
-                "side by side (results v2), or from the headline estimates (v1: no interval). "
-                "'noisy': too few clean rounds, not a clean figure.")]
-    for name, t in ratio_tables(runs, entries):
+                "side by side (results v2), or from the headline estimates (v1: no interval); "
+                "chars/s: the run's headline figure. Runs in the order they were made." + noisy_legend)]
+    for name, tables in ratio_tables(runs):
         if len(runs) > 1:
-            ratio_items.append(("note", name))
-        ratio_items.append(("table", t))
+            ratio_items.append(("h3", name))
+        for wid, t in tables:
+            ratio_items += [("h4", wid), ("table", t)]
     sections.append(("Backends against the fastest, per workload", ratio_items))
     noise_items: list[tuple[str, Any]] = [
         ("note", f"How fast and how steady the machine was: the noise probe's GFLOP/s, the share of "
                  f"rounds whose probe ran slower than {CLEAN_FACTOR}x its best (not clean), "
-                 "collapses, and how far the probe's per-workload minimum moved from its best (compare's noise floor)."),
+                 "collapses, and how far the probe's per-workload minimum moved from its best (compare's noise floor). "
+                 + explain.verdict_rule()),
         ("table", noise_table(runs))]
     sections.append(("Machine noise", noise_items))
+    plot_items: list[tuple[str, Any]] = [("fig", f) for f in figures]
+    if plot_notes:
+        plot_items.append(("list", plot_notes))
+    sections.append(("Plots", plot_items))
     res_items: list[tuple[str, Any]] = [
         ("note", f"Headline: {', '.join(est)} of the rounds (results' estimator: a minimum is "
                  "taken over every round, other estimators over the clean ones), with its 95% "
                  "interval (hierarchical bootstrap over processes and rounds). Per-step times are "
-                 "seconds per train/eval step or per generated sequence. Cells marked noisy had too "
-                 "few clean rounds: their figures are not clean measurements.")]
+                 "seconds per train/eval step or per generated sequence. One table per preset, mode "
+                 "and batch size." + noisy_legend)]
     if n_over:
-        res_items.append(("note", f"{n_over} cell(s) show an efficiency above 100% of the measured "
-                                  "matmul peak: a measurement error (the peak was measured under "
+        res_items.append(("note", f"{n_over} cell(s) show an efficiency above 100% of the run's "
+                                  "peak GEMM: a measurement error (the peak was measured under "
                                   "contention, or the cell's time is too low), flagged in the table."))
-    res_items.append(("table", results_table(entries)))
+    for group, t in results_tables(entries):
+        res_items += [("h4", group), ("table", t)]
     sections.append(("Results", res_items))
     if fails.rows:
         sections.append(("Cells that did not run", [("note", "Not plotted; a cell measured in "
                                                      "several runs is listed once per failed run."),
                                                     ("table", fails)]))
-    plot_items: list[tuple[str, Any]] = [("fig", f) for f in figures]
-    if plot_notes:
-        plot_items.append(("list", plot_notes))
-    sections.append(("Plots", plot_items))
-    sections.append(("Machine and software", [("kv", header_table(docs)), ("table", backends_table(docs))]))
+    machine_items: list[tuple[str, Any]] = [("kv", header_table(docs[i:i + RUNS_PER_TABLE], i + 1))
+                                            for i in range(0, len(docs), RUNS_PER_TABLE)]
+    sections.append(("Machine and software", [*machine_items, ("table", backends_table(docs))]))
     if equiv:
         table, notes, prec = equiv
         items: list[tuple[str, Any]] = [("note", f"Worst relative error over every cross-check case "
@@ -939,6 +996,8 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
                 md += [x.markdown(), ""]
             elif kind == "note":
                 md += [x, ""]
+            elif kind in ("h3", "h4"):
+                md += ["#" * int(kind[1]) + f" {x}", ""]
             elif kind == "list":
                 md += [f"- {n}" for n in x] + [""]
             elif kind == "pre":
@@ -962,6 +1021,8 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
                 h.append(x.html())
             elif kind == "note":
                 h.append(f"<p class=note>{html.escape(x)}</p>")
+            elif kind in ("h3", "h4"):
+                h.append(f"<{kind}>{html.escape(x)}</{kind}>")
             elif kind == "list":
                 h.append("<ul class=notes>" + "".join(f"<li>{html.escape(n)}</li>" for n in x) + "</ul>")
             elif kind == "pre":

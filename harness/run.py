@@ -28,11 +28,12 @@ import numpy as np
 from impls import registry
 from impls.config import flops_per_char
 
-from . import cpuload, stats
-from .bench import Cell
+from . import cpuload, explain, stats
+from .bench import PEAK_N, Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
 from .pool import Launch, Worker, WorkerFailed, mem_available, memory_reserve, worker_cpus
+from .progress import RoundLines, RunProgress
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
 from .variants import Variant, participant as participant_name, sources as variant_sources
@@ -102,10 +103,6 @@ def settle(pid: int | None, *, poll: float = SETTLE_POLL, quiet: int = SETTLE_QU
         if calm < quiet:
             time.sleep(poll)
     return time.perf_counter() - t0
-
-
-def _fmt_s(s: float) -> str:
-    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
 # ---- worker processes ---------------------------------------------------------------------
@@ -290,9 +287,6 @@ class WorkloadData:
     short: bool = False  # the time budget cut the base rounds short
 
 
-PROGRESS_EVERY_S = 30.0  # a workload whose rounds take long says how far it is at most this often
-
-
 class ProbeState:
     """The run's noise probe: its best time so far (the clean threshold's base)."""
 
@@ -308,11 +302,15 @@ class ProbeState:
 
 def measure_workload(backends: list[str], make: Callable[[str, int], Participant],
                      probe: ProbeState, sched: Schedule, rng: np.random.Generator,
-                     log: Callable[[str], None] = lambda s: None) -> WorkloadData:
+                     log: Callable[[str], None] = lambda s: None,
+                     on_round: Callable[[int, int, bool], None] | None = None) -> WorkloadData:
     """Time `backends` interleaved: for each process set p, prepare each backend's participant
     (make(backend, p)), then rounds in a fresh random permutation of backends + probe; after
     the last set's rounds, add rounds while a cell lacks `min_clean` clean rounds and the
-    budget lasts. Clean: the round's probe within clean_factor x the best probe so far."""
+    budget lasts. Clean: the round's probe within clean_factor x the best probe so far.
+    on_round(p, participants, re-measuring) hears of every round (default: harness.progress
+    RoundLines, a line at most every 30 s)."""
+    on_round = on_round or RoundLines(log, sched.processes, sched.rounds)
     data = {b: BackendData() for b in backends}
     wd = WorkloadData(data, [], [])
     rnd = 0
@@ -338,11 +336,11 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
         last = p == sched.processes - 1
         r, extra_start = 0, None
         t_block = time.monotonic()
-        t_said = t_block  # progress: a line when rounds are long enough to leave a silence
         while live:
             if (sched.max_time is not None and r < sched.rounds and r >= sched.min_rounds
                     and time.monotonic() - t_block > sched.max_time / sched.processes):
-                log(f"      time budget for this workload spent after {r} rounds of process set {p}")
+                log(f"      time budget spent: process set {p + 1} of {sched.processes} stops after "
+                    f"{r} of {sched.rounds} planned rounds")
                 wd.short = True
                 r = sched.rounds  # on to re-measurement (if any) or the next process set
             if r >= sched.rounds:
@@ -350,7 +348,9 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
                     break
                 if extra_start is None:
                     extra_start = (time.monotonic(), r)
-                    log(f"      re-measuring: too few clean rounds ({_clean_counts(data, live, probe, sched)})")
+                    log(f"      re-measuring: cells short of {sched.min_clean} clean rounds (clean so far: "
+                        f"{_clean_counts(data, live, probe, sched)}); at most {sched.extra_rounds} more "
+                        f"rounds or {sched.extra_time:g} s")
                 if (time.monotonic() - extra_start[0] > sched.extra_time
                         or r - extra_start[1] >= sched.extra_rounds):
                     break
@@ -381,10 +381,7 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
                                            "probe_s": probe_s, "clean": True})
             rnd += 1
             r += 1
-            if time.monotonic() - t_said > PROGRESS_EVERY_S:
-                t_said = time.monotonic()
-                log(f"      {r} round{'s' if r != 1 else ''} of process set {p} done "
-                    f"({t_said - t_block:.0f} s; {sched.rounds} planned)")
+            on_round(p, len(names), extra_start is not None)
         for b, part in live.items():
             try:
                 rel = part.release()
@@ -736,6 +733,7 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
     finished: list[dict[str, Any]] = list(done.values())
     interrupted: BaseException | None = None
     journal: Any = None
+    progress: RunProgress | None = None
     blas = "?"
     journal_file, target = files  # (journal, results file) of a resumed run
     try:
@@ -752,7 +750,7 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
                 probe.participant, blas = None, "?"
             start = _noise_burst(workers, probe)
             big = _gemm_peak(workers, device, parts, info)
-            log(_noise_line("machine at start", start, big, blas))
+            log(_noise_line("machine at start", start, big, blas, device))
             if not doc:
                 doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
                                    precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
@@ -771,18 +769,20 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
             doc.setdefault("noise", {})["start"] = start
             doc["_big_peak"] = max([v for v in (big, doc.get("_big_peak")) if v] or [0]) or None
             todo = [(wid, cs) for wid, cs in workloads if wid not in done]
-            spent: list[float] = []
-            for i, (wid, wcells) in enumerate(todo, 1):
-                t0 = time.monotonic()
-                eta = (sum(spent) / len(spent) * (len(todo) - i + 1)) if spent else None
-                log(f"[{i}/{len(todo)}] {wid:44} elapsed {_fmt_s(t0 - t_start)}"
-                    + (f", ~{_fmt_s(eta)} left" if eta is not None else ""))
-                rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log, vnames)
+            progress = RunProgress([(wid, _timed_count(cs, info, vnames) + 1) for wid, cs in todo],
+                                   processes, sched.rounds, log, started=t_start)
+            log = progress.log  # above the progress bar, where there is one (harness.progress)
+            for i, (wid, wcells) in enumerate(todo):
+                progress.start(i)
+                rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log, vnames,
+                                    progress.round)
                 journal.append(rec)
                 finished.append(rec)
-                spent.append(time.monotonic() - t0)
+                progress.finish()
                 for c in rec["cells"]:
                     log(f"      {entry_name(c):15} " + _describe(c["result"]))
+                if any(c["result"].get("noisy") for c in rec["cells"]):  # the rule, where NOISY first shows
+                    progress.once("noisy", "      " + explain.noisy_rule(sched.min_clean))
                 busy = rec["workload"].get("foreign_cores")
                 if busy is not None and busy >= stats.FOREIGN_LIMIT:
                     log(f"      other processes kept {busy:.2f} cores busy during this workload: "
@@ -794,6 +794,8 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
     except KeyboardInterrupt as e:
         interrupted = e
     finally:
+        if progress is not None:
+            progress.close()
         workers.close()
     if interrupted is not None:
         where = getattr(journal, "path", None) or journal_file
@@ -842,9 +844,17 @@ def variant_records(variants: list[Variant], src: dict[str, Any], info: dict[str
     return out
 
 
+def _timed_count(wcells: list[Cell], info: dict[str, Any], variants: list[str] | None = None) -> int:
+    """The participants of a workload that will be timed (not unsupported, available): the plan
+    of harness.progress; _run_workload records the others without timing them."""
+    return sum(1 for c in wcells for v in (variants or [None]) if not _unsupported(c)
+               and info.get(participant_name(c.backend, v), {}).get("available"))
+
+
 def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: Workers,
                   probe: ProbeState, sched: Schedule, rng: np.random.Generator, matrix: Matrix,
-                  log: Callable[[str], None], variants: list[str] | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None], variants: list[str] | None = None,
+                  on_round: Callable[[int, int, bool], None] | None = None) -> dict[str, Any]:
     """Measure one workload; its journal record {"workload": {...}, "cells": [...]}. With
     `variants`, every backend takes part once per variant (BACKEND@VARIANT), each cell entry
     naming its variant."""
@@ -871,7 +881,7 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
 
     probe_settled = getattr(probe.participant, "settled_s", 0.0)
     before = cpuload.snapshot()
-    wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
+    wd = measure_workload(timed, make, probe, sched, rng, log, on_round) if timed else WorkloadData({}, [], [])
     foreign = cpuload.foreign_cores(before, cpuload.snapshot())
     settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
     results = {n: pre.get(n) or cell_result(by_p[n], wd.backends[n], sched) for n in by_p}
@@ -903,13 +913,17 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
                     "median_gflops": flop / float(np.median(probes)) / 1e9 if probes else None}
     big = doc.pop("_big_peak", None)
     bursts = [(doc.get("noise") or {}).get(k) or {} for k in ("start", "end")]
-    cands = [v for v in (doc["probe"]["best_gflops"], big, *(b.get("gflops") for b in bursts)) if v]
+    cands = [v for v in (doc["probe"]["best_gflops"], *(b.get("gflops") for b in bursts)) if v]
+    probe_best = max(cands) if cands else None  # the bursts' rounds are in best_s: the same figure
+    peak = explain.peak_of(device, probe_best, big)
     if device == "cpu":
-        doc["peak"] = {"gflops": max(cands) if cands else None, "via": f"numpy {blas}", "dtype": "float32"}
+        doc["peak"] = {"gflops": peak, "via": f"numpy {blas}", "dtype": "float32", "probe_gflops": probe_best,
+                       "probe_n": PROBE_N, "gemm_gflops": big, "gemm_n": PEAK_N, "threads": doc.get("threads")}
     else:
-        doc["peak"] = {"gflops": big, "via": "device_matmul_peak hook", "dtype": "float32"}
+        doc["peak"] = {"gflops": peak, "via": "device_matmul_peak hook", "dtype": "float32"}
     collapse = sum(stats.collapses(probes)) + sum(c["result"].get("collapse_rounds", 0) for c in doc["cells"])
     frac, verdict = stats.noise_verdict(probes, best_s, collapse)
+    probe_verdict = verdict  # before the neighbour count has its say (harness.explain.verdict_words)
     foreign = [w["foreign_cores"] for w in doc["workloads"] if w.get("foreign_cores") is not None]
     busiest = max(foreign) if foreign else None
     if busiest is not None and busiest >= stats.FOREIGN_LIMIT:  # a neighbour inside the machine
@@ -917,7 +931,8 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
     spread = stats.round_spread([c["result"].get("stats") or {} for c in doc["cells"]
                                  if c["result"].get("status") == "ok"])
     doc.setdefault("noise", {}).update(contended_fraction=frac, collapse_rounds=collapse, verdict=verdict,
-                                       foreign_cores_max=busiest, round_spread=spread)
+                                       probe_verdict=probe_verdict, foreign_cores_max=busiest,
+                                       round_spread=spread)
     doc["noise"].setdefault("start", None)
     doc["noise"].setdefault("end", None)
     doc["estimator"] = stats.estimator_info()
@@ -929,18 +944,16 @@ def _assemble(doc: dict[str, Any], records: list[dict[str, Any]], probe: ProbeSt
 _VERDICTS = ["unknown", "quiet", "noisy", "contended"]
 
 
-def _noise_line(what: str, s: dict[str, Any] | None, big: float | None, blas: str) -> str:
-    if not s or not s.get("gflops"):
-        return f"{what}: no noise probe"
-    return (f"{what}: probe GEMM {s['gflops']:.1f} GFLOP/s best, cv {100 * s['cv']:.0f}% over "
-            f"{s['rounds']} rounds" + (f"; peak GEMM {big:.1f} GFLOP/s" if big else "") + f" ({blas})")
+def _noise_line(what: str, s: dict[str, Any] | None, big: float | None, blas: str,
+                device: str = "cpu") -> str:
+    return explain.start_words(what, s, big, blas, PROBE_N, PEAK_N, device)
 
 
 def noise_report(doc: dict[str, Any]) -> str:
     """How noisy the machine was: probe GFLOP/s at start and end, contended share, verdict."""
     n = doc.get("noise") or {}
     p = doc.get("probe") or {}
-    lines = [f"machine noise: {n.get('verdict', 'unknown').upper()} (by the probe GEMM and the neighbour count)"]
+    lines = [f"machine noise: {explain.verdict_words(n)}"]
     for k in ("start", "end"):
         s = n.get(k) or {}
         if s.get("gflops"):
@@ -960,7 +973,7 @@ def noise_report(doc: dict[str, Any]) -> str:
                                              "judge those workloads)" if n["foreign_cores_max"] >= stats.FOREIGN_LIMIT else ""))
     pk = doc.get("peak") or {}
     if pk.get("gflops"):
-        lines.append(f"  efficiency denominator: {pk['gflops']:.1f} GFLOP/s float32 ({pk['via']})")
+        lines.append(f"  efficiency denominator: {explain.peak_words(pk)}")
     flagged = [c for c in doc.get("cells", []) if c["result"].get("efficiency_flag")]
     for c in flagged:
         lines.append(f"  FLAGGED {c['cell']['backend']} {c['workload']}: efficiency "
@@ -975,15 +988,17 @@ def _describe(res: dict[str, Any]) -> str:
     extra = f", {res['us_per_char']:.1f} us/char" if "us_per_char" in res else ""
     noisy = "  NOISY" if res.get("noisy") else ""
     return (f"{res['chars_per_s']:,.0f} chars/s ({res['estimate_s'] * 1e3:.3f} ms "
-            f"[{lo * 1e3:.3f}, {hi * 1e3:.3f}], {res['clean_rounds']}/{len(res['samples'])} clean rounds)"
+            f"[{lo * 1e3:.3f}, {hi * 1e3:.3f}], {res['clean_rounds']} of {len(res['samples'])} rounds clean)"
             f"{extra}, first step {res['first_step_s']:.2f} s{noisy}")
 
 
 def summary_table(doc: dict[str, Any]) -> str:
     """Per workload: each backend's time ratio to the fastest with its interval (paired
     rounds), then characters per second; noisy figures are marked, never shown as clean."""
+    n_clean = explain.min_clean_of(doc)
     lines = [f"time ratio to the fastest backend per workload (95% interval, paired rounds); "
-             f"chars/s from the {doc.get('estimator', {}).get('name', '?')} estimator; * = noisy"]
+             f"chars/s from the {doc.get('estimator', {}).get('name', '?')} estimator; * = noisy"
+             + (f" (fewer than {n_clean} clean rounds: the NOISY rule above)" if n_clean else "")]
     by_w: dict[str, list[dict[str, Any]]] = {}
     for c in doc["cells"]:
         by_w.setdefault(c.get("workload") or workload_id(Cell.from_dict(c["cell"])), []).append(c)

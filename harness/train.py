@@ -34,6 +34,7 @@ import numpy as np
 from impls import registry
 from impls.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from impls.config import ModelConfig, Preset, get_preset
+from impls.files import temp_beside
 from impls.params import init_params
 
 from .data import Corpus, DataError, Streams, encode, prepare
@@ -204,9 +205,17 @@ class _Progress:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    """Atomic: a temporary file beside `path` (impls.files), fsynced, renamed over it."""
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int | None = None,
@@ -416,7 +425,13 @@ def cmd_train(a: Any) -> int:
           f"({doc['final_val_bpc']:.3f} bits/char); wrote {Path(a.out) / 'checkpoint.npz'}, "
           f"log.jsonl, run.json")
     if doc.get("sample"):
+        prime = default_prime(corpus.vocab)
+        print(f"\nsample: {len(doc['sample']) - len(prime)} characters drawn by {a.backend} from the "
+              f"checkpoint of step {doc.get('checkpoint_step')} (temperature 1, seed {a.seed}, primed "
+              f"with {prime!r}; `lstmbench sample {Path(a.out)}` draws more):")
         print(doc["sample"])
+    elif doc.get("sample_error"):
+        print(f"\nno sample: drawing one failed ({doc['sample_error']})")
     return 0
 
 

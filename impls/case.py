@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import CaseSpec, ConfigError
+from .files import temp_beside
 from .params import Params, check_params, init_params, param_shapes
 from .tolerances import TOLERANCES, quantity_of, rel_error
 
@@ -160,7 +160,7 @@ def write_new(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Pat
     if path.exists():
         raise FileExistsError(f"{path} exists; choose another name (results are never overwritten)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from .case import CaseError
 from .config import ClipConfig, ConfigError, ModelConfig, OptimizerConfig, TrainConfig
+from .files import temp_beside
 from .params import Params, check_params, param_shapes
 
 FORMAT = "lstmbench.checkpoint"
@@ -69,7 +69,7 @@ def save_checkpoint(ck: Checkpoint, path: str | os.PathLike[str]) -> Path:
     }
     arrays.update({f"param/{k}": np.asarray(v, np.float64) for k, v in ck.params.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

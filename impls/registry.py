@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 MODES: tuple[str, ...] = ("train", "eval", "generate")  # what a cell can measure
 DEVICES: tuple[str, ...] = ("cpu", "gpu")
-PRECISIONS: tuple[str, ...] = ("float32", "tf32")  # tf32: TensorFloat-32 matmuls, a GPU mode
+# tf32: TensorFloat-32 matmuls, a GPU mode; float64: the reference oracle's only precision
+# (never timed: `run --precision` offers float32 and tf32)
+PRECISIONS: tuple[str, ...] = ("float32", "tf32", "float64")
 
 # The optional module-level functions a backend module may define, with their signatures:
 #   kernel_info(backend_name: str, device: str) -> dict[str, str]
@@ -82,6 +84,9 @@ class BackendSpec:
             if bad or not got:
                 raise ValueError(f"backend {self.name}: {what} {got!r} must be a non-empty subset "
                                  f"of {allowed!r}")
+        if self.dtype not in self.precisions:  # what `backends` lists must be what it computes in
+            raise ValueError(f"backend {self.name}: precisions {self.precisions!r} must include its "
+                             f"dtype {self.dtype!r}")
         if not self.baseline_note:
             raise ValueError(f"backend {self.name}: baseline_note must say why its baseline "
                              f"({self.baseline}) is the fair one, or why it has none")
@@ -104,7 +109,7 @@ _TF32 = ("float32", "tf32")
 
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64",
-                "the float64 reference: hand-written BPTT, the oracle",
+                "the float64 reference: hand-written BPTT, the oracle", precisions=("float64",),
                 baseline=None,
                 baseline_note="the float64 oracle: hand-written NumPy itself, never timed"),
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",

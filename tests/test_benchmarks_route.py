@@ -47,3 +47,32 @@ def test_unavailable_backend_is_skipped_with_the_reason(tmp_path):
              "--benchmark-disable"], "chainer", ROOT)
     assert r.returncode == 0, r.stdout[-2000:]
     assert "3 skipped" in r.stdout and "backend chainer unavailable in this interpreter" in r.stdout
+
+
+def test_unsupported_cells_skip_and_keras_runs_in_its_own_worker(tmp_path):
+    """onnxruntime and tensorflow-genloop have no train mode: skipped with the registry's
+    reason, not a NotImplementedError. keras-jax needs KERAS_BACKEND=jax before Keras is
+    imported: timed in a worker process of its own, its rounds in the JSON as pytest-benchmark
+    statistics (replayed exactly) with the environment it ran in."""
+    from impls import registry
+    out = tmp_path / "b.json"
+    r = run([sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "-rs",
+             "-k", "train", "--benchmark-json", str(out)], "onnxruntime,tensorflow-genloop,keras-jax", ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    for b in ("onnxruntime", "tensorflow-genloop"):
+        assert registry.unsupported(b, mode="train") in r.stdout, r.stdout[-3000:]
+    assert "NotImplementedError" not in r.stdout
+    import importlib.util
+    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None:
+        assert "3 skipped" in r.stdout and "keras-jax" in r.stdout
+        pytest.skip("keras or jax is not installed here: keras-jax's cell was skipped with the reason")
+    benches = json.loads(out.read_text())["benchmarks"]
+    assert [b["extra_info"]["cell"]["backend"] for b in benches] == ["keras-jax"], r.stdout[-3000:]
+    b = benches[0]
+    info, st = b["extra_info"], b["stats"]
+    assert info["measured_in"] == "a worker process with KERAS_BACKEND=jax" and info["framework"]
+    rounds = info["worker_rounds_s"]
+    assert st["rounds"] == len(rounds) >= 3 and b["options"]["timer"] == "worker_rounds"
+    assert st["min"] == pytest.approx(min(rounds)) and st["max"] == pytest.approx(max(rounds))
+    assert info["chars_per_s"] == pytest.approx(info["chars_per_call"] / st["median"])
+    assert info["first_step_s"] > 0 and info["inner"] >= 1

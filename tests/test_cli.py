@@ -122,6 +122,31 @@ def test_listings(tmp_path):
     rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln and not ln.startswith(" ")}
     assert set(rows) >= {"numpy", "numpy-f32", "torch", "torch-cell", "tensorflow", "jax", "chainer"}
     assert "available" in rows["numpy"]
+    assert rows["numpy"].split()[-1] == "float64" and rows["numpy-f32"].split()[-1] == "float32"
+
+
+def test_backends_listing_cuts_nothing_and_names_each_precision():
+    """Long versions and kernel paths are printed whole (the kernel on a line of its own), the
+    columns line up however long a value is, and the float64 oracle says float64."""
+    from harness.cli import backends_text
+    from impls import registry
+    kernel = "Keras torch LSTM: hoisted input projection, per-step torch ops (CPU BLAS) " + "x" * 40
+    info = {n: {"available": True, "version": "1.0", "kernel": "k"} for n in registry.BACKENDS}
+    info["keras-torch"] = {"available": True, "version": "3.15.1.dev20261203+cpu.long", "kernel": kernel}
+    info["chainer"] = {"available": False, "reason": "No module named 'chainer'"}
+    lines = backends_text(info)
+    head = lines[0]
+    rows = {ln.split()[0]: ln for ln in lines[1:] if not ln.startswith(" ")}
+    assert list(rows) == list(registry.BACKENDS)
+    assert f"kernel: {kernel}" in [ln.strip() for ln in lines]
+    assert "3.15.1.dev20261203+cpu.long" in rows["keras-torch"].split()
+    for name, ln in rows.items():  # every row's columns start where the header's do
+        for col in ("status", "version", "modes", "devices", "precisions"):
+            at = head.index(col)
+            assert ln[at - 1] == " " and ln[at] != " ", (name, col, ln)
+        assert ln.split()[-1] == ",".join(registry.BACKENDS[name].precisions)
+    assert rows["numpy"].split()[-1] == "float64" and rows["torch"].split()[-1] == "float32,tf32"
+    assert "missing" in rows["chainer"] and "reason: No module named 'chainer'" in "\n".join(lines)
 
 
 # case and check rows: tests/test_bad_inputs.py (one row per bad input and fault)

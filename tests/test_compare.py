@@ -216,6 +216,20 @@ def test_a_run_against_itself_flags_nothing(tmp_path):
     assert rc == 0 and summary(out).startswith("0 slower, 0 faster, ")
     m = marks(tmp_path / "c.json")  # a cell whose two processes disagree may stay undecided
     assert set(m) <= {"unchanged", "inconclusive"} and m.count("unchanged") >= 5
+    # what decided each mark is shown, not a p-value (a bootstrap p of "no change" said 0 on
+    # lines marked unchanged): the 90% interval against the threshold
+    head = next(ln for ln in out.splitlines() if ln.startswith("backend "))
+    assert head.split()[-4:] == ["90%", "CI", "mark", "why"] and " p " not in head
+    for c in json.loads((tmp_path / "c.json").read_text())["cells"]:
+        lo, hi = c["equivalence_ci"]
+        if c["mark"] == "unchanged":
+            assert 1 / 1.05 <= lo <= 1 <= hi <= 1.05
+            assert c["decided_by"] == f"90% interval [{lo:.3f}, {hi:.3f}] within +-5%"
+            row = next(ln for ln in out.splitlines() if ln.startswith(c["backend"] + " ")
+                       and f" {c['mode']} " in ln)
+            assert row.endswith(c["decided_by"]) and f"[{lo:.3f}, {hi:.3f}]  unchanged" in row
+        else:
+            assert c["decided_by"] == "" and c["reason"]
     v1 = save(synth_doc(), tmp_path / "v1.json")
     rc, out = compare(v1, v1, fail=True)
     assert rc == 0 and summary(out) == "0 slower, 0 faster, 6 unchanged, 0 inconclusive, 0 incomparable"
@@ -240,6 +254,8 @@ def test_every_round_25_percent_slower_is_slower_everywhere(tmp_path):
         assert {"backend", "mode", "preset", "batch", "mark", "ratio", "ci"} <= set(c)
         assert c["ratio"] == pytest.approx(1.25, rel=1e-9)  # min of rounds x 1.25
         assert 1 < c["ci"][0] <= 1.25 <= c["ci"][1]
+        assert c["decided_by"].startswith(f"95% interval [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] above 1; "
+                                          "change +25% beyond +-10%")
     assert not list(tmp_path.glob(".cmp.json*"))  # no temp file left
     # beyond the threshold only: 25% slower is "unchanged" at a 30% threshold
     r = lstmbench("compare", str(po), str(pn), "--fail-on-regression", "--threshold", "30%", cwd=tmp_path)

@@ -421,3 +421,53 @@ def test_interrupted_run_keeps_cells_and_resume_completes(tmp_path, how):
     keys = [(c["cell"]["mode"], c["cell"]["backend"]) for c in doc["cells"]]
     assert sorted(keys) == sorted({("train", "numpy-f32"), ("eval", "numpy-f32"), ("generate", "numpy-f32")})
     assert all(c["result"]["status"] == "ok" for c in doc["cells"]), doc["cells"]
+
+
+# ---- permissions ----------------------------------------------------------------------------
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=lambda m: f"umask{m:03o}")
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_files_users_share_honour_the_umask(tmp_path, umask):
+    """Every atomic write (a temporary file from tempfile.mkstemp, 0600 whatever the umask,
+    then linked or renamed into place) gives the file the mode open() would: 0644 under
+    umask 022, 0600 under 077, 0664 under 002; a report's folder 0755, 0700, 0775."""
+    import numpy as np
+
+    from harness.compare import write_json
+    from harness.results import write_results
+    from harness.train import _write_json
+    from impls.case import write_file, write_new
+    from impls.checkpoint import Checkpoint, save_checkpoint
+    from impls.config import ModelConfig, TrainConfig
+    from impls.files import current_umask
+    from impls.params import init_params
+    from tests.test_compare import synth_v2
+
+    assert current_umask() == umask
+    m = ModelConfig(vocab_size=3, hidden_size=2)
+    written = [
+        write_new(tmp_path / "a.bin", lambda f: f.write(b"x")),
+        write_file(tmp_path / "check.json", lambda f: f.write(b"{}"), "--json"),
+        write_results(synth_v2(["numpy-f32"]), tmp_path / "results.json"),
+        jmod.write_unique(tmp_path / "final.json", b"{}"),
+        write_json(tmp_path / "compare.json", {"cells": []}),
+        save_checkpoint(Checkpoint(m, TrainConfig(), 4, 2, "abc", init_params(m, 0), {}),
+                        tmp_path / "checkpoint.npz"),
+    ]
+    _write_json(tmp_path / "run.json", {"steps": 1})
+    written.append(tmp_path / "run.json")
+    for p in written:
+        assert (p.stat().st_mode & 0o777) == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))
+    assert not list(tmp_path.glob(".*.tmp"))
+    pytest.importorskip("matplotlib")
+    from harness.report import write_report
+    write_report([str(tmp_path / "results.json")], tmp_path / "rep", log=lambda s: None)
+    assert ((tmp_path / "rep").stat().st_mode & 0o777) == 0o777 & ~umask
+    for p in (tmp_path / "rep").iterdir():
+        assert (p.stat().st_mode & 0o777) == 0o666 & ~umask, p.name
+    assert np.load(tmp_path / "checkpoint.npz")["vocab"].size == 1

@@ -165,3 +165,55 @@ def test_harness_command_runs_this_code_in_chainers_interpreter(tmp_path):
     r = subprocess.run(envs.harness_command(str(py), "presets"), cwd=tmp_path,
                        env=envs.worker_env(1), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "char-rnn" in r.stdout, r.stderr[-2000:]
+
+
+def _wheel(folder: Path, name: str, files: dict[str, str]) -> Path:
+    """A minimal pure-Python wheel (PEP 427) of `name` 1.0 holding `files`."""
+    import base64
+    import hashlib
+    import zipfile
+    dist = f"{name.replace('-', '_')}-1.0"
+    files = {**files, f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                        "Tag: py3-none-any\n"}
+
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    record = "".join(f"{k},sha256={digest(v)},{len(v.encode())}\n" for k, v in files.items())
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in files.items():
+            z.writestr(k, v)
+        z.writestr(f"{dist}.dist-info/RECORD", record + f"{dist}.dist-info/RECORD,,\n")
+    return path
+
+
+def test_setup_pip_sees_only_its_environment(tmp_path, monkeypatch, capfd):
+    """`lstmbench setup` run from a checkout or under tox (PYTHONPATH = the checkout, which
+    holds lstmbench.egg-info) made pip take lstmbench for installed in the new environment and
+    print "ERROR: pip's dependency resolver ... requires tqdm" after an install that worked.
+    Here a distribution on PYTHONPATH and in the working directory requires the package being
+    installed and one that is missing: the same pip command without isolation prints that
+    ERROR, setup's prints nothing of the kind and succeeds."""
+    site = tmp_path / "checkout"
+    info = site / "fake_project-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-project\nVersion: 1.0\n"
+                                   "Requires-Dist: dep-a\nRequires-Dist: missing-b\n")
+    wheel = _wheel(tmp_path, "dep-a", {"dep_a/__init__.py": "X = 1\n"})
+    monkeypatch.setitem(envs.RECIPES, "scratch", [["--no-index", str(wheel)]])
+    monkeypatch.setattr(envs, "setup_dir", lambda name: tmp_path / f"venv-{name}")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.chdir(site)
+    py = envs.setup("scratch", log=lambda s: None)
+    out = capfd.readouterr()
+    assert "ERROR" not in out.out + out.err, out.err
+    r = subprocess.run([str(py), "-c", "import dep_a; print(dep_a.X)"], env=_clean_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "1", r.stderr
+    # the fixture does provoke pip's complaint when pip looks beyond its environment
+    subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "dep-a"], capture_output=True, timeout=120)
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "--no-index", str(wheel)], capture_output=True, text=True,
+                       timeout=120)
+    assert "fake-project 1.0 requires missing-b" in r.stderr, r.stderr

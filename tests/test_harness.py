@@ -151,7 +151,7 @@ MATRIX = """
 rounds = {rounds}
 workload_time = {workload_time}
 threads = 1
-min_clean = 2
+min_clean = {min_clean}
 extra_rounds = 2
 extra_time = 1
 timeout = {timeout}
@@ -167,10 +167,11 @@ modes = {modes}
 
 
 def _matrix(rounds: int = 4, timeout: float = 120, hidden: int = 32, gen_len: int = 20,
-            modes: str = '["train", "eval", "generate"]', workload_time: float = 60.0) -> str:
+            modes: str = '["train", "eval", "generate"]', workload_time: float = 60.0,
+            min_clean: int = 2) -> str:
     """A one-backend matrix; one pinned thread, so that no spinning pool stretches the rounds."""
     return MATRIX.format(rounds=rounds, timeout=timeout, hidden=hidden, gen_len=gen_len, modes=modes,
-                         workload_time=workload_time)
+                         workload_time=workload_time, min_clean=min_clean)
 
 
 def _start(tmp_path: Path, matrix: str, *extra: str) -> subprocess.Popen:
@@ -209,6 +210,47 @@ def test_tiny_matrix_v2_with_two_processes_and_wait_policy(tmp_path):
     assert doc["omp_wait_policy"] == "passive" and doc["processes"] == 2 and doc["seed"] == 5
     _check_v2(doc, ["numpy-f32"])
     assert all(w["rounds"] >= 10 for w in doc["workloads"])  # 5 rounds x 2 process sets
+
+
+def test_what_run_says_adds_up(tmp_path):
+    """The run's own words, checked against its results file: per workload its place and the
+    time left at the pace so far (the share of planned rounds done adds up); each cell's clean
+    rounds of its rounds; the NOISY rule once, under the first NOISY cell (4 rounds + 2
+    re-measured can never give 10 clean ones: every cell is noisy); the machine's verdict with
+    the signal that gave it; one peak GEMM, the same at the end as in the file, and at the
+    start the faster of the two GEMMs measured then."""
+    from harness import explain
+    (tmp_path / "m.toml").write_text(_matrix(rounds=4, min_clean=10))
+    r = lstmbench("run", "--matrix", "m.toml", "--backends", "numpy-f32", "--out", "res", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = load_results(next((tmp_path / "res").rglob("*.json")))
+    lines = r.stdout.splitlines()
+    heads = [ln for ln in lines if ln.startswith("[")]
+    assert [h[:5] for h in heads] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert heads[0].endswith("time left: known once rounds have been measured")
+    assert heads[1].endswith("(33% of the planned rounds done)") and "left at the pace so far" in heads[1]
+    assert heads[2].endswith("(67% of the planned rounds done)")
+    cell_lines = [ln for ln in lines if ln.startswith("      numpy-f32 ")]
+    assert len(cell_lines) == 3
+    for ln, c in zip(cell_lines, doc["cells"]):
+        res = c["result"]
+        assert f"{res['clean_rounds']} of {len(res['samples'])} rounds clean" in ln and res["noisy"]
+        assert ln.endswith("NOISY")
+    rule = explain.noisy_rule(10)
+    assert [ln.strip() for ln in lines].count(rule) == 1
+    assert lines[lines.index(cell_lines[0]) + 1].strip() == rule  # where NOISY first shows
+    assert f"machine noise: {explain.verdict_words(doc['noise'])}" in lines
+    pk = doc["peak"]
+    assert pk["gflops"] == max(pk["probe_gflops"], pk["gemm_gflops"]) > 0
+    assert pk["probe_gflops"] == pytest.approx(doc["probe"]["best_gflops"])
+    assert f"  efficiency denominator: {explain.peak_words(pk)}" in lines
+    assert f"peak GEMM {pk['gflops']:.1f} GFLOP/s" in explain.peak_words(pk)
+    start = next(ln for ln in lines if ln.startswith("machine at start: "))
+    so_far = float(start.split("peak GEMM so far ")[1].split()[0])
+    burst, big = float(start.split("probe GEMM (256x256) ")[1].split()[0]), \
+        float(start.split("1024x1024 GEMM ")[1].split()[0])
+    assert so_far == max(burst, big) <= round(pk["gflops"], 1)
+    assert doc["noise"]["start"]["gflops"] == pytest.approx(burst, abs=0.05)
 
 
 def test_killed_worker_loses_only_its_cell(tmp_path):

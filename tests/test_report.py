@@ -83,9 +83,9 @@ def test_report_end_to_end_files_plots_failures_and_equivalence(tmp_path):
         assert "Equivalence against the float64 reference" in text
         assert "8.8e-01 deviation" in text and "unavailable: No module named" in text
         assert "RuntimeError: boom" in text
-    # what matters first: the cross-backend table, then the noise, then the detail
+    # what matters first: the cross-backend tables, then the noise, the plots, then the long detail
     heads = re.findall(r"^## (.+)$", md, re.M)
-    assert heads[:3] == ["Backends against the fastest, per workload", "Machine noise", "Results"]
+    assert heads[:4] == ["Backends against the fastest, per workload", "Machine noise", "Plots", "Results"]
     assert "1 (fastest)" in md
     # runs with different thread counts are told apart, not pooled
     assert "jax (2 threads)" in html and "numpy-f32 (1 thread)" in html and "numpy-f32 (2 threads)" in html
@@ -105,13 +105,65 @@ def test_noisy_cells_and_efficiency_above_100_percent_are_marked(tmp_path):
     out = tmp_path / "rep"
     write_report([str(save(doc, tmp_path / "r.json"))], out, log=lambda s: None)
     md = (out / "report.md").read_text()
-    assert "numpy-f32 (noisy) | train" in md and " noisy |" in md
-    rows = [ln for ln in md.splitlines() if ln.startswith("| torch | train")]
+    results = md.split("## Results")[1].split("#### smoke train B8 T16")[1].split("####")[0]
+    assert "| numpy-f32 (noisy) | " in results and " noisy |" in results
+    rows = [ln for ln in results.splitlines() if ln.startswith("| torch | ")]
     assert rows and "(above 100%: measurement error)" in rows[0]
-    assert "efficiency above 100% of the measured matmul peak: a measurement error" in md
+    assert "efficiency above 100% of the run's peak GEMM: a measurement error" in md
     table = md.split("## Backends against the fastest")[1].split("## Machine noise")[0]
-    row = next(ln for ln in table.splitlines() if ln.startswith("| smoke train B8 T16"))
-    assert "noisy" in row.split("|")[2] and "noisy" not in row.split("|")[3]  # numpy-f32's, not torch's
+    train = table.split("#### smoke train B8 T16")[1].split("####")[0]
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2] for ln in train.splitlines() if ln.startswith("| ")}
+    assert "noisy" in rows["numpy-f32"] and "noisy" not in rows["torch"]  # numpy-f32's, not torch's
+    # the mark is explained where it is used, with the run's own threshold
+    assert "noisy (NOISY in `run`): fewer than 10 of the cell's rounds were clean" in table
+
+
+def test_runs_by_date_narrow_tables_plots_first_and_a_legend_off_the_data(tmp_path, monkeypatch):
+    """`report results/` over many runs: in the order they were made (not their paths'), each
+    workload's backends in a table of their own (down the page, fastest first), machine tables
+    of at most three runs, plots before the long per-cell table, the noise plot's legend beside
+    its axes, and each run's verdict with the signal that gave it."""
+    import harness.report as rep
+    docs = []
+    for i, (name, created) in enumerate([("a-late.json", "2026-12-03T10:00:00+00:00"),
+                                         ("b-early.json", "2026-11-20T10:00:00+00:00"),
+                                         ("c-middle.json", "2026-11-25T10:00:00+00:00"),
+                                         ("d-last.json", "2026-12-04T09:00:00+00:00")]):
+        doc = synth_v2(["numpy-f32", "torch", "jax"], seed=i)
+        doc["created"] = created
+        if i == 3:  # a busy neighbour and a quiet probe: contended by the neighbour count
+            doc["noise"].update(verdict="contended", contended_fraction=0.04, collapse_rounds=0,
+                                foreign_cores_max=1.02, probe_verdict="quiet")
+        docs.append(save(doc, tmp_path / name))
+    figs = {}
+    saved = rep._save
+    monkeypatch.setattr(rep, "_save", lambda fig, d, name: (figs.setdefault(name, [
+        (ax.get_legend(), ax) for ax in fig.axes]), saved(fig, d, name))[1])
+    write_report([str(p) for p in docs], tmp_path / "rep", log=lambda s: None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    order = ["b-early.json", "c-middle.json", "a-late.json", "d-last.json"]
+    ratio = md.split("## Machine noise")[0]
+    assert [ln[4:] for ln in ratio.splitlines() if ln.startswith("### ")] == order
+    noise = md.split("## Machine noise")[1].split("## Plots")[0]
+    assert [ln.split("|")[1].strip() for ln in noise.splitlines() if ln.startswith("| ") and ".json" in ln] == order
+    last = next(ln for ln in noise.splitlines() if ln.startswith("| d-last.json"))
+    assert "| CONTENDED | neighbour count | 1.02 |" in last
+    for block in ratio.split("#### ")[1:]:  # one workload's backends, fastest first
+        rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| backend")
+                and not ln.startswith("| ---")]
+        assert len(rows) == 3 and all(ln.count("|") == 4 for ln in rows)
+        assert rows[0].split("|")[2].strip() == "1 (fastest)"
+        ratios = [float(ln.split("|")[2].split()[0]) for ln in rows]
+        assert ratios == sorted(ratios)
+    heads = re.findall(r"^## (.+)$", md, re.M)
+    assert heads.index("Plots") < heads.index("Results")
+    machine = md.split("## Machine and software")[1]
+    kv = [ln for ln in machine.splitlines() if ln.startswith("|  | run")]
+    assert kv == ["|  | run 1 | run 2 | run 3 |", "|  | run 4 |"]
+    assert "| b-early.json | c-middle.json | a-late.json |" in machine
+    (legend, ax), = figs["noise.png"]
+    anchor = legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+    assert anchor.x0 >= 1.0  # beside the axes, not over the rounds
 
 
 def test_v1_files_report_with_ratios_from_estimates(tmp_path):

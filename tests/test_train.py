@@ -157,7 +157,7 @@ def test_checkpoints_move_between_backends(trained, corpus_file):
             assert g["sample"] == r["sample"], f"{g['checkpoint']} on {evaluator}: sample differs"
 
 
-def test_train_evaluate_sample_commands(tmp_path, corpus_file, capsys):
+def test_train_evaluate_sample_commands(tmp_path, corpus_file, capfd):
     out = tmp_path / "run"
     assert main(["train", "--backend", "numpy-f32", "--preset", "tiny", "--corpus", corpus_file,
                  "--out", str(out), "--steps", "12", "--eval-every", "5", "--val-chars", "0",
@@ -166,23 +166,26 @@ def test_train_evaluate_sample_commands(tmp_path, corpus_file, capsys):
     assert [r["step"] for r in log] == [0, 5, 10, 12]  # the last step is always evaluated
     assert set(log[-1]) >= {"step", "seconds", "train_loss", "val_loss", "val_bpc"}
     assert log[-1]["seconds"] >= log[1]["seconds"] > 0
-    capsys.readouterr()
+    printed = capfd.readouterr().out.splitlines()
+    at = next(i for i, ln in enumerate(printed) if ln.startswith("sample: "))
+    assert printed[at - 1] == "" and "drawn by numpy-f32 from the checkpoint of step 12" in printed[at]
+    assert "\n".join(printed[at + 1:]).strip()  # the text itself follows its heading
     j = tmp_path / "eval.json"
     assert main(["evaluate", str(out / "checkpoint.npz"), "--backend", "numpy", "--corpus",
                  corpus_file, "--val-chars", "0", "--json", str(j)]) == 0
-    assert "bits/char" in capsys.readouterr().out
+    assert "bits/char" in capfd.readouterr().out
     doc = json.loads(j.read_text())
     assert doc["val_loss"] == pytest.approx(log[-1]["val_loss"], rel=LOSS_TOL)
     assert main(["sample", str(out), "--backend", "numpy-f32", "--prime", "the ", "-n", "30",
                  "--seed", "3", "--top-k", "3"]) == 0
-    a = capsys.readouterr().out
+    a = capfd.readouterr().out
     assert main(["sample", str(out / "checkpoint.npz"), "--prime", "the ", "-n", "30",
                  "--seed", "3", "--top-k", "3"]) == 0
-    assert capsys.readouterr().out == a and a.startswith("the ") and len(a.rstrip("\n")) >= 30
+    assert capfd.readouterr().out == a and a.startswith("the ") and len(a.rstrip("\n")) >= 30
     # an existing run is never overwritten
     assert main(["train", "--backend", "numpy-f32", "--preset", "tiny", "--corpus", corpus_file,
                  "--out", str(out), "--steps", "2"]) == 2
-    assert "already holds a training run" in capsys.readouterr().err
+    assert "already holds a training run" in capfd.readouterr().err
 
 
 def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, corpus_file, capsys, trained):
