@@ -33,6 +33,7 @@ from .bench import Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
 from .pool import Worker, WorkerFailed, worker_cpus
+from .journal import claim, unclaim
 from .results import check_writable, default_path, new_document, write_results
 from .stats import summarize
 
@@ -131,6 +132,15 @@ class Workers:
             self.live[(backend, p)] = _new_worker(py, self.threads, self.extra_env, backend, self.cpus)
         return self.live[(backend, p)]
 
+    def healthy(self, backend: str, p: int = 0) -> Worker:
+        """get(), but a worker that died or was stopped since its last answer is replaced
+        first (pool.Worker.usable): a participant starting in it (a workload's cell, the
+        probe) must not inherit what befell it while idle."""
+        w = self.live.get((backend, p))
+        if w is not None and not w.usable():
+            self.drop(backend, p)
+        return self.get(backend, p)
+
     def drop(self, backend: str, p: int = 0) -> None:
         w = self.live.pop((backend, p), None)
         if w:
@@ -162,8 +172,9 @@ class WorkerParticipant:
         self.settled_s = 0.0  # seconds the scheduler waited for this worker to go quiet
 
     def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
-        try:
-            return _answer(self.workers.get(self.name, self.p).request(req, timeout))
+        try:  # a participant starts (prepare, probe) in a worker fit to take it: Workers.healthy
+            get = self.workers.healthy if req["op"] in ("prepare", "probe", "baseline") else self.workers.get
+            return _answer(get(self.name, self.p).request(req, timeout))
         except WorkerFailed as e:
             self.workers.drop(self.name, self.p)
             raise ParticipantFailed(e.kind, str(e)) from None
@@ -177,10 +188,10 @@ class WorkerParticipant:
             ans = self._request({"op": "prepare", "cell": self.cell.to_dict(), "threads": self.workers.threads,
                                  "round_time": self.round_time}, self.timeout)
         self._settle()  # warm-up threads too
-        if ans.get("first_step_s") is not None:
-            # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
-            self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
-                                                       + 1000 * self.round_time))
+        # a round is ~round_time; allow for a collapse (1000x was seen) but not forever (the
+        # probe, which has no first step, too: a hung probe must not outlast the timeout)
+        self.round_timeout = min(self.timeout, max(30.0, 20 * float(ans.get("first_step_s") or 0.0)
+                                                   + 1000 * self.round_time))
         return ans
 
     def round(self) -> float:
@@ -472,14 +483,35 @@ def _probe_info(workers: Workers, backends: list[str], device: str, threads: int
     return info
 
 
-def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15) -> dict[str, Any]:
+def _start_probe(workers: Workers, probe: ProbeState, matrix: Matrix, log: Callable[[str], None],
+                 again: bool = False) -> str | None:
+    """Prepare the noise probe in its worker (a fresh one when the last died or hung), with
+    the matrix's timeout like any participant: its BLAS's name; None when it cannot be
+    prepared (the run goes on without it)."""
+    part = WorkerParticipant(workers, PROBE, 0, None, matrix.timeout, matrix.round_time)
+    try:
+        pinfo = part.prepare()
+    except ParticipantFailed as e:
+        log(("      noise probe could not be restarted" if again else "noise probe unavailable")
+            + f" ({e}); rounds cannot be checked against it")
+        return None
+    if again:
+        log("      noise probe restarted in a fresh worker")
+    probe.participant = part
+    probe.flop = int(pinfo.get("flop", probe.flop))
+    return str(pinfo.get("blas", "?"))
+
+
+def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15,
+                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """The probe alone for a few rounds: how fast and how steady the machine is right now."""
     got: list[float] = []
     if probe.participant is not None:
         for _ in range(rounds):
             try:
                 got.append(probe.participant.round())
-            except ParticipantFailed:
+            except ParticipantFailed as e:
+                log(f"noise probe failed ({e}); going on without it")
                 probe.participant = None
                 break
     for s in got:
@@ -492,7 +524,7 @@ def _gemm_peak(workers: Workers, device: str, backends: list[str], info: dict[st
     device_matmul_peak hook of an available backend's worker on a GPU."""
     if device == "cpu":
         try:
-            return _answer(workers.get(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
+            return _answer(workers.healthy(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
         except (WorkerFailed, ParticipantFailed):
             workers.drop(PROBE)
             return None
@@ -500,7 +532,7 @@ def _gemm_peak(workers: Workers, device: str, backends: list[str], info: dict[st
         if not info.get(b, {}).get("available"):
             continue
         try:
-            g = _answer(workers.get(b).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
+            g = _answer(workers.healthy(b).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
         except WorkerFailed:
             workers.drop(b)
             continue
@@ -637,44 +669,43 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
     finished: list[dict[str, Any]] = list(done.values())
     interrupted: BaseException | None = None
     journal: Any = None
+    claimed: Path | None = None  # a journal claim() made whose header is not written yet
     blas = "?"
     if resume is None:
         journal_file = target = Path()  # set once the document exists
     try:
         with _interruptible():
-            log("backends:")
-            info = _probe_info(workers, backends, device, threads, log)
-            probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300, matrix.round_time)
-            try:
-                pinfo = probe.participant.prepare()
-                probe.flop = int(pinfo.get("flop", probe.flop))
-                blas = pinfo.get("blas", "?")
-            except ParticipantFailed as e:
-                log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
-                probe.participant, blas = None, "?"
-            start = _noise_burst(workers, probe)
-            big = _gemm_peak(workers, device, backends, info)
-            log(_noise_line("machine at start", start, big, blas))
-            if not doc:
+            if not doc:  # the results file's name, ours alone, before anything is measured
                 doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
                                    precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
-                                   processes=processes, seed=opts.seed, backends=info, cpus=cpus,
+                                   processes=processes, seed=opts.seed, backends={}, cpus=cpus,
                                    python=sys.version.split()[0], interrupted=False,
                                    estimator=stats.estimator_info())
                 doc["schema_version"] = 2
-                target = default_path(out_dir, doc)
-                journal_file = journal_path_for(target)
-                journal = _journal(journal_file)
+                target, journal_file = claim(default_path(out_dir, doc))
+                claimed = journal_file
+            log("backends:")
+            info = _probe_info(workers, backends, device, threads, log)
+            journal = _journal(journal_file)
+            if claimed is not None:
+                doc["backends"] = info
                 journal.write_header({**doc, "target": str(target)})
+                claimed = None
             else:
-                journal = _journal(journal_file)
                 doc["backends"] = {**info, **doc.get("backends", {})}
                 doc["resumed"] = True
+            blas = _start_probe(workers, probe, matrix, log) or "?"
+            revive = probe.participant is not None  # a probe lost later comes back, in a fresh worker
+            start = _noise_burst(workers, probe, log=log)
+            big = _gemm_peak(workers, device, backends, info)
+            log(_noise_line("machine at start", start, big, blas))
             doc.setdefault("noise", {})["start"] = start
             doc["_big_peak"] = max([v for v in (big, doc.get("_big_peak")) if v] or [0]) or None
             todo = [(wid, cs) for wid, cs in workloads if wid not in done]
             spent: list[float] = []
             for i, (wid, wcells) in enumerate(todo, 1):
+                if probe.participant is None and revive:  # failed or hung in an earlier workload
+                    revive = _start_probe(workers, probe, matrix, log, again=True) is not None
                 t0 = time.monotonic()
                 eta = (sum(spent) / len(spent) * (len(todo) - i + 1)) if spent else None
                 log(f"[{i}/{len(todo)}] {wid:44} elapsed {_fmt_s(t0 - t_start)}"
@@ -689,7 +720,9 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
                 if busy is not None and busy >= stats.FOREIGN_LIMIT:
                     log(f"      other processes kept {busy:.2f} cores busy during this workload: "
                         "its figures are not judged by compare")
-            end = _noise_burst(workers, probe)
+            if probe.participant is None and revive:
+                _start_probe(workers, probe, matrix, log, again=True)
+            end = _noise_burst(workers, probe, log=log)
             big_end = _gemm_peak(workers, device, backends, info)
             doc["_big_peak"] = max([v for v in (doc["_big_peak"], big_end) if v] or [0]) or None
             doc["noise"]["end"] = end
@@ -697,6 +730,8 @@ def run_matrix(matrix: Matrix, backends: list[str], *, device: str = "cpu", prec
         interrupted = e
     finally:
         workers.close()
+        if claimed is not None:  # ended before its header: the name is free again
+            unclaim(claimed)
     if interrupted is not None:
         where = getattr(journal, "path", None) or journal_file
         if journal is None or not finished:
@@ -743,11 +778,12 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
         parts.append(WorkerParticipant(workers, b, p, by_b[b], matrix.timeout, matrix.round_time))
         return parts[-1]
 
-    probe_settled = getattr(probe.participant, "settled_s", 0.0)
+    prober = probe.participant  # (it may be lost on the way)
+    probe_settled = getattr(prober, "settled_s", 0.0)
     before = cpuload.snapshot()
     wd = measure_workload(timed, make, probe, sched, rng, log) if timed else WorkloadData({}, [], [])
     foreign = cpuload.foreign_cores(before, cpuload.snapshot())
-    settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
+    settled = sum(x.settled_s for x in parts) + getattr(prober, "settled_s", 0.0) - probe_settled
     results = {b: pre.get(b) or cell_result(by_b[b], wd.backends[b], sched) for b in by_b}
     c0 = wcells[0]
     workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
@@ -818,7 +854,9 @@ def noise_report(doc: dict[str, Any]) -> str:
         s = n.get(k) or {}
         if s.get("gflops"):
             lines.append(f"  {k:5}: probe {s['gflops']:.1f} GFLOP/s best, cv {100 * s['cv']:.0f}%")
-    if p.get("best_gflops"):
+    if not p.get("median_gflops"):  # no workload timed a round (every cell failed or was skipped)
+        lines.append("  during: no probe round ran during the workloads")
+    elif p.get("best_gflops"):
         lines.append(f"  during: probe best {p['best_gflops']:.1f}, median {p['median_gflops']:.1f} GFLOP/s "
                      f"over {len([x for x in p['rounds_s'] if x])} rounds; "
                      f"{100 * n.get('contended_fraction', 0):.0f}% of rounds contended "
