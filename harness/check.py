@@ -25,10 +25,11 @@ QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
 
 def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
               precision: str = "float32", json_path: Path | None = None, jobs: int = 1,
-              log: Callable[[str], None] = print) -> int:
+              log: Callable[[str], None] = print, device: str = "cpu") -> int:
     """Returns the exit status: 0 when every backend passes every quantity, else 1. `jobs`
     backends are checked side by side, each in its own worker (the results do not depend on
-    it: each case is computed in one process, with `threads` threads, whatever runs beside)."""
+    it: each case is computed in one process, with `threads` threads, whatever runs beside).
+    `device` is where the backends compute (the CLI refuses gpu on a machine without one)."""
     if json_path is not None and (json_path.exists() or json_path.is_symlink()):
         raise UsageError(f"--json {json_path} exists; choose another name (reports are never overwritten)")
     if not backends:
@@ -37,7 +38,7 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
         raise UsageError(f"--jobs must be an integer >= 1, got {jobs}")
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         return _run_check(Path(d), backends, overrides=overrides, threads=threads,
-                          precision=precision, json_path=json_path, jobs=jobs, log=log)
+                          precision=precision, json_path=json_path, jobs=jobs, log=log, device=device)
 
 
 _REFERENCE_LOCK = threading.Lock()  # the lanes share the reference outputs' cache
@@ -50,7 +51,7 @@ class _Stopped(Exception):
 def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: dict[str, dict[str, dict]],
                    tmp: Path, *, overrides: dict[str, str], threads: int | None, precision: str,
                    live: dict[str, Worker], stop: threading.Event, log: Callable[[str], None],
-                   ) -> dict[str, Any]:
+                   device: str = "cpu") -> dict[str, Any]:
     """Every case on one backend, in a worker of its environment (registered in `live`, so
     that an interruption can kill it): the backend's report entry."""
     entry: dict[str, Any] = {"status": "ok", "cases": {}}
@@ -72,7 +73,7 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
             try:
                 ans = worker.request({"op": "case", "backend": name, "case": str(path),
                                       "out": str(out_path), "threads": threads,
-                                      "precision": precision}, timeout=600)
+                                      "precision": precision, "device": device}, timeout=600)
             except WorkerFailed as e:
                 if stop.is_set():
                     raise _Stopped from None
@@ -108,14 +109,16 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
 
 
 def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], threads: int | None,
-               precision: str, json_path: Path | None, jobs: int, log: Callable[[str], None]) -> int:
+               precision: str, json_path: Path | None, jobs: int, log: Callable[[str], None],
+               device: str = "cpu") -> int:
     cases = []
     references: dict[str, dict[str, dict]] = {}  # case id -> eps form -> reference outputs
     for cc in CROSS_CASES:
         case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
         cases.append((cc.id, case, save_case(case, tmp / f"{cc.id}.npz")))
         references[cc.id] = {}
-    report: dict[str, Any] = {"precision": precision, "cases": [c[0] for c in cases], "jobs": jobs,
+    report: dict[str, Any] = {"precision": precision, "device": device, "cases": [c[0] for c in cases],
+                              "jobs": jobs,
                               "backends": {name: None for name in backends}}  # the given order
     queue = deque(backends)
     lock = threading.Lock()  # the queue and the report
@@ -133,7 +136,7 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
             try:
                 entry = _check_backend(name, cases, references, tmp, overrides=overrides,
                                        threads=threads, precision=precision, live=live, stop=stop,
-                                       log=log)
+                                       log=log, device=device)
             except _Stopped:
                 return
             except Exception as e:  # noqa: BLE001 - the harness failed on this backend, not the check

@@ -17,7 +17,7 @@ from impls.config import (PRESETS, CaseSpec, ClipConfig, ConfigError, GenerateCo
                           OptimizerConfig, TrainConfig, flops_per_char, get_preset)
 from impls.tolerances import TOLERANCES
 
-from .envs import RECIPES, UsageError, interpreter_for, parse_python_overrides
+from .envs import RECIPES, UsageError, interpreter_for, parse_python_overrides, require_device
 from .results import ResultsError
 
 DEFAULT_THREADS = os.cpu_count() or 1
@@ -299,15 +299,17 @@ def cmd_case_diff(a: argparse.Namespace) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     from .check import run_check
     from .pool import default_jobs
-    backends = _backend_list(a.backends, BENCH_BACKENDS)
+    backends = _backend_list(a.backends, [b for b in BENCH_BACKENDS if a.device in registry.BACKENDS[b].devices])
     if not backends:
         raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
     _positive_threads(a.threads)
+    require_device(a.device, a.precision, backends)
     if a.json:
         check_new_path(a.json, "--json")  # fail now, not after minutes of checking
     jobs = default_jobs(a.threads) if a.jobs is None else a.jobs
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
-                     precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs)
+                     precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs,
+                     device=a.device)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -366,11 +368,7 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
                    if a.device in registry.BACKENDS[b].devices]
         backends = _backend_list(a.backends, default)
         a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
-    for b in backends:
-        if a.device not in registry.BACKENDS[b].devices:
-            raise UsageError(f"backend {b} does not run on {a.device}")
-    if a.precision == "tf32" and a.device != "gpu":
-        raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
+    require_device(a.device, a.precision, backends)
     for v in variants or []:
         if v.src is not None:
             check_src(v.src, f"--variant {v.name}: src")
@@ -509,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="cross-check every backend against the reference")
     p.add_argument("--backends", help="comma list (default: all but the numpy oracle)")
     p.add_argument("--json", help="write the detailed report here")
-    p.add_argument("--precision", default="float32", choices=["float32", "tf32"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where every backend computes the cases (default cpu; gpu needs one)")
+    p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
+                   help="float32 (strict, default) or tf32 (GPU only)")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="backends checked side by side, each in its own worker (default: the "
                         "cores // --threads)")

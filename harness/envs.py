@@ -60,6 +60,41 @@ def parse_python_overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def gpu_present() -> bool:
+    """Whether this machine has a GPU a backend could use: an NVIDIA driver with a device
+    (/proc/driver/nvidia/gpus, /dev/nvidia0, or `nvidia-smi -L` listing one) or AMD's ROCm
+    (/dev/kfd). LSTMBENCH_GPU=1 or 0 overrides the answer (a GPU these signs miss; tests)."""
+    forced = os.environ.get("LSTMBENCH_GPU", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        if any(Path("/proc/driver/nvidia/gpus").iterdir()):
+            return True
+    except OSError:
+        pass
+    if Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists():
+        return True
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
+def require_device(device: str, precision: str, backends: "list[str] | tuple[str, ...]" = ()) -> None:
+    """Refuse, before any worker starts, what cannot run here (`run` and `check` alike): a
+    backend whose spec lacks the device, tf32 off a GPU, --device gpu on a machine without one."""
+    for b in backends:
+        if device not in get_spec(b).devices:
+            raise UsageError(f"backend {b} does not run on {device}")
+    if precision == "tf32" and device != "gpu":
+        raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
+    if device == "gpu" and not gpu_present():
+        raise UsageError("--device gpu: this machine has no GPU (no NVIDIA or ROCm driver found); "
+                         "run on the CPU (--device cpu), or set LSTMBENCH_GPU=1 if it has one "
+                         "this check misses")
+
+
 def _is_lstmbench_checkout(d: Path) -> bool:
     """A source tree of this project: its pyproject.toml names the project lstmbench."""
     try:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from . import duet
 from .compare import fmt_time, write_json, _table
 from .envs import UsageError
-from .results import ResultsError, expand_paths, load_results
+from .results import expand_paths, load_results
 from .variants import Variant, check_src, parse_variant
 
 
@@ -117,8 +116,8 @@ def noise_lines(doc: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]
     if taus:
         t = taus[0]
         out.append(f"between worker processes: {100 * t['tau']:.1f}% SD of a process's log ratio"
-                   + (f" (assumed: one process per variant shows none; measured on this project's "
-                      f"machine, docs/measurement.md)" if t["tau_assumed"] else
+                   + (" (assumed: one process per variant shows none; measured on this project's "
+                      "machine, docs/measurement.md)" if t["tau_assumed"] else
                       f" (pooled over the cells, {max(e['processes'] for e in taus)} processes per variant)"))
     return out
 

@@ -36,6 +36,44 @@ def journal_path(target: str | os.PathLike[str]) -> Path:
     return t.with_name(t.name + SUFFIX)
 
 
+def claim(target: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """A results name of the caller's own for a new run: `target`, else the first numbered
+    sibling (x.1.json, x.2.json, ...) where neither the file nor its journal exists, taken by
+    creating the (empty) journal exclusively (O_EXCL), so that runs started in the same second
+    into one folder never share a name; (target, journal). Called before anything is measured;
+    Journal.write_header fills the journal, unclaim gives it back if the run ends first."""
+    t = Path(target)
+    try:
+        t.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"cannot create {t.parent}: {explain(t, e)}") from None
+    for i in range(1000):
+        cand = t if i == 0 else t.with_name(f"{t.stem}.{i}{t.suffix}")
+        if os.path.lexists(cand):
+            continue
+        jf = journal_path(cand)
+        try:
+            os.close(os.open(jf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue  # another run's (or an interrupted run's) journal: not ours
+        except OSError as e:
+            raise ResultsError(f"cannot write the journal {jf}: {explain(jf, e)}") from None
+        _fsync_dir(jf.parent)
+        return cand, jf
+    raise ResultsError(f"could not find a free name beside {t}")
+
+
+def unclaim(journal: str | os.PathLike[str]) -> None:
+    """Give back a name claim() took, when the run ended before its header was written (an
+    empty journal); a journal with anything in it is left alone."""
+    try:
+        p = Path(journal)
+        if p.stat().st_size == 0:
+            p.unlink()
+    except OSError:
+        pass
+
+
 def _fsync_dir(d: Path) -> None:
     """Make a new name in `d` durable (the file's own fsync does not cover its directory entry)."""
     try:

@@ -265,6 +265,20 @@ class Worker:
             kind = "crash"
         return WorkerFailed(kind, f"worker exited with status {code}" + (f": {tail}" if tail else ""))
 
+    def usable(self) -> bool:
+        """Whether the worker can take a request now: not closed, not exited, not stopped (a
+        SIGSTOPped worker would only time out). A worker that died or was stopped while idle,
+        after its last answer, is no fault of whoever asks next: start a fresh one instead."""
+        return not self._closed and self.proc.poll() is None and not self._stopped()
+
+    def _stopped(self) -> bool:
+        """Stopped by a signal (state T, or t under a tracer, in /proc/PID/stat)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            return False  # no /proc here: only an exit can be seen
+
     # ---- ending ----------------------------------------------------------------------------
 
     def _killpg(self) -> None:
@@ -289,7 +303,7 @@ class Worker:
             return
         self._closed = True
         try:
-            if self.proc.poll() is None:
+            if self.proc.poll() is None and not self._stopped():  # a stopped one cannot exit
                 try:
                     assert self.proc.stdin is not None
                     self.proc.stdin.write(b'{"op": "exit"}\n')

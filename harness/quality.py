@@ -52,7 +52,7 @@ from impls import registry
 from .data import prepare
 from .envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
                    worker_env)
-from .journal import Journal, finalize, journal_path
+from .journal import Journal, claim, finalize, journal_path
 from .pool import default_jobs, usable_cpus
 from .signals import interruptible, on_second_signal
 
@@ -447,8 +447,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                       "vocab_size": corpus.vocab_size},
             "reference": REFERENCE, "requested_backends": list(backends),
             "noise": noise_statement(threads, jobs, cores), "interrupted": False}
-        target = _results_path(out_dir, doc)
-        journal_file = journal_path(target)
+        target, journal_file = claim(_results_path(out_dir, doc))  # a name of its own (journal.claim)
         Journal(journal_file).write_header({**doc, "target": str(target)})
     elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
         raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "

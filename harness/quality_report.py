@@ -67,7 +67,8 @@ def split_inputs(paths: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]
     rest: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*.json") if not q.name.startswith("."))
+            # only regular files: a FIFO would block the read (results.expand_paths notes it)
+            found = sorted(q for q in p.rglob("*.json") if not q.name.startswith(".") and q.is_file())
             qs = [q for q in found if _quality_file(q)]
             quality += [load_quality(q) for q in qs]
             if not qs or any(_is_results_file(q) for q in found):

@@ -31,7 +31,7 @@ from .compare import Run, RunCell, read_run
 from .envs import UsageError
 from .quality_report import sections as quality_sections, split_inputs
 from .stats import CLEAN_FACTOR, MIN_CLEAN
-from .results import ResultsError, expand_paths
+from .results import expand_paths, load_check_report
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")  # as in harness.check
 PLOTS = {"throughput_batch.png", "throughput.png", "efficiency.png", "generate_latency.png",
@@ -688,13 +688,8 @@ def failures_table(entries: list[Entry]) -> Table:
 
 def equivalence_table(check_json: Path) -> tuple[Table, list[str], str]:
     """Backend x quantity: worst error over the cases, the tolerance, the status."""
-    try:
-        rep = json.loads(Path(check_json).read_text())
-        backends = rep["backends"]
-    except OSError as e:
-        raise ResultsError(f"{check_json}: cannot read the check report ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ResultsError(f"{check_json}: not a `lstmbench check --json` report ({type(e).__name__})") from None
+    rep = load_check_report(check_json)  # every field checked by type (harness.results)
+    backends = rep["backends"]
     rank = {"ok": 0, "deviation": 1, "FAIL": 2, "error": 3}
     tol: dict[str, float] = {}
     rows, css, notes = [], [], []

@@ -12,8 +12,9 @@ import platform
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from impls.case import write_new
 
@@ -150,6 +151,140 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# ---- field types ------------------------------------------------------------------------
+# Every field that compare, report and load_dataframe read from a results file (and report
+# from a `check --json` report), with its JSON type, checked once on load (load_results,
+# load_check_report) so that an edited or corrupt file is one line naming the file and the
+# field, never a TypeError deep in a reader. A named field may be absent or null; otherwise it
+# has its type. A spec is a _Type, {key: spec} (an object; "*" for every other key), [spec]
+# (a list of spec) or a tuple of specs (one per container kind: a list or an object). Items
+# of a list and values under "*" are never null, except in a list of numbers (a round
+# without a probe time is null).
+
+class _Type:
+    """A JSON scalar type: its name in messages, and its test."""
+
+    def __init__(self, name: str, test: Callable[[Any], bool]) -> None:
+        self.name, self.test = name, test
+
+
+_NUMBER = _Type("a number", _num)
+_INT = _Type("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+_STR = _Type("a string", lambda v: isinstance(v, str))
+_BOOL = _Type("true or false", lambda v: isinstance(v, bool))
+
+_BURST = {"gflops": _NUMBER, "median_gflops": _NUMBER, "cv": _NUMBER, "rounds": _INT}
+_CELL = {"backend": _STR, "mode": _STR, "preset": _STR, "batch": _INT, "seq_len": _INT,
+         "device": _STR, "precision": _STR, "seed": _INT,
+         "model": {"vocab_size": _INT, "hidden_size": _INT, "num_layers": _INT, "input": _STR,
+                   "embed_size": _INT}}
+_RESULT = {"status": _STR, "error": _STR, "first_step_s": _NUMBER, "first_step_s_all": [_NUMBER],
+           "inner": _INT, "kernel": _STR, "estimate_s": _NUMBER, "ci_s": [_NUMBER],
+           "clean_rounds": _INT, "noisy": _BOOL, "stats": {"*": _NUMBER}, "collapse_rounds": _INT,
+           "chars_per_s": _NUMBER, "us_per_char": _NUMBER, "gflops": _NUMBER, "efficiency": _NUMBER,
+           "efficiency_flag": _STR, "peak_rss_bytes": _INT, "peak_device_bytes": _INT}
+RESULTS_FIELDS: dict[str, Any] = {
+    "created": _STR, "device": _STR, "precision": _STR, "threads": _INT, "processes": _INT,
+    "omp_wait_policy": _STR, "seed": _INT, "python": _STR, "wall_s": _NUMBER, "interrupted": _BOOL,
+    "command": [_STR],
+    "machine": {"hostname": _STR, "cpu": _STR, "cores": _INT, "memory_bytes": _INT, "os": _STR,
+                "arch": _STR, "slug": _STR, "gpu": {"name": _STR, "driver": _STR, "memory": _STR}},
+    "git": {"commit": _STR, "dirty": _BOOL},
+    "matrix": {"name": _STR, "min_time": _NUMBER, "min_rounds": _INT, "max_rounds": _INT},
+    "backends": {"*": {"available": _BOOL, "version": _STR, "kernel": _STR, "executable": _STR,
+                       "reason": _STR}},
+    "probe": {"kind": _STR, "n": _INT, "blas": _STR, "flop": _NUMBER, "rounds_s": [_NUMBER],
+              "best_gflops": _NUMBER, "median_gflops": _NUMBER},
+    "peak": {"gflops": _NUMBER, "via": _STR, "dtype": _STR, "error": _STR},
+    "noise": {"start": _BURST, "end": _BURST, "contended_fraction": _NUMBER, "collapse_rounds": _INT,
+              "verdict": _STR, "foreign_cores_max": _NUMBER, "round_spread": {"*": _NUMBER}},
+    "estimator": {"name": _STR},
+    "workloads": [{"id": _STR, "mode": _STR, "preset": _STR, "batch": _INT, "seq_len": _INT,
+                   "probe_s": [_NUMBER], "probe_best_s": _NUMBER, "foreign_cores": _NUMBER,
+                   "ratios": {"*": {"to": _STR, "ratio": _NUMBER, "lo": _NUMBER, "hi": _NUMBER,
+                                    "pairs": _INT, "noisy": _BOOL}}}],
+    "variants": {"*": {"text": _STR, "python": _STR, "pythons": {"*": _STR}, "src": _STR,
+                       "env": {"*": _STR}, "threads": _INT,
+                       "source": {"kind": _STR, "root": _STR, "commit": _STR, "dirty": _BOOL, "rev": _STR},
+                       "backends": {"*": {"available": _BOOL, "version": _STR, "kernel": _STR,
+                                          "executable": _STR, "reason": _STR}}}},
+    "cells": [{"cell": _CELL, "workload": _STR, "variant": _STR, "result": _RESULT}],
+}
+_CHECK_ROW = {"key": _STR, "quantity": _STR, "rel": _NUMBER, "max_abs": _NUMBER, "tol": _NUMBER,
+              "status": _STR, "note": _STR}
+CHECK_FIELDS: dict[str, Any] = {
+    "precision": _STR, "device": _STR,
+    "backends": {"*": {"status": _STR, "reason": _STR,
+                       "cases": {"*": ([_CHECK_ROW], {"error": _STR})}}},
+}
+
+
+def _kind(spec: Any) -> str:
+    if isinstance(spec, _Type):
+        return spec.name
+    if isinstance(spec, tuple):
+        return " or ".join(_kind(s) for s in spec)
+    return "a list" if isinstance(spec, list) else "an object"
+
+
+def _check_field(v: Any, spec: Any, where: str, nullable: bool = True) -> str | None:
+    """None when `v` (at `where`) has the type `spec` says, else what is wrong, in words."""
+    if v is None:
+        return None if nullable else f"{where} is null, not {_kind(spec)}"
+    want = spec
+    if isinstance(spec, tuple):  # the alternative of v's container kind
+        spec = next((s for s in spec if isinstance(v, list) == isinstance(s, list)
+                     and isinstance(v, dict) == isinstance(s, dict)), None)
+    if spec is None:
+        ok = False
+    elif isinstance(spec, _Type):
+        ok = spec.test(v)
+    else:
+        ok = isinstance(v, list if isinstance(spec, list) else dict)
+    if not ok:
+        shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+        return f"{where} is {shown}, not {_kind(want)}"
+    if isinstance(spec, list):
+        for i, x in enumerate(v):
+            bad = _check_field(x, spec[0], f"{where}[{i}]", nullable=spec[0] is _NUMBER)
+            if bad:
+                return bad
+    elif isinstance(spec, dict):
+        for k, x in v.items():
+            sub = spec.get(k, spec.get("*"))
+            bad = (_check_field(x, sub, f"{where}.{k}" if where else str(k), nullable=k in spec)
+                   if sub is not None else None)
+            if bad:
+                return bad
+    return None
+
+
+def check_fields(doc: dict[str, Any], fields: dict[str, Any], path: Any) -> None:
+    """ResultsError naming `path` and the first field of `doc` whose type is not as `fields`
+    (RESULTS_FIELDS, CHECK_FIELDS) says."""
+    bad = _check_field(doc, fields, "")
+    if bad:
+        raise ResultsError(f"{path}: {bad}; the file is corrupt or was edited (re-run to get a valid one)")
+
+
+def load_check_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A `lstmbench check --json` report, read and checked (CHECK_FIELDS); ResultsError, one
+    line naming the file (and the field), when it cannot be used."""
+    p = Path(path)
+    if not p.is_file():  # a FIFO would block the read; a folder is no report
+        raise ResultsError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
+    try:
+        rep = json.loads(p.read_text())
+    except OSError as e:
+        raise ResultsError(f"{p}: cannot read the check report ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ResultsError(f"{p}: not a `lstmbench check --json` report ({type(e).__name__})") from None
+    if not isinstance(rep, dict) or not isinstance(rep.get("backends"), dict):
+        raise ResultsError(f"{p}: not a `lstmbench check --json` report (no backends object)")
+    check_fields(rep, CHECK_FIELDS, p)
+    return rep
+
+
 def validate_samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """A cell result's samples as v2 sample dicts (v1's samples_s become process 0, round i,
     clean), every time checked: a sample that is not a number, or is zero, negative or
@@ -234,8 +369,10 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise ResultsError(f"{p} is a folder, not a results file")
-    if not p.is_file():
-        raise ResultsError(f"{p}: no such results file")
+    if not p.is_file():  # never opened: reading a FIFO would block
+        raise ResultsError(f"{p}: no such results file" if not os.path.lexists(p) else
+                           f"{p}: not a regular file (a FIFO, socket, device or broken link); "
+                           "give a results file")
     try:
         doc = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -269,6 +406,7 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(res, dict):
             raise ResultsError(f"{p}: cell {i} has a result that is {type(res).__name__}, not an object")
         validate_samples(res, f"{p}: cell {i} ({cell.get('backend', '?')} {cell.get('mode', '?')})")
+    check_fields(doc, RESULTS_FIELDS, p)
     if version == 1:
         migrate_v1(doc)
     if version in (1, 2):
@@ -280,10 +418,7 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _check_variants(doc: dict[str, Any], p: Path) -> None:
     """Every cell's variant is null or one the document defines."""
-    vs = doc.get("variants")
-    if vs is not None and not (isinstance(vs, dict) and all(isinstance(v, dict) for v in vs.values())):
-        raise ResultsError(f"{p}: 'variants' is {type(vs).__name__}, not a table of variant "
-                           "definitions; the file is corrupt or was edited")
+    vs = doc.get("variants")  # its type, and each cell's variant's, RESULTS_FIELDS checked
     for i, c in enumerate(doc["cells"]):
         v = c.get("variant")
         if v is not None and (not isinstance(v, str) or v not in (vs or {})):
@@ -300,14 +435,27 @@ def _is_results_file(p: Path) -> bool:
     return isinstance(doc, dict) and doc.get("schema") == SCHEMA and "cells" in doc
 
 
+def _regular(q: Path) -> bool:
+    """Whether a folder's entry `q` is a regular file (through links); one that is neither
+    that nor a folder (a FIFO, which would block the read, a socket, a device, a broken link)
+    is passed over with a note on stderr."""
+    if q.is_file():
+        return True
+    if not q.is_dir():
+        print(f"note: {q}: not a regular file (a FIFO, socket, device or broken link); passed over",
+              file=sys.stderr)
+    return False
+
+
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files as given; folders searched recursively for results files (other JSON in a
-    folder, such as a `check --json` report, is passed over)."""
+    folder, such as a `check --json` report, is passed over, and so is whatever is not a
+    regular file)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(q for q in p.rglob("*.json")
-                           if not q.name.startswith(".") and _is_results_file(q))
+                           if not q.name.startswith(".") and _regular(q) and _is_results_file(q))
             if not found:
                 raise ResultsError(f"{p}: folder holds no results files")
             out.extend(found)

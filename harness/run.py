@@ -32,6 +32,7 @@ from . import cpuload, explain, stats
 from .bench import PEAK_N, Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
+from .journal import claim, unclaim
 from .pool import Launch, Worker, WorkerFailed, mem_available, memory_reserve, worker_cpus
 from .progress import RoundLines, RunProgress
 from .results import check_writable, default_path, new_document, write_results
@@ -177,6 +178,15 @@ class Workers:
         w = self.live.get((name, p))
         return w.proc.pid if w is not None else None
 
+    def healthy(self, name: str, p: int = 0) -> Worker:
+        """get(), but a worker that died or was stopped since its last answer is replaced
+        first (pool.Worker.usable): a participant starting in it (a workload's cell, the
+        probe) must not inherit what befell it while idle."""
+        w = self.live.get((name, p))
+        if w is not None and not w.usable():
+            self.drop(name, p)
+        return self.get(name, p)
+
     def drop(self, name: str, p: int = 0) -> None:
         w = self.live.pop((name, p), None)
         self.used.pop((name, p), None)
@@ -216,8 +226,9 @@ class WorkerParticipant:
         self.settled_s = 0.0  # seconds the scheduler waited for this worker to go quiet
 
     def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
-        try:
-            return _answer(self.workers.get(self.name, self.p).request(req, timeout))
+        try:  # a participant starts (prepare, probe) in a worker fit to take it: Workers.healthy
+            get = self.workers.healthy if req["op"] in ("prepare", "probe", "baseline") else self.workers.get
+            return _answer(get(self.name, self.p).request(req, timeout))
         except WorkerFailed as e:
             self.workers.drop(self.name, self.p)
             raise ParticipantFailed(e.kind, str(e)) from None
@@ -232,10 +243,10 @@ class WorkerParticipant:
             req.update(cell=self.cell.to_dict(), threads=self.workers.threads(self.name))
         ans = self._request(req, self.timeout)
         self._settle()  # warm-up threads too
-        if ans.get("first_step_s") is not None:
-            # a round is ~round_time; allow for a collapse (1000x was seen) but not forever
-            self.round_timeout = min(self.timeout, max(30.0, 20 * ans["first_step_s"]
-                                                       + 1000 * self.round_time))
+        # a round is ~round_time; allow for a collapse (1000x was seen) but not forever (the
+        # probe, which has no first step, too: a hung probe must not outlast the timeout)
+        self.round_timeout = min(self.timeout, max(30.0, 20 * float(ans.get("first_step_s") or 0.0)
+                                                   + 1000 * self.round_time))
         return ans
 
     def round(self) -> float:
@@ -528,14 +539,35 @@ def _probe_info(workers: Workers, names: list[str], device: str,
     return info
 
 
-def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15) -> dict[str, Any]:
+def _start_probe(workers: Workers, probe: ProbeState, matrix: Matrix, log: Callable[[str], None],
+                 again: bool = False) -> str | None:
+    """Prepare the noise probe in its worker (a fresh one when the last died or hung), with
+    the matrix's timeout like any participant: its BLAS's name; None when it cannot be
+    prepared (the run goes on without it)."""
+    part = WorkerParticipant(workers, PROBE, 0, None, matrix.timeout, matrix.round_time)
+    try:
+        pinfo = part.prepare()
+    except ParticipantFailed as e:
+        log(("      noise probe could not be restarted" if again else "noise probe unavailable")
+            + f" ({e}); rounds cannot be checked against it")
+        return None
+    if again:
+        log("      noise probe restarted in a fresh worker")
+    probe.participant = part
+    probe.flop = int(pinfo.get("flop", probe.flop))
+    return str(pinfo.get("blas", "?"))
+
+
+def _noise_burst(workers: Workers, probe: ProbeState, rounds: int = 15,
+                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """The probe alone for a few rounds: how fast and how steady the machine is right now."""
     got: list[float] = []
     if probe.participant is not None:
         for _ in range(rounds):
             try:
                 got.append(probe.participant.round())
-            except ParticipantFailed:
+            except ParticipantFailed as e:
+                log(f"noise probe failed ({e}); going on without it")
                 probe.participant = None
                 break
     for s in got:
@@ -548,7 +580,7 @@ def _gemm_peak(workers: Workers, device: str, names: list[str], info: dict[str, 
     device_matmul_peak hook of an available backend's worker on a GPU."""
     if device == "cpu":
         try:
-            return _answer(workers.get(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
+            return _answer(workers.healthy(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
         except (WorkerFailed, ParticipantFailed):
             workers.drop(PROBE)
             return None
@@ -557,7 +589,7 @@ def _gemm_peak(workers: Workers, device: str, names: list[str], info: dict[str, 
             continue
         b = split_participant(name)[0]
         try:
-            g = _answer(workers.get(name).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
+            g = _answer(workers.healthy(name).request({"op": "peak", "device": device, "backend": b}, 300)).get("gflops")
         except WorkerFailed:
             workers.drop(name)
             continue
@@ -734,38 +766,35 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
     interrupted: BaseException | None = None
     journal: Any = None
     progress: RunProgress | None = None
+    claimed: Path | None = None  # a journal claim() made whose header is not written yet
     blas = "?"
     journal_file, target = files  # (journal, results file) of a resumed run
     try:
         with _interruptible():
-            log("backends:")
-            info = _probe_info(workers, parts, device, log)
-            probe.participant = WorkerParticipant(workers, PROBE, 0, None, 300, matrix.round_time)
-            try:
-                pinfo = probe.participant.prepare()
-                probe.flop = int(pinfo.get("flop", probe.flop))
-                blas = pinfo.get("blas", "?")
-            except ParticipantFailed as e:
-                log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
-                probe.participant, blas = None, "?"
-            start = _noise_burst(workers, probe)
-            big = _gemm_peak(workers, device, parts, info)
-            log(_noise_line("machine at start", start, big, blas, device))
-            if not doc:
+            if not doc:  # the results file's name, ours alone, before anything is measured
                 doc = new_document(command=command or [], matrix=matrix.to_dict(), device=device,
                                    precision=precision, threads=threads, omp_wait_policy=omp_wait_policy,
-                                   processes=processes, seed=opts.seed, backends=info, cpus=cpus,
+                                   processes=processes, seed=opts.seed, backends={}, cpus=cpus,
                                    python=sys.version.split()[0], interrupted=False,
-                                   estimator=stats.estimator_info(),
-                                   variants=variant_records(variants, src, info) if variants else None)
-                target = default_path(out_dir, doc)
-                journal_file = journal_path_for(target)
-                journal = _journal(journal_file)
+                                   estimator=stats.estimator_info())
+                target, journal_file = claim(default_path(out_dir, doc))
+                claimed = journal_file
+            log("backends:")
+            info = _probe_info(workers, parts, device, log)
+            journal = _journal(journal_file)
+            if claimed is not None:
+                doc["backends"] = info
+                doc["variants"] = variant_records(variants, src, info) if variants else None
                 journal.write_header({**doc, "target": str(target)})
+                claimed = None
             else:
-                journal = _journal(journal_file)
                 doc["backends"] = {**info, **doc.get("backends", {})}
                 doc["resumed"] = True
+            blas = _start_probe(workers, probe, matrix, log) or "?"
+            revive = probe.participant is not None  # a probe lost later comes back, in a fresh worker
+            start = _noise_burst(workers, probe, log=log)
+            big = _gemm_peak(workers, device, parts, info)
+            log(_noise_line("machine at start", start, big, blas, device))
             doc.setdefault("noise", {})["start"] = start
             doc["_big_peak"] = max([v for v in (big, doc.get("_big_peak")) if v] or [0]) or None
             todo = [(wid, cs) for wid, cs in workloads if wid not in done]
@@ -773,6 +802,8 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
                                    processes, sched.rounds, log, started=t_start)
             log = progress.log  # above the progress bar, where there is one (harness.progress)
             for i, (wid, wcells) in enumerate(todo):
+                if probe.participant is None and revive:  # failed or hung in an earlier workload
+                    revive = _start_probe(workers, probe, matrix, log, again=True) is not None
                 progress.start(i)
                 rec = _run_workload(wid, wcells, info, workers, probe, sched, rng, matrix, log, vnames,
                                     progress.round)
@@ -787,7 +818,9 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
                 if busy is not None and busy >= stats.FOREIGN_LIMIT:
                     log(f"      other processes kept {busy:.2f} cores busy during this workload: "
                         "its figures are not judged by compare")
-            end = _noise_burst(workers, probe)
+            if probe.participant is None and revive:
+                _start_probe(workers, probe, matrix, log, again=True)
+            end = _noise_burst(workers, probe, log=log)
             big_end = _gemm_peak(workers, device, parts, info)
             doc["_big_peak"] = max([v for v in (doc["_big_peak"], big_end) if v] or [0]) or None
             doc["noise"]["end"] = end
@@ -797,6 +830,8 @@ def _measure(matrix: Matrix, backends: list[str], workloads: list[tuple[str, lis
         if progress is not None:
             progress.close()
         workers.close()
+        if claimed is not None:  # ended before its header: the name is free again
+            unclaim(claimed)
     if interrupted is not None:
         where = getattr(journal, "path", None) or journal_file
         if journal is None or not finished:
@@ -879,11 +914,12 @@ def _run_workload(wid: str, wcells: list[Cell], info: dict[str, Any], workers: W
         parts.append(WorkerParticipant(workers, name, p, by_p[name], matrix.timeout, matrix.round_time))
         return parts[-1]
 
-    probe_settled = getattr(probe.participant, "settled_s", 0.0)
+    prober = probe.participant  # (it may be lost on the way)
+    probe_settled = getattr(prober, "settled_s", 0.0)
     before = cpuload.snapshot()
     wd = measure_workload(timed, make, probe, sched, rng, log, on_round) if timed else WorkloadData({}, [], [])
     foreign = cpuload.foreign_cores(before, cpuload.snapshot())
-    settled = sum(x.settled_s for x in parts) + getattr(probe.participant, "settled_s", 0.0) - probe_settled
+    settled = sum(x.settled_s for x in parts) + getattr(prober, "settled_s", 0.0) - probe_settled
     results = {n: pre.get(n) or cell_result(by_p[n], wd.backends[n], sched) for n in by_p}
     c0 = wcells[0]
     workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
@@ -958,7 +994,9 @@ def noise_report(doc: dict[str, Any]) -> str:
         s = n.get(k) or {}
         if s.get("gflops"):
             lines.append(f"  {k:5}: probe {s['gflops']:.1f} GFLOP/s best, cv {100 * s['cv']:.0f}%")
-    if p.get("best_gflops"):
+    if not p.get("median_gflops"):  # no workload timed a round (every cell failed or was skipped)
+        lines.append("  during: no probe round ran during the workloads")
+    elif p.get("best_gflops"):
         lines.append(f"  during: probe best {p['best_gflops']:.1f}, median {p['median_gflops']:.1f} GFLOP/s "
                      f"over {len([x for x in p['rounds_s'] if x])} rounds; "
                      f"{100 * n.get('contended_fraction', 0):.0f}% of rounds contended "

@@ -257,6 +257,50 @@ def _test_ops(proto: Any) -> dict[str, Any]:
             "_oom": oom, "_pid": pid}
 
 
+def _fault_plan(ops: dict[str, Any], proto: Any, plan: str) -> dict[str, Any]:
+    """The real ops with faults for tests/test_durability.py (LSTMBENCH_TEST_FAULTS=1 and
+    LSTMBENCH_TEST_FAULT="OP:ACTION[@TARGET],..."). TARGET is the participant the worker holds
+    (or is asked to prepare): B<batch> for a cell, "probe" for the noise probe; none: any.
+    ACTION: oom (an allocation failure, as torch's CPU allocator reports it), kill or stop
+    (SIGKILL or SIGSTOP itself: a crash, a hang), kill-after or stop-after (answer first, then
+    die or hang while idle). With LSTMBENCH_TEST_FAULT_ONCE=PATH a fault fires in one
+    worker only: the first to create PATH."""
+    import signal
+    faults = [(f.partition(":")[0], *f.partition(":")[2].partition("@")[::2]) for f in plan.split(",")]
+    state: dict[str, str | None] = {"target": None}
+
+    def fire() -> bool:
+        once = os.environ.get("LSTMBENCH_TEST_FAULT_ONCE")
+        if not once:
+            return True
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def wrap(name: str, fn: Any) -> Any:
+        def op(req: dict[str, Any]) -> dict[str, Any]:
+            if name in ("prepare", "probe"):
+                state["target"] = "probe" if name == "probe" else f"B{req['cell']['batch']}"
+            for what, action, target in faults:
+                if what != name or target not in ("", state["target"]) or not fire():
+                    continue
+                sig = signal.SIGKILL if action.startswith("kill") else signal.SIGSTOP
+                if action == "oom":
+                    raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: "
+                                       "can't allocate memory: you tried to allocate 400000000000 bytes")
+                if action.endswith("-after"):
+                    proto.write(json.dumps({"ok": True, **fn(req)}) + "\n")
+                    proto.flush()
+                os.kill(os.getpid(), sig)
+                if action.endswith("-after"):  # continued after a stop: the answer was given
+                    return {}
+            return fn(req)
+        return op
+    return {name: wrap(name, fn) for name, fn in ops.items()}
+
+
 def main() -> None:
     """Answer requests from stdin until {"op": "exit"} or EOF. Answers go to the pipe the
     harness passed as LSTMBENCH_PROTO_FD (pool.Worker); without one, to the original stdout.
@@ -272,6 +316,8 @@ def main() -> None:
     ops = dict(OPS)
     if os.environ.get("LSTMBENCH_TEST_FAULTS") == "1":
         ops.update(_test_ops(proto))
+        if os.environ.get("LSTMBENCH_TEST_FAULT"):
+            ops = _fault_plan(ops, proto, os.environ["LSTMBENCH_TEST_FAULT"])
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -1,8 +1,9 @@
 """Bad inputs and faults at the entrances this suite owns (`case make`, `case run`, `case diff`,
-`check`), one row each: the command runs as a user runs it (a subprocess, cwd a scratch
-folder), and each row asserts the exact exit status, one `lstmbench: error:` line naming the
-problem (exit 2) or a FAIL verdict (exit 1), no traceback, and that nothing was written or lost.
-Rows for `run`, `compare` and `report` live with their owners' tests."""
+`check`, and the devices and precisions `run` and `check` refuse up front), one row each: the
+command runs as a user runs it (a subprocess, cwd a scratch folder), and each row asserts the
+exact exit status, one `lstmbench: error:` line naming the problem (exit 2) or a FAIL verdict
+(exit 1), no traceback, and that nothing was written or lost. Rows for `run`, `compare` and
+`report` live with their owners' tests (results files: tests/test_durability.py)."""
 from __future__ import annotations
 
 import json
@@ -378,6 +379,19 @@ ROWS = [
         setup=[mkdir("ro", 0o555)], root_skips=True),
     Row("check-json-disk-full", ["check", "--backends", "numpy", "--json", "c.json"],
         "cannot write --json c.json: No space left on device", env={"LSTMBENCH_TEST_ENOSPC": "c.json"}),
+    # -- check and run: a device or precision this machine cannot give, refused before any worker
+    Row("check-tf32-on-cpu", ["check", "--backends", "torch", "--precision", "tf32"],
+        "--precision tf32 exists only on a GPU: add --device gpu"),
+    Row("check-gpu-without-one", ["check", "--backends", "torch", "--device", "gpu"],
+        "--device gpu: this machine has no GPU", env={"LSTMBENCH_GPU": "0"}),
+    Row("check-tf32-gpu-without-one", ["check", "--device", "gpu", "--precision", "tf32"],
+        "--device gpu: this machine has no GPU", env={"LSTMBENCH_GPU": "0"}),
+    Row("check-gpu-cpu-only-backend", ["check", "--backends", "numpy-f32", "--device", "gpu"],
+        "backend numpy-f32 does not run on gpu", env={"LSTMBENCH_GPU": "1"}),
+    Row("run-gpu-without-one", ["run", "--matrix", "smoke", "--device", "gpu", "--out", "res"],
+        "--device gpu: this machine has no GPU", env={"LSTMBENCH_GPU": "0"}),
+    Row("run-tf32-on-cpu", ["run", "--matrix", "smoke", "--precision", "tf32", "--out", "res"],
+        "--precision tf32 exists only on a GPU: add --device gpu"),
 ]
 
 

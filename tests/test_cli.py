@@ -91,6 +91,34 @@ def test_check_json_report(tmp_path):
     assert all(row["rel"] == 0 for row in rows)  # the reference against itself: bit for bit
 
 
+def test_check_device_gpu_reaches_every_case(tmp_path, monkeypatch, capsys):
+    """`check --device gpu` (where a GPU is found: forced here) asks each backend's worker to
+    compute every case on the GPU, and the report records the device."""
+    import json
+    import harness.check
+    from harness.cli import main
+    asked: list[dict] = []
+
+    class FakeWorker:  # answers like a worker whose framework finds no CUDA device
+        def __init__(self, *a, **kw) -> None:
+            pass
+
+        def request(self, req: dict, timeout: float) -> dict:
+            asked.append(req)
+            return {"ok": False, "kind": "error", "error": "RuntimeError: no CUDA device"}
+
+        def close(self) -> None:
+            pass
+    monkeypatch.setenv("LSTMBENCH_GPU", "1")
+    monkeypatch.setattr(harness.check, "Worker", FakeWorker)
+    status = main(["check", "--backends", "torch", "--device", "gpu", "--precision", "tf32",
+                   "--json", str(tmp_path / "r.json")])
+    assert status == 1 and "no CUDA device" in capsys.readouterr().out
+    assert len(asked) == 5 and {(r["op"], r["device"], r["precision"]) for r in asked} == {("case", "gpu", "tf32")}
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["device"] == "gpu" and rep["precision"] == "tf32" and rep["backends"]["torch"]["status"] == "error"
+
+
 def test_check_side_by_side_gives_the_same_report(tmp_path):
     """--jobs 2 checks two backends at once, each in its own worker: the same errors, case by
     case, as one at a time, and the report keeps the order the backends were named in."""

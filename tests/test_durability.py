@@ -9,6 +9,7 @@ import glob
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -471,3 +472,289 @@ def test_files_users_share_honour_the_umask(tmp_path, umask):
     for p in (tmp_path / "rep").iterdir():
         assert (p.stat().st_mode & 0o777) == 0o666 & ~umask, p.name
     assert np.load(tmp_path / "checkpoint.npz")["vocab"].size == 1
+
+
+# ---- faults in a run: only the faulted cell fails, the run goes on ----------------------------
+
+FIVE = """
+rounds = 4
+workload_time = 2.0
+threads = 1
+min_clean = 2
+extra_rounds = 0
+extra_time = 0
+timeout = {timeout}
+processes = 1
+[[group]]
+name = "f"
+vocab_size = 20
+hidden_size = 16
+seq_len = 10
+batch = {batch}
+modes = ["eval"]
+"""
+
+
+def _faulty_run(tmp_path: Path, fault: str, *, batch: str = "[1, 2, 3, 4, 5]", timeout: float = 5,
+                once: bool = False, limit: float = 240) -> tuple[str, dict]:
+    """`run` of a tiny eval matrix (one workload per batch) on numpy-f32 with a fault in its
+    workers (harness.worker._fault_plan); the output and the results document. The run must
+    end (within `limit` seconds), exit 0 and leave one results file and no journal."""
+    (tmp_path / "f.toml").write_text(FIVE.format(timeout=timeout, batch=batch))
+    env = {**_env(), **FAULTS, "LSTMBENCH_TEST_FAULT": fault}
+    if once:
+        env["LSTMBENCH_TEST_FAULT_ONCE"] = str(tmp_path / "fired")
+    r = subprocess.run([sys.executable, "-m", "harness", "run", "--matrix", "f.toml", "--backends", "numpy-f32",
+                        "--out", "res", "--seed", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=limit)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out[-4000:]
+    files = [f for f in (tmp_path / "res").rglob("*.json")]
+    assert len(files) == 1 and not list((tmp_path / "res").rglob("*.journal.jsonl")), files
+    return out, load_results(files[0])
+
+
+def _statuses(doc: dict) -> list[str]:
+    return [c["result"]["status"] for c in sorted(doc["cells"], key=lambda c: c["cell"]["batch"])]
+
+
+def test_a_run_whose_only_workload_runs_out_of_memory_finishes(tmp_path):
+    """Every cell out of memory, so no workload times a probe round: the cell is recorded as
+    `oom`, the noise report says no round ran, and the results file is written."""
+    out, doc = _faulty_run(tmp_path, "prepare:oom", batch="[10000]")
+    assert _statuses(doc) == ["oom"] and "DefaultCPUAllocator" in doc["cells"][0]["result"]["error"]
+    assert "no probe round ran during the workloads" in out and "machine noise:" in out
+    assert doc["probe"]["rounds_s"] == [] and doc["probe"]["median_gflops"] is None
+
+
+@pytest.mark.parametrize("fault,statuses", [
+    ("round:kill@B3", ["ok", "ok", "killed", "ok", "ok"]),  # killed while timing cell 3
+    ("prepare:kill@B3", ["ok", "ok", "killed", "ok", "ok"]),  # ... while preparing it
+    ("release:kill-after@B3", ["ok"] * 5),  # died idle after cell 3: cell 4 gets a fresh worker
+    ("round:stop@B3", ["ok", "ok", "timeout", "ok", "ok"]),  # hung while timing cell 3
+    ("release:stop-after@B3", ["ok"] * 5),  # hung idle after cell 3: not cell 4's fault
+])
+def test_a_faulted_worker_costs_only_its_own_cell(tmp_path, fault, statuses):
+    out, doc = _faulty_run(tmp_path, fault)
+    assert _statuses(doc) == statuses, out[-4000:]
+    if "timeout" in statuses:  # killed at the matrix's timeout, and said so
+        err = next(c["result"]["error"] for c in doc["cells"] if c["result"]["status"] == "timeout")
+        assert "no answer within 5 s" in err, err
+
+
+def test_a_hung_noise_probe_is_killed_at_the_timeout_and_comes_back(tmp_path):
+    """The probe's worker stops (SIGSTOP) in its first round: it is killed at the matrix's
+    timeout, not the harness's 300 s, and the next workload has a probe again."""
+    out, doc = _faulty_run(tmp_path, "round:stop@probe", batch="[1, 2]", timeout=3, once=True, limit=150)
+    assert "noise probe failed (no answer within 3 s" in out, out[-4000:]
+    assert _statuses(doc) == ["ok", "ok"]
+    assert all(any(s for s in w["probe_s"]) for w in doc["workloads"]), [w["probe_s"] for w in doc["workloads"]]
+
+
+PIN_CLOCK = '''
+import datetime, os
+_now = os.environ.get("LSTMBENCH_TEST_NOW")
+if _now:  # every run of the test starts "in the same second"
+    class _Pinned(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            t = datetime.datetime.fromisoformat(_now)
+            return t.astimezone(tz) if tz else t.replace(tzinfo=None)
+    datetime.datetime = _Pinned
+'''
+
+
+def test_runs_started_in_the_same_second_each_get_their_own_file(tmp_path):
+    """Three `run`s into one --out at the same second: each claims a name of its own (the
+    numbered siblings x.json, x.1.json, x.2.json) before measuring, and all three finish."""
+    (tmp_path / "pin").mkdir()
+    (tmp_path / "pin" / "sitecustomize.py").write_text(PIN_CLOCK)
+    (tmp_path / "f.toml").write_text(FIVE.format(timeout=60, batch="[1]"))
+    env = {**_env(), "LSTMBENCH_TEST_NOW": "2026-12-05T10:00:00+00:00"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "pin"), env["PYTHONPATH"]])
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", "run", "--matrix", "f.toml", "--backends",
+                               "numpy-f32", "--out", "res", "--seed", str(i)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-2000:] for o in outs)
+    files = sorted(f.name for f in (tmp_path / "res").rglob("*.json"))
+    assert files == ["20261205T100000Z-f-cpu.1.json", "20261205T100000Z-f-cpu.2.json",
+                     "20261205T100000Z-f-cpu.json"], files
+    assert not list((tmp_path / "res").rglob("*.journal.jsonl"))
+    seeds = sorted(load_results(f)["seed"] for f in (tmp_path / "res").rglob("*.json"))
+    assert seeds == [0, 1, 2]  # three runs, three files: none lost to another
+
+
+def test_claim_takes_a_free_name_and_unclaim_gives_it_back(tmp_path):
+    target = tmp_path / "m" / "run.json"
+    assert jmod.claim(target) == (target, journal_path(target))  # the folder made, the journal claimed
+    t1, j1 = jmod.claim(target)  # the first run's journal is there: the next name
+    assert t1 == target.with_name("run.1.json") and j1.exists() and j1.stat().st_size == 0
+    (target.parent / "run.2.json").write_text("{}")  # a finished run's file: passed over too
+    assert jmod.claim(target)[0] == target.with_name("run.3.json")
+    jmod.unclaim(j1)
+    assert not j1.exists()
+    Journal(journal_path(target)).write_header({"schema": "x"})
+    jmod.unclaim(journal_path(target))  # a journal with a header is a run's: left alone
+    assert journal_path(target).exists()
+
+
+# ---- results files: every field a reader uses, by type; folders; an empty run -----------------
+
+def _good_v2() -> dict:
+    from tests.test_compare import synth_v2
+    return synth_v2(["numpy-f32", "torch"], workload_probes=True, foreign=0.01)
+
+
+def _set(path: str, value: object):
+    """An edit: the field at `path` ("a.b[0].c"; "+" creates a missing last key) set to `value`."""
+    import re
+
+    def edit(doc: dict) -> None:
+        keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+        obj = doc
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+# (the edit, the field the one-line error must name): each once crashed a reader (compare,
+# report or load_dataframe) with a TypeError, AttributeError or ValueError, or was misread
+ILL_TYPED = [
+    (_set("threads", [1]), "threads is [1], not an integer"),
+    (_set("machine.gpu", "yes"), "machine.gpu is 'yes', not an object"),
+    (_set("machine.memory_bytes", "lots"), "machine.memory_bytes is 'lots', not an integer"),
+    (_set("matrix", ["smoke"]), "matrix is ['smoke'], not an object"),
+    (_set("peak", "fast"), "peak is 'fast', not an object"),
+    (_set("peak.gflops", "fast"), "peak.gflops is 'fast', not a number"),
+    (_set("wall_s", "long"), "wall_s is 'long', not a number"),
+    (_set("command", ["lstmbench", 3]), "command[1] is 3, not a string"),
+    (_set("git", "abc"), "git is 'abc', not an object"),
+    (_set("backends.torch", "2.13"), "backends.torch is '2.13', not an object"),
+    (_set("backends.torch", None), "backends.torch is null, not an object"),
+    (_set("probe.rounds_s", "fast"), "probe.rounds_s is 'fast', not a list"),
+    (_set("probe.best_gflops", [1]), "probe.best_gflops is [1], not a number"),
+    (_set("noise", []), "noise is [], not an object"),
+    (_set("noise.verdict", 3), "noise.verdict is 3, not a string"),
+    (_set("estimator", "min"), "estimator is 'min', not an object"),
+    (_set("workloads", {"a": 1}), "workloads is {'a': 1}, not a list"),
+    (_set("workloads[0].probe_s[1]", "x"), "workloads[0].probe_s[1] is 'x', not a number"),
+    (_set("workloads[0].foreign_cores", "busy"), "workloads[0].foreign_cores is 'busy', not a number"),
+    (_set("workloads[0].ratios.torch.lo", "x"), "workloads[0].ratios.torch.lo is 'x', not a number"),
+    (_set("cells[0].workload", 5), "cells[0].workload is 5, not a string"),
+    (_set("cells[1].cell.batch", "8"), "cells[1].cell.batch is '8', not an integer"),
+    (_set("cells[1].cell.model.hidden_size", 8.5), "cells[1].cell.model.hidden_size is 8.5, not an integer"),
+    (_set("cells[1].result.status", ["ok"]), "cells[1].result.status is ['ok'], not a string"),
+    (_set("cells[1].result.estimate_s", "x"), "cells[1].result.estimate_s is 'x', not a number"),
+    (_set("cells[1].result.ci_s", "x"), "cells[1].result.ci_s is 'x', not a list"),
+    (_set("cells[1].result.stats", {"median": "x"}), "cells[1].result.stats.median is 'x', not a number"),
+    (_set("cells[1].result.first_step_s", "x"), "cells[1].result.first_step_s is 'x', not a number"),
+    (_set("cells[1].result.peak_rss_bytes", 1.5), "cells[1].result.peak_rss_bytes is 1.5, not an integer"),
+]
+
+
+@pytest.mark.parametrize("edit,text", ILL_TYPED, ids=[t.split(" is ")[0] for _, t in ILL_TYPED])
+def test_ill_typed_fields_are_one_line_errors_in_every_reader(tmp_path, capsys, edit, text):
+    """compare (either side), report and load_dataframe read a results file through one check
+    (results.RESULTS_FIELDS): a field of the wrong type is one line naming the file and the
+    field, exit 2; nothing is written."""
+    from harness.cli import main
+    from harness.results import load_dataframe, write_results
+    good = write_results(_good_v2(), tmp_path / "good.json")
+    doc = _good_v2()
+    edit(doc)
+    bad = write_results(doc, tmp_path / "bad.json")
+    for args in (["compare", str(good), str(bad)], ["compare", str(bad), str(good), "--fail-on-regression"],
+                 ["report", str(bad), "--out", str(tmp_path / "rep")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"lstmbench: error: {bad}: {text}"), (args, err)
+    assert not (tmp_path / "rep").exists()
+    with pytest.raises(ResultsError, match=re.escape(f"{bad}: {text}")):
+        load_dataframe([bad])
+
+
+def test_threads_as_a_list_is_one_line_as_a_user_sees_it(tmp_path):
+    """The reported case, end to end: `compare` with `threads: [1]` died of an unhashable list."""
+    from harness.results import write_results
+    good = write_results(_good_v2(), tmp_path / "good.json")
+    doc = _good_v2()
+    doc["threads"] = [1]
+    bad = write_results(doc, tmp_path / "bad.json")
+    r = subprocess.run([sys.executable, "-m", "harness", "compare", str(good), str(bad)], cwd=tmp_path,
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"lstmbench: error: {bad}: threads is [1], not an integer; the file is " \
+                               "corrupt or was edited (re-run to get a valid one)"
+
+
+def _check_report(tmp_path: Path, edit) -> Path:
+    from tests.test_report import check_json
+    p = check_json(tmp_path / "check.json")
+    rep = json.loads(p.read_text())
+    edit(rep)
+    p.write_text(json.dumps(rep))
+    return p
+
+
+@pytest.mark.parametrize("edit,text", [
+    (_set("backends.torch.cases.c1[0].rel", "abc"), "backends.torch.cases.c1[0].rel is 'abc', not a number"),
+    (_set("backends.torch.cases.c1[1].tol", [1]), "backends.torch.cases.c1[1].tol is [1], not a number"),
+    (_set("backends.torch.cases.c1[1]", None), "backends.torch.cases.c1[1] is null, not an object"),
+    (_set("backends.torch.cases.c1", 5), "backends.torch.cases.c1 is 5, not a list or an object"),
+    (_set("backends.torch.cases.c2.error", 5), "backends.torch.cases.c2.error is 5, not a string"),
+    (_set("backends.torch.status", ["ok"]), "backends.torch.status is ['ok'], not a string"),
+    (_set("backends.torch", "ok"), "backends.torch is 'ok', not an object"),
+    (_set("precision", 32), "precision is 32, not a string"),
+])
+def test_ill_typed_check_reports_are_one_line_errors(tmp_path, capsys, edit, text):
+    """`report --check`: the check report's fields are checked by type the same way."""
+    from harness.cli import main
+    from harness.results import write_results
+    run = write_results(_good_v2(), tmp_path / "run.json")
+    check = _check_report(tmp_path, edit)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--check", str(check)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lstmbench: error: {check}: {text}"), err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_folders_pass_over_what_is_not_a_regular_file(tmp_path):
+    """A FIFO (which would block the read forever), a socket and a broken link named *.json in
+    a results folder are passed over with a note; the results beside them are read."""
+    import socket
+    from harness.results import load_dataframe, write_results
+    d = tmp_path / "runs"
+    good = write_results(_good_v2(), d / "m" / "good.json")
+    os.mkfifo(d / "m" / "fifo.json")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.json"))
+    (d / "gone.json").symlink_to(tmp_path / "nowhere.json")
+    try:
+        for args in (["compare", str(d), str(good)], ["report", str(d), "--out", "rep"]):
+            r = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=_env(),
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+            for name in ("fifo.json", "sock.json", "gone.json"):
+                assert f"{name}: not a regular file" in r.stderr, r.stderr
+        assert len(load_dataframe([d])) == len(_good_v2()["cells"])
+        r = subprocess.run([sys.executable, "-m", "harness", "compare", str(d / "m" / "fifo.json"), str(good)],
+                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "fifo.json: not a regular file" in r.stderr  # named: never opened
+    finally:
+        sock.close()
+
+
+def test_a_new_run_without_cells_fails_on_regression(tmp_path, capsys):
+    """No new cell measured (a run with no cells at all) is a regression under
+    --fail-on-regression, as the README says; without the flag it is reported and exit 0."""
+    from harness.cli import main
+    from harness.results import write_results
+    old = write_results(_good_v2(), tmp_path / "old.json")
+    doc = _good_v2()
+    doc["cells"], doc["workloads"] = [], []
+    new = write_results(doc, tmp_path / "new.json")
+    assert main(["compare", str(old), str(new), "--fail-on-regression"]) == 1
+    assert "regression: no new cell was measured" in capsys.readouterr().out
+    assert main(["compare", str(old), str(new)]) == 0

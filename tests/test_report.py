@@ -182,7 +182,7 @@ def test_zero_nan_or_missing_values_do_not_break_the_plots(tmp_path):
     for i, c in enumerate(doc["cells"]):
         res = c["result"]
         res["peak_rss_bytes"] = 0
-        res["first_step_s"] = [0.0, None, -1.0, float("nan"), "x", 1e-3][i]
+        res["first_step_s"] = [0.0, None, -1.0, float("nan"), float("inf"), 1e-3][i]  # a string: an error
         if c["cell"]["backend"] == "torch":
             for s in res["samples"]:
                 s["s"] *= 1000

@@ -5,6 +5,10 @@ re-measured while a cell lacks clean ones; cells that stay dirty are marked nois
 stay with their cell; ratios come from paired rounds."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -285,31 +289,131 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
         w.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process, in seconds."""
+    from harness import cpuload
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / cpuload._TICK
+
+
+BURN = "import time\nt = time.process_time() + {s}\nwhile time.process_time() < t: pass"
+
+
 def test_foreign_cpu_load_counts_other_processes_only():
-    """harness.cpuload: a busy process outside the run's tree counts as a neighbour (~1 core),
-    the same busy process inside it does not."""
+    """harness.cpuload: a busy process outside the run's tree counts as a neighbour, the same
+    process inside it does not. Both readings span the same interval, and the figures are held
+    to the hog's own CPU time in it: whatever else keeps the machine busy (a CI runner's other
+    jobs) is in both alike and changes nothing."""
     import subprocess
     import sys
     import time
     from harness import cpuload
-    burn = [sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"]
-    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])  # the "run"
-    hog = subprocess.Popen(burn)  # not a descendant of root
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the "run"
+    hog = subprocess.Popen([sys.executable, "-c", BURN.format(s=60)])  # ours, not a descendant of root
     try:
-        time.sleep(0.3)
-        a = cpuload.snapshot(root.pid)
-        time.sleep(1.0)
-        b = cpuload.snapshot(root.pid)
-        assert cpuload.foreign_cores(a, b) > 0.5
-        a = cpuload.snapshot()  # now the hog is ours: this process's child
-        time.sleep(1.0)
-        b = cpuload.snapshot()
-        assert cpuload.foreign_cores(a, b) < 0.25
+        t0 = time.monotonic()
+        while _cpu_s(hog.pid) < 0.1 and time.monotonic() - t0 < 30:  # it burns by now
+            time.sleep(0.05)
+        a_out, a_in = cpuload.snapshot(root.pid), cpuload.snapshot()
+        hog0 = _cpu_s(hog.pid)
+        while time.monotonic() - a_in.t < 2 * cpuload.shortest_interval(4) or _cpu_s(hog.pid) - hog0 < 0.3:
+            time.sleep(0.1)  # long enough for the tick counters, and the hog had its share
+        b_out, b_in = cpuload.snapshot(root.pid), cpuload.snapshot()
+        assert hog.pid in a_in.ours and hog.pid not in a_out.ours
+        dt = b_in.t - a_in.t
+        hog_cores = (b_in.ours[hog.pid] - a_in.ours[hog.pid]) / cpuload._TICK / dt
+        mine = (b_in.ours[os.getpid()] - a_in.ours[os.getpid()]) / cpuload._TICK / dt
+        outside, inside = cpuload.foreign_cores(a_out, b_out), cpuload.foreign_cores(a_in, b_in)
+        assert outside >= hog_cores - 0.15, (outside, hog_cores)  # the hog is a neighbour's load
+        assert outside - inside == pytest.approx(hog_cores + mine, abs=0.15), (outside, inside, hog_cores, mine)
     finally:
-        hog.kill()
-        root.kill()
-        hog.wait()
-        root.wait()
+        for p in (hog, root):
+            p.kill()
+            p.wait()
+
+
+def test_foreign_cpu_load_leaves_out_the_runs_own_workers_and_never_exceeds_the_cores():
+    """harness.cpuload: the run's workers that start and end between two readings, and one
+    that worked before the first and ends before the second, are the run's own load: the
+    figure is the machine's busy time less this process's and its children's in the interval
+    (held against os.times, which the kernel keeps apart from /proc/stat), never more than the
+    cores; an interval too short for the tick counters gives no figure (such intervals read
+    up to 13 cores on this 2-core machine before)."""
+    import subprocess
+    import sys
+    import time
+    from harness import cpuload
+    cores = os.cpu_count() or 1
+    burn = [sys.executable, "-c", BURN.format(s=0.05)]
+    for _ in range(15):  # short intervals, a worker started and ended in each
+        a = cpuload.snapshot()
+        subprocess.run(burn, check=True)
+        f = cpuload.foreign_cores(a, cpuload.snapshot())
+        assert f is None or 0 <= f <= cores, f
+    # a neighbour (orphaned at once: outside this process's tree), so that the figure is
+    # above zero wherever the machine is otherwise idle
+    script = Path(tempfile.mkdtemp()) / "hog.py"
+    script.write_text(BURN.format(s=60))
+    hog = int(subprocess.run(["sh", "-c", f"{sys.executable} {script} >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True).stdout)
+    # an old worker that has worked before the interval, and ends in it
+    old = subprocess.Popen([sys.executable, "-c", BURN.format(s=1.0) + "\nimport sys\nsys.stdin.read()"],
+                           stdin=subprocess.PIPE)
+    try:
+        t0 = time.monotonic()
+        while _cpu_s(old.pid) < 0.95 and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
+        me0, a = os.times(), cpuload.snapshot()
+        assert hog not in a.ours and old.pid in a.ours
+        f, expected, pre_cores = _with_an_old_worker(a, me0, old)
+    finally:
+        old.kill()
+        old.wait()
+        os.kill(hog, signal.SIGKILL)
+        shutil.rmtree(script.parent)
+    assert 0 <= f <= cores
+    assert f == pytest.approx(min(cores, max(0.0, expected)), abs=0.15), (f, expected, pre_cores)
+
+
+def test_foreign_cpu_load_figures_are_within_what_the_counters_can_tell():
+    """harness.cpuload on made-up readings: an interval shorter than the tick counters can
+    resolve gives no figure (2 ticks in 2 ms read as 10 cores before); a figure is clamped to
+    the machine's cores; a worker reaped by the run between the readings counts only its time
+    after the first."""
+    from harness.cpuload import Snapshot, _TICK, foreign_cores, shortest_interval
+    cores = os.cpu_count() or 1
+    a = Snapshot(100.0, 0, {1: 0}, {1: 0})
+    assert foreign_cores(a, Snapshot(100.002, 2, {1: 0}, {1: 0})) is None
+    long = shortest_interval(1, cores)
+    assert foreign_cores(a, Snapshot(100 + long, int(10 * cores * long * _TICK), {1: 0}, {1: 0})) == cores
+    # pid 2, a worker of pid 1 with 50 s behind it, ends (pid 1 reaps it: +50 s + its 1 s here);
+    # pid 1 works 1 s itself, a neighbour 3 s: 5 s busy in 10 s, 0.3 of a core foreign
+    a = Snapshot(0.0, 0, {1: 0, 2: 50 * _TICK}, {1: 0, 2: 1})
+    b = Snapshot(10.0, 5 * _TICK, {1: 52 * _TICK}, {1: 0})
+    assert foreign_cores(a, b) == pytest.approx(0.3)
+
+
+def _with_an_old_worker(a: Any, me0: Any, old: Any) -> tuple[float, float, float]:
+    """Short-lived workers in the interval after `a`, `old` ending in it: (the figure, what
+    os.times says it must be, the old worker's time before `a` in cores over the interval)."""
+    import subprocess
+    import sys
+    import time
+    from harness import cpuload
+    burn = [sys.executable, "-c", BURN.format(s=0.05)]
+    pre = a.ours[old.pid] / cpuload._TICK  # its CPU time before the interval
+    for _ in range(3):  # short-lived workers of the run
+        subprocess.run(burn, check=True)
+    old.stdin.close()
+    old.wait()
+    while time.monotonic() - a.t < 2 * cpuload.shortest_interval(3):
+        time.sleep(0.05)
+    b, me1 = cpuload.snapshot(), os.times()
+    dt = b.t - a.t
+    ours = (me1.user + me1.system - me0.user - me0.system  # this process (the harness)
+            + me1.children_user + me1.children_system - me0.children_user - me0.children_system - pre)
+    return cpuload.foreign_cores(a, b), (b.busy - a.busy) / cpuload._TICK / dt - ours / dt, pre / dt
 
 
 def test_idle_workers_of_other_sets_make_room_when_memory_is_short(monkeypatch):
