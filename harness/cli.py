@@ -334,7 +334,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_VARIANT_PROCESSES = 3  # worker sets per variant unless --processes (docs/measurement.md)
+DEFAULT_VARIANT_PROCESSES = 1  # worker sets per variant unless --processes: chosen by experiment (docs/measurement.md, "Duet measurement")
 
 
 def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | None = None

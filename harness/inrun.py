@@ -50,7 +50,7 @@ def choose_variants(doc: dict[str, Any], text: str | None, path: str) -> tuple[s
 
 
 def compare_doc(doc: dict[str, Any], base: str, new: str, threshold: float,
-                seed: int = 0) -> list[dict[str, Any]]:
+                seed: int = 0, centre: str = duet.CENTRE) -> list[dict[str, Any]]:
     """One entry per (workload, backend) both variants took part in: the cell's sizes, both
     headline estimates, and duet.judge's verdict (as JSON)."""
     b_cells, n_cells = _entries(doc, base), _entries(doc, new)
@@ -60,7 +60,7 @@ def compare_doc(doc: dict[str, Any], base: str, new: str, threshold: float,
         rb, rn = b_cells[k]["result"], n_cells[k]["result"]
         if rb.get("status") == "ok" and rn.get("status") == "ok":
             pairs[k] = duet.paired(duet.pair_rounds(rb.get("samples") or [], rn.get("samples") or []),
-                                   seed=seed)
+                                   centre, seed=seed)
     pool = duet.Pool.of(list(pairs.values()))
     out = []
     for k in keys:
