@@ -136,6 +136,8 @@ def run_compare_variants(path: str, variants: str | None, *, threshold: float,
     entries = compare_doc(doc, base, new, threshold)
     log(f"{files[0]}: variant {new} against {base}, paired rounds within one run "
         f"(threshold {threshold:.0%}; time ratio > 1 is slower)")
+    log(f"  columns {base} and {new}: each side's fastest round (the run's headline); the ratio: the "
+        "median of the paired rounds' ratios per worker process, averaged over processes")
     for name in (base, new):
         v = (doc.get("variants") or {}).get(name) or {}
         src = v.get("source") or {}
