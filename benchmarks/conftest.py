@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from impls import registry  # noqa: E402 - after the thread pins above
 
-from harness.bench import Cell  # noqa: E402
-from harness.matrix import Matrix, load_matrix  # noqa: E402
-from harness.results import machine_info as lstmbench_machine  # noqa: E402
+from harness.engine.bench import Cell  # noqa: E402
+from harness.engine.matrix import Matrix, load_matrix  # noqa: E402
+from harness.results.schema import machine_info as lstmbench_machine  # noqa: E402
 
 MATRIX_NAME = os.environ.get("LSTMBENCH_MATRIX") or "smoke"
 DEVICE = os.environ.get("LSTMBENCH_DEVICE") or "cpu"

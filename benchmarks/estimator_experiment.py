@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import stats  # noqa: E402
-from harness.matrix import SMOKE_SIZES, Matrix  # noqa: E402
-from harness.run import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers,  # noqa: E402
+from harness.engine import stats  # noqa: E402
+from harness.engine.matrix import SMOKE_SIZES, Matrix  # noqa: E402
+from harness.engine.runner import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers,  # noqa: E402
                          group_workloads, launcher, measure_workload)
 
 CLEAN_FACTORS = (1.2, 1.5, 2.0, 3.0)

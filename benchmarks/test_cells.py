@@ -26,8 +26,8 @@ from impls import registry
 from impls.config import flops_per_char
 
 from conftest import DEVICE, MATRIX_NAME, THREADS, cells, matrix
-from harness.bench import Cell, calibrate, first_step, prepare
-from harness.worker import configure_backend
+from harness.engine.bench import Cell, calibrate, first_step, prepare
+from harness.engine.worker import configure_backend
 
 CELLS = cells()
 MATRIX = matrix()
@@ -60,8 +60,8 @@ def _in_worker(benchmark: Any, cell: Cell) -> None:
     """Time `cell` in a worker process with its backend's environment (harness.pool.Worker,
     op "cell": prepare, first step, warm-up, rounds, as harness.bench.measure_cell does) and
     record its rounds in `benchmark`."""
-    from harness.envs import interpreter_for
-    from harness.pool import Worker, WorkerFailed
+    from harness.engine.envs import interpreter_for
+    from harness.engine.workers import Worker, WorkerFailed
     if not hasattr(benchmark, "_timer"):  # a pytest-benchmark without the fixture's timer
         pytest.skip(f"backend {cell.backend} must run in a worker process "
                     f"({registry.env_mismatch(cell.backend)}), and this pytest-benchmark offers no "

@@ -17,8 +17,8 @@ from impls.config import (PRESETS, CaseSpec, ClipConfig, ConfigError, GenerateCo
                           OptimizerConfig, TrainConfig, flops_per_char, get_preset)
 from impls.tolerances import TOLERANCES
 
-from .envs import RECIPES, UsageError, interpreter_for, parse_python_overrides, require_device
-from .results import ResultsError
+from .engine.envs import RECIPES, UsageError, interpreter_for, parse_python_overrides, require_device
+from .results.schema import ResultsError
 
 DEFAULT_THREADS = os.cpu_count() or 1
 BENCH_BACKENDS = [b for b in registry.BACKENDS if b != "numpy"]  # the oracle is not timed
@@ -36,7 +36,7 @@ def _backend_list(text: str | None, default: list[str]) -> list[str]:
 # ---- listings -----------------------------------------------------------------------
 
 def cmd_backends(a: argparse.Namespace) -> int:
-    from .pool import Worker, WorkerFailed
+    from .engine.workers import Worker, WorkerFailed
     overrides = parse_python_overrides(a.python)
     # one worker per interpreter and set of env_vars (KERAS_BACKEND=jax needs its own process)
     by_python: dict[tuple[str, tuple], list[str]] = {}
@@ -79,7 +79,7 @@ def backends_text(info: dict[str, dict]) -> list[str]:
     """`lstmbench backends` as lines: per backend a row of short columns sized to their
     values (nothing cut), then its kernel path, description, optimiser deviations and
     baseline on lines of their own, however long."""
-    from .baselines import baseline_file  # the one place a baseline's file name is made
+    from .commands.baselines import baseline_file  # the one place a baseline's file name is made
     rows = []
     for name, spec in registry.BACKENDS.items():
         i = info.get(name, {})
@@ -197,7 +197,7 @@ def cmd_case_run(a: argparse.Namespace) -> int:
     # a backend with env_vars (KERAS_BACKEND=...) must be imported in a process that had them
     in_process = not getattr(spec, "env_vars", None)
     if ok and in_process and spec.env == "main" and a.backend not in overrides and a.timeout is None:
-        from .worker import op_case  # here, as a worker would
+        from .engine.worker import op_case  # here, as a worker would
         try:
             op_case(req)
         except (CaseError, FileExistsError):
@@ -205,7 +205,7 @@ def cmd_case_run(a: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - e.g. no GPU: the backend's own one-line reason
             raise registry.BackendError(_failed(a.backend, _kind(e), f"{type(e).__name__}: {e}")) from None
     else:  # in another environment, or under --timeout: a worker that can be killed
-        from .pool import Worker, WorkerFailed
+        from .engine.workers import Worker, WorkerFailed
         py = interpreter_for(a.backend, overrides)
         try:
             w = Worker(py, a.threads, backend=a.backend)
@@ -233,7 +233,7 @@ def cmd_case_run(a: argparse.Namespace) -> int:
 
 def _kind(e: BaseException) -> str:
     """The failure kind (oom | error) of an exception, as the harness records it."""
-    from .failures import classify
+    from .engine.failures import classify
     return classify(e)
 
 
@@ -297,8 +297,8 @@ def cmd_case_diff(a: argparse.Namespace) -> int:
 # ---- check, run, setup, compare, report ----------------------------------------------
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .check import run_check
-    from .pool import default_jobs
+    from .commands.check import run_check
+    from .engine.workers import default_jobs
     backends = _backend_list(a.backends, [b for b in BENCH_BACKENDS if a.device in registry.BACKENDS[b].devices])
     if not backends:
         raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
@@ -313,7 +313,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .quality import MATRICES as QUALITY, cmd_quality, is_quality_journal
+    from .training.quality import MATRICES as QUALITY, cmd_quality, is_quality_journal
     _positive_threads(a.threads)
     # training to a target (harness/quality.py): by name, or a quality run's journal to resume
     if a.matrix in QUALITY or (a.matrix is None and a.resume and is_quality_journal(a.resume)):
@@ -324,8 +324,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.jobs is not None:
         raise UsageError(f"--jobs applies to the quality matrices ({', '.join(QUALITY)}) only; "
                          "a benchmark matrix measures one workload at a time")
-    from .run import run_matrix
-    from .variants import parse_variants
+    from .engine.runner import run_matrix
+    from .engine.variants import parse_variants
     variants = parse_variants(a.variant)
     if variants and a.resume:
         raise UsageError("--resume continues the journal's variants; leave --variant out")
@@ -341,9 +341,9 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
                 ) -> dict[str, Any]:
     """run_matrix's arguments from `run`'s (or `ab`'s) options, every one checked before any
     worker starts; a resumed run's settings come from its journal's header."""
-    from .matrix import Matrix, load_matrix
-    from .run import load_resume
-    from .variants import check_src
+    from .engine.matrix import Matrix, load_matrix
+    from .engine.runner import load_resume
+    from .engine.variants import check_src
     if a.processes is not None and a.processes < 1:
         raise UsageError(f"--processes must be an integer >= 1, got {a.processes}")
     resume = Path(a.resume) if getattr(a, "resume", None) else None
@@ -353,7 +353,7 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         if a.matrix is not None and load_matrix(a.matrix).to_dict() != header["matrix"]:
             raise UsageError(f"--resume: the journal's matrix is {matrix.name!r}, not {a.matrix!r}; "
                              "leave --matrix out to continue it")
-        from .variants import split
+        from .engine.variants import split
         backends = list(dict.fromkeys(split(n)[0] for n in header.get("backends") or []))
         if a.backends and _backend_list(a.backends, []) != backends:
             raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
@@ -404,7 +404,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
 
 
 def cmd_setup(a: argparse.Namespace) -> int:
-    from .envs import setup, setup_named
+    from .engine.envs import setup, setup_named
     if a.name is not None:  # a named environment with the packages given (framework releases)
         setup_named(a.name, a.envs)
         return 0
@@ -421,17 +421,17 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if a.normalize:
             raise UsageError("--normalize is for two runs on different machines; an in-run "
                              "comparison pairs rounds of one run")
-        from .inrun import run_compare_variants
+        from .commands.ab import run_compare_variants
         return run_compare_variants(a.old, a.variants, threshold=_percent(a.threshold),
                                     fail_on_regression=a.fail_on_regression, json_path=a.json)
-    from .compare import run_compare
+    from .commands.compare import run_compare
     return run_compare(a.old, a.new, threshold=_percent(a.threshold),
                        fail_on_regression=a.fail_on_regression, normalize=a.normalize,
                        json_path=a.json)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report.page import write_report
     write_report(a.results, Path(a.out), check_json=Path(a.check) if a.check else None)
     return 0
 
@@ -562,13 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", help="JSON from `lstmbench check --json` for the equivalence table")
     p.set_defaults(fn=cmd_report)
 
-    from .baselines import add_parser as add_baselines_parser  # baselines (harness/baselines.py)
+    from .commands.baselines import add_parser as add_baselines_parser  # baselines (harness/baselines.py)
     add_baselines_parser(sub)
 
-    from .inrun import add_parser as add_ab_parser  # ab (harness/inrun.py)
+    from .commands.ab import add_parser as add_ab_parser  # ab (harness/inrun.py)
     add_ab_parser(sub)
 
-    from .train import add_parsers as add_train_parsers  # data, train, evaluate, sample
+    from .training.loop import add_parsers as add_train_parsers  # data, train, evaluate, sample
     add_train_parsers(sub)
     return ap
 
@@ -584,12 +584,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstmbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # signals.Interrupted carries SIGINT or SIGTERM: 130 or 143
-        from .signals import exit_status
+        from .engine.signals import exit_status
         print("lstmbench: interrupted", file=sys.stderr)
         return exit_status(e)
     finally:
         if argv is not None:  # called in-process (tests): handlers back as they were; as the
-            from .signals import restore  # process's entry point they stay in clean-up mode
+            from .engine.signals import restore  # process's entry point they stay in clean-up mode
             restore()  # until exit, so a late second Ctrl-C cannot print a traceback
 
 

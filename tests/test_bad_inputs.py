@@ -453,7 +453,7 @@ def test_bounds_are_the_documented_figures() -> None:
 def test_check_table_shows_nan_and_nothing_compared() -> None:
     """check's table: a NaN error is the worst (max() would hide it), and a quantity no case
     compared reads "none", never "ok"."""
-    from harness.check import _worst
+    from harness.commands.check import _worst
     rows = [{"quantity": "loss", "rel": float("nan"), "status": "FAIL"},
             {"quantity": "loss", "rel": 1e-7, "status": "ok"}]
     worst, status = _worst({"cases": {"a": rows}}, "loss")
@@ -470,12 +470,12 @@ def test_check_table_shows_nan_and_nothing_compared() -> None:
 def test_case_run_records_an_allocation_failure_as_out_of_memory(exc, base, tmp_path, monkeypatch, capsys):
     """A backend that cannot allocate (NumPy's MemoryError, torch's CPU allocator) is reported
     as out of memory (harness.failures.classify), in one line, and nothing is written."""
-    import harness.worker
+    import harness.engine.worker
     from harness.cli import main
 
     def fail(req: dict) -> dict:
         raise exc
-    monkeypatch.setattr(harness.worker, "op_case", fail)
+    monkeypatch.setattr(harness.engine.worker, "op_case", fail)
     shutil.copy(base / "c.npz", tmp_path / "c.npz")
     status = main(["case", "run", str(tmp_path / "c.npz"), "--backend", "numpy",
                    "--out", str(tmp_path / "x.npz")])

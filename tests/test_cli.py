@@ -95,7 +95,7 @@ def test_check_device_gpu_reaches_every_case(tmp_path, monkeypatch, capsys):
     """`check --device gpu` (where a GPU is found: forced here) asks each backend's worker to
     compute every case on the GPU, and the report records the device."""
     import json
-    import harness.check
+    import harness.commands.check
     from harness.cli import main
     asked: list[dict] = []
 
@@ -110,7 +110,7 @@ def test_check_device_gpu_reaches_every_case(tmp_path, monkeypatch, capsys):
         def close(self) -> None:
             pass
     monkeypatch.setenv("LSTMBENCH_GPU", "1")
-    monkeypatch.setattr(harness.check, "Worker", FakeWorker)
+    monkeypatch.setattr(harness.commands.check, "Worker", FakeWorker)
     status = main(["check", "--backends", "torch", "--device", "gpu", "--precision", "tf32",
                    "--json", str(tmp_path / "r.json")])
     assert status == 1 and "no CUDA device" in capsys.readouterr().out
@@ -123,7 +123,7 @@ def test_check_side_by_side_gives_the_same_report(tmp_path):
     """--jobs 2 checks two backends at once, each in its own worker: the same errors, case by
     case, as one at a time, and the report keeps the order the backends were named in."""
     import json
-    from harness.pool import default_jobs
+    from harness.engine.workers import default_jobs
     assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(None, cores=8) == 1
     one = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     reps = []

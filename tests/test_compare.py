@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import stats
-from harness.bench import Cell
-from harness.compare import run_compare
-from harness.matrix import MATRICES, SMOKE_SIZES, Matrix
-from harness.results import ResultsError, machine_info, write_results
+from harness.engine import stats
+from harness.engine.bench import Cell
+from harness.commands.compare import run_compare
+from harness.engine.matrix import MATRICES, SMOKE_SIZES, Matrix
+from harness.results.schema import ResultsError, machine_info, write_results
 from impls.config import flops_per_char
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,7 +456,7 @@ def test_json_into_a_folder_is_refused(tmp_path):
 
 def test_folders_pass_over_other_json(tmp_path):
     """A results folder may also hold a `check --json` report: it is not read as a run."""
-    from harness.results import SCHEMA, SCHEMA_VERSION, expand_paths
+    from harness.results.schema import SCHEMA, SCHEMA_VERSION, expand_paths
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "cells": []}))
     (tmp_path / "check.json").write_text(json.dumps({"precision": "float32", "backends": {}}))
@@ -464,7 +464,7 @@ def test_folders_pass_over_other_json(tmp_path):
 
 
 def test_noise_floor_is_how_far_the_probe_minimum_moved():
-    from harness import significance as sig
+    from harness.engine import significance as sig
     # scattered rounds with a fast one in every block: the minimum did not move
     assert sig.noise_floor([1.0, 2, 3, 4, 1.01, 5, 6], [[1.0, 2, 3, 4], [1.01, 5, 6]]) == pytest.approx(0.01)
     # one workload whose best probe round was 10% off the run's best
@@ -489,7 +489,7 @@ def test_between_run_spread_widens_every_interval(tmp_path):
     +-15% (a machine state lasting a whole workload): no cell may be called faster or slower,
     though each cell's own bootstrap interval alone would call several; a shift every cell
     shares (the 25% copy) is not spread and stays `slower`."""
-    from harness import significance as sig
+    from harness.engine import significance as sig
     assert sig.between_run_spread([0.0] * 10) == 0.0
     assert sig.between_run_spread([0.1] * 7) is None  # too few cells to tell
     assert sig.between_run_spread([-0.1, 0.1] * 5) == pytest.approx(0.14826, rel=1e-4)

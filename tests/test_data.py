@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data
+from harness.training import corpus as data
 from harness.cli import main
 
 

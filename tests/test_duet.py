@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import duet
+from harness.engine import duet
 
 
 def simulate(rng: np.random.Generator, ratio: float, *, processes: int = 3, rounds: int = 40,

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import explain, stats
-from harness.progress import RoundLines, RunProgress
+from harness.engine import explain
+from harness.engine import stats
+from harness.engine.progress import RoundLines, RunProgress
 
 
 class Clock:

@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from harness import quality, signals
-from harness.envs import bootstrap_code, child_vars
-from harness.envs import interpreter_for
+from harness.training import quality
+from harness.engine import signals
+from harness.engine.envs import bootstrap_code, child_vars
+from harness.engine.envs import interpreter_for
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import MANIFEST, write_report
+from harness.report.page import MANIFEST, write_report
 from tests.test_compare import SWEEP, _corrupt, lstmbench, save, synth_doc, synth_v2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_runs_by_date_narrow_tables_plots_first_and_a_legend_off_the_data(tmp_pa
     workload's backends in a table of their own (down the page, fastest first), machine tables
     of at most three runs, plots before the long per-cell table, the noise plot's legend beside
     its axes, and each run's verdict with the signal that gave it."""
-    import harness.report as rep
+    import harness.report.page as rep
     docs = []
     for i, (name, created) in enumerate([("a-late.json", "2026-12-03T10:00:00+00:00"),
                                          ("b-early.json", "2026-11-20T10:00:00+00:00"),

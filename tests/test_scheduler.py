@@ -16,10 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from harness import run
-from harness.bench import Cell
-from harness.matrix import Matrix, UsageError, load_matrix
-from harness.run import ParticipantFailed, ProbeState, Schedule, measure_workload
+from harness.engine import runner as run
+from harness.engine.bench import Cell
+from harness.engine.matrix import Matrix, UsageError, load_matrix
+from harness.engine.runner import ParticipantFailed, ProbeState, Schedule, measure_workload
 from impls.config import ModelConfig, TrainConfig
 
 
@@ -253,7 +253,7 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
     import subprocess
     import sys
     import time
-    from harness.run import settle
+    from harness.engine.runner import settle
     spin = ("import sys, time\nprint('go', flush=True)\nt = time.perf_counter()\n"
             "while time.perf_counter() - t < 0.25: pass\ntime.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
@@ -274,7 +274,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
     machine; a Worker started with them has exactly that mask (every thread inherits it)."""
     import os
     import sys
-    from harness.pool import Worker, worker_cpus
+    from harness.engine.workers import Worker, worker_cpus
     assert worker_cpus(1, [0, 1]) == [1]
     assert worker_cpus(2, [0, 1, 2, 3]) == [2, 3]
     assert worker_cpus(2, [0, 1]) is None and worker_cpus(4, [0, 1]) is None
@@ -291,7 +291,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
 
 def _cpu_s(pid: int) -> float:
     """utime + stime of a live process, in seconds."""
-    from harness import cpuload
+    from harness.engine import cpuload
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / cpuload._TICK
@@ -308,7 +308,7 @@ def test_foreign_cpu_load_counts_other_processes_only():
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the "run"
     hog = subprocess.Popen([sys.executable, "-c", BURN.format(s=60)])  # ours, not a descendant of root
     try:
@@ -343,7 +343,7 @@ def test_foreign_cpu_load_leaves_out_the_runs_own_workers_and_never_exceeds_the_
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     cores = os.cpu_count() or 1
     burn = [sys.executable, "-c", BURN.format(s=0.05)]
     for _ in range(15):  # short intervals, a worker started and ended in each
@@ -381,7 +381,7 @@ def test_foreign_cpu_load_figures_are_within_what_the_counters_can_tell():
     resolve gives no figure (2 ticks in 2 ms read as 10 cores before); a figure is clamped to
     the machine's cores; a worker reaped by the run between the readings counts only its time
     after the first."""
-    from harness.cpuload import Snapshot, _TICK, foreign_cores, shortest_interval
+    from harness.engine.cpuload import Snapshot, _TICK, foreign_cores, shortest_interval
     cores = os.cpu_count() or 1
     a = Snapshot(100.0, 0, {1: 0}, {1: 0})
     assert foreign_cores(a, Snapshot(100.002, 2, {1: 0}, {1: 0})) is None
@@ -400,7 +400,7 @@ def _with_an_old_worker(a: Any, me0: Any, old: Any) -> tuple[float, float, float
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     burn = [sys.executable, "-c", BURN.format(s=0.05)]
     pre = a.ours[old.pid] / cpuload._TICK  # its CPU time before the interval
     for _ in range(3):  # short-lived workers of the run
@@ -420,7 +420,7 @@ def test_idle_workers_of_other_sets_make_room_when_memory_is_short(monkeypatch):
     """Workers stay alive across workloads, but a worker about to start while memory is short
     first closes idle workers of other process sets, least recently used first; never the
     probe, never one of its own set."""
-    from harness import run
+    from harness.engine import runner as run
     started: list[tuple[str, int]] = []
 
     class Fake:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import stats
+from harness.engine import stats
 
 
 def _coverage(P: int, n: int, sp: float, *, naive: bool = False, experiments: int = 200) -> float:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import variants as V
+from harness.engine import variants as V
 from harness.cli import main
-from harness.envs import UsageError
+from harness.engine.envs import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from impls import registry
 from impls.case import CaseError, check_outputs, load_outputs, make_case, save_case, write_file
 from impls.tolerances import TOLERANCES
 
-from .cases import CROSS_CASES
-from .envs import UsageError, interpreter_for
-from .pool import Worker, WorkerFailed
+from .check_cases import CROSS_CASES
+from ..engine.envs import UsageError, interpreter_for
+from ..engine.workers import Worker, WorkerFailed
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
 

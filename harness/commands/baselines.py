@@ -36,8 +36,8 @@ from typing import Any, Callable
 from impls import registry
 from impls.config import get_preset
 
-from .envs import ROOT, UsageError, _is_lstmbench_checkout, project_root
-from .pool import worker_cpus
+from ..engine.envs import ROOT, UsageError, _is_lstmbench_checkout, project_root
+from ..engine.workers import worker_cpus
 
 THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval", "generate")
@@ -129,12 +129,12 @@ def judge(res_b: dict[str, Any], res_q: dict[str, Any], pool: Any, threshold: fl
     --variants` (harness.duet: per-process paired log ratios, the between-process variance
     pooled over the run's cells, the same marks), the baseline as BASE and the backend as NEW.
     `failed` where either did not measure."""
-    from . import duet
+    from ..engine import duet
     return duet.failed(res_q, res_b) or duet.judge(_paired(res_b, res_q), pool, threshold)
 
 
 def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
-    from . import duet
+    from ..engine import duet
     if res_b.get("status") != "ok" or res_q.get("status") != "ok":
         return None
     return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
@@ -172,10 +172,10 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     """Measure every (preset, mode) workload; write the document; returns (path, document)."""
     import numpy as np
 
-    from . import duet, stats
-    from .bench import Cell
-    from .results import check_writable, default_path, new_document, write_results
-    from .run import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers, _describe,
+    from ..engine import duet, stats
+    from ..engine.bench import Cell
+    from ..results.schema import check_writable, default_path, new_document, write_results
+    from ..engine.runner import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers, _describe,
                       _probe_info, cell_result, launcher, measure_workload)
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -314,8 +314,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def cmd_baselines(a: argparse.Namespace) -> int:
     from impls.case import check_new_path
 
-    from .cli import _positive_threads
-    from .envs import parse_python_overrides
+    from ..cli import _positive_threads
+    from ..engine.envs import parse_python_overrides
     presets = _split(a.presets, DEFAULT_PRESETS)
     for p in presets:
         get_preset(p)  # ConfigError names the presets

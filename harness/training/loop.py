@@ -37,8 +37,8 @@ from impls.config import ModelConfig, Preset, get_preset
 from impls.files import temp_beside
 from impls.params import init_params
 
-from .data import Corpus, DataError, Streams, encode, prepare
-from .envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
+from .corpus import Corpus, DataError, Streams, encode, prepare
+from ..engine.envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
 
 VAL_CHARS = 100_000  # validation characters evaluated by default (0: the whole split)
 SAMPLE_CHARS = 300  # characters sampled at the end of a run
@@ -60,7 +60,7 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
                  threads: int | None, **extra: Any) -> Any:
     """Configure the framework once (threads) and create the backend in this process;
     `extra` goes to its constructor (e.g. NumpyBackend's eps_form)."""
-    from .worker import configure_backend
+    from ..engine.worker import configure_backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as in a worker: no C++ log chatter
     try:
         configure_backend(name, threads, "cpu")
@@ -493,7 +493,7 @@ def cmd_sample(a: Any) -> int:
 
 def add_parsers(sub: Any) -> None:
     """data, train, evaluate, sample: called by harness.cli.build_parser."""
-    from .data import add_parser as add_data
+    from .corpus import add_parser as add_data
     add_data(sub)
     default_threads = os.cpu_count() or 1
 

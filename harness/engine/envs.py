@@ -26,7 +26,7 @@ from impls.registry import BACKENDS, BackendError, get_spec
 
 # The folder holding the imported `harness` and `impls` packages: the checkout in an editable
 # install or a source tree, site-packages in a non-editable one (never look for environments here).
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # harness/engine/envs.py -> the folder holding harness/
 
 # environment name -> (pip arguments in order, each list one `pip install` call)
 RECIPES: dict[str, list[list[str]]] = {

@@ -14,11 +14,11 @@ import math
 import sys
 from typing import Any, Callable
 
-from . import duet
+from ..engine import duet
 from .compare import fmt_time, write_json, _table
-from .envs import UsageError
-from .results import expand_paths, load_results
-from .variants import Variant, check_src, parse_variant
+from ..engine.envs import UsageError
+from ..results.schema import expand_paths, load_results
+from ..engine.variants import Variant, check_src, parse_variant
 
 
 def _entries(doc: dict[str, Any], variant: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -180,7 +180,7 @@ def side(name: str, text: str) -> Variant:
 
 
 def cmd_ab(a: argparse.Namespace) -> int:
-    from .cli import _percent, _positive_threads, run_options
+    from ..cli import _percent, _positive_threads, run_options
     base, new = side("base", a.base), side("new", a.new)
     threshold = _percent(a.threshold)
     _positive_threads(a.threads)
@@ -188,7 +188,7 @@ def cmd_ab(a: argparse.Namespace) -> int:
         from impls.case import check_new_path
         check_new_path(a.json, "--json")  # before anything is measured
     run = run_options(a, default_matrix="smoke", variants=[base, new])
-    from .run import run_matrix
+    from ..engine.runner import run_matrix
     path = run_matrix(**run, report=False, command=["lstmbench", *sys.argv[1:]])
     print("")
     return run_compare_variants(str(path), "base,new", threshold=threshold,
@@ -197,7 +197,7 @@ def cmd_ab(a: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """`lstmbench ab`: called by harness.cli.build_parser."""
-    from .cli import add_run_options
+    from ..cli import add_run_options
     p = sub.add_parser("ab", help="is NEW faster than BASE? both measured in one interleaved run")
     p.add_argument("base", help="a git revision of this checkout, a source folder, or python:PATH")
     p.add_argument("new", help="the same kinds as BASE")

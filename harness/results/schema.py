@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from impls.case import write_new
 
-from .envs import ROOT
+from ..engine.envs import ROOT
 
 SCHEMA = "lstmbench.results"
 SCHEMA_VERSION = 3  # 3: variants (harness.variants): the run's "variants", each cell's "variant"
@@ -84,7 +84,7 @@ def machine_slug(cpu: str, cores: int, gpu: dict[str, str] | None) -> str:
 
 def _code_checkout() -> Path:
     """Where to ask git: the checkout in the working directory, else the code's folder."""
-    from .envs import project_root
+    from ..engine.envs import project_root
     return project_root() or ROOT
 
 
@@ -138,7 +138,7 @@ def write_results(doc: dict[str, Any], path: Path) -> Path:
 
 def check_writable(out_dir: Path) -> None:
     """Fail early, before any measurement, when results could not be stored."""
-    from .envs import UsageError
+    from ..engine.envs import UsageError
     p = out_dir
     while not p.exists():
         p = p.parent

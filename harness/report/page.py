@@ -24,14 +24,14 @@ from impls import registry
 from impls.config import ConfigError, flops_per_char, get_preset
 from impls.files import dir_mode
 
-from . import explain
-from . import significance as sig
-from .bench import Cell
-from .compare import Run, RunCell, read_run
-from .envs import UsageError
-from .quality_report import sections as quality_sections, split_inputs
-from .stats import CLEAN_FACTOR, MIN_CLEAN
-from .results import expand_paths, load_check_report
+from ..engine import explain
+from ..engine import significance as sig
+from ..engine.bench import Cell
+from ..commands.compare import Run, RunCell, read_run
+from ..engine.envs import UsageError
+from .quality import sections as quality_sections, split_inputs
+from ..engine.stats import CLEAN_FACTOR, MIN_CLEAN
+from ..results.schema import expand_paths, load_check_report
 
 QUANTITIES = ("forward", "loss", "grads", "steps", "generated")  # as in harness.check
 PLOTS = {"throughput_batch.png", "throughput.png", "efficiency.png", "generate_latency.png",

@@ -31,8 +31,18 @@ from .envs import bootstrap_code, child_vars, worker_env
 from .failures import classify_message
 
 # Run in the worker's interpreter: `harness` and `impls` loaded from the folder this process
-# imported them from, by location (envs.bootstrap_code), then the worker's loop.
-_BOOT = bootstrap_code("from harness.worker import main\nmain()")
+# imported them from, by location (envs.bootstrap_code), then the worker's loop. A protocol
+# compatibility: a source tree a variant runs (src=REV, harness.engine.variants) may predate
+# harness/engine/ and hold the worker at harness/worker.py (the flat layout); its worker
+# answers the same requests, so it is started where the new module is not there.
+_BOOT = bootstrap_code("""\
+try:
+    from harness.engine.worker import main
+except ModuleNotFoundError as e:
+    if e.name not in ("harness.engine", "harness.engine.worker"):
+        raise
+    from harness.worker import main
+main()""")
 
 MAX_LINE = 256 << 20  # an answer this long without a newline is not an answer
 

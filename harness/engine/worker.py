@@ -49,7 +49,7 @@ def backend_info(name: str, threads: int | None, device: str) -> dict[str, str]:
     """configure()'s facts for one backend, with this variant's own kernel path from the
     module's kernel_info hook (registry.hook) where it offers one."""
     info = dict(configure_backend(name, threads, device))
-    from harness.bench import backend_hook
+    from harness.engine.bench import backend_hook
     fn = backend_hook(name, "kernel_info")
     if fn is not None:
         info.update({k: str(v) for k, v in (fn(name, device) or {}).items()})
@@ -95,7 +95,7 @@ def op_case(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_cell(req: dict[str, Any]) -> dict[str, Any]:
-    from harness.bench import Cell, measure_cell
+    from harness.engine.bench import Cell, measure_cell
     cell = Cell.from_dict(req["cell"])
     info = backend_info(cell.backend, req.get("threads"), cell.device)
     return {"result": measure_cell(cell, min_time=req.get("min_time", 1.0),
@@ -104,7 +104,7 @@ def op_cell(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_peak(req: dict[str, Any]) -> dict[str, Any]:
-    from harness.bench import matmul_peak
+    from harness.engine.bench import matmul_peak
     return {"gflops": matmul_peak(req.get("device", "cpu"), req.get("backend", "numpy"))}
 
 
@@ -114,7 +114,7 @@ _held: dict[str, Any] = {}  # "prep": bench.Prepared, "inner": steps per round, 
 
 def op_prepare(req: dict[str, Any]) -> dict[str, Any]:
     """Build the cell, time its first step, warm up and size a round to ~round_time seconds."""
-    from harness.bench import Cell, _gpu_peak, _reset_peak_rss, first_step, inner_for, prepare
+    from harness.engine.bench import Cell, _gpu_peak, _reset_peak_rss, first_step, inner_for, prepare
     _held.clear()
     cell = Cell.from_dict(req["cell"])
     info = backend_info(cell.backend, req.get("threads"), cell.device)
@@ -132,7 +132,7 @@ def op_prepare(req: dict[str, Any]) -> dict[str, Any]:
 
 def op_probe(req: dict[str, Any]) -> dict[str, Any]:
     """Prepare the noise probe (a fixed float32 GEMM) as this worker's participant."""
-    from harness.bench import blas_name, gemm_prepared, inner_for
+    from harness.engine.bench import blas_name, gemm_prepared, inner_for
     _held.clear()
     n = int(req.get("n", 256))
     prep = gemm_prepared(n)
@@ -173,7 +173,7 @@ def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
     sizes, batch, seq_len, optimiser and seed. One step is
     `float(step())`, so the loss is waited for inside the timed step. The first step is timed
     apart; then warm-up and a round sized like op_prepare's."""
-    from harness.bench import Cell, HostSync, Prepared, _reset_peak_rss, inner_for
+    from harness.engine.bench import Cell, HostSync, Prepared, _reset_peak_rss, inner_for
     _held.clear()
     cell = Cell.from_dict(req["cell"])
     factory = {"train": "make_step", "eval": "make_eval", "generate": "make_generate"}.get(cell.mode)
@@ -199,7 +199,7 @@ def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
 
 def op_round(req: dict[str, Any]) -> dict[str, Any]:
     """One timed round of the prepared participant: seconds per step."""
-    from harness.bench import time_round
+    from harness.engine.bench import time_round
     if "prep" not in _held:
         raise RuntimeError("round before prepare")
     return {"s": time_round(_held["prep"], int(req.get("inner") or _held["inner"]))}
@@ -207,7 +207,7 @@ def op_round(req: dict[str, Any]) -> dict[str, Any]:
 
 def op_release(req: dict[str, Any]) -> dict[str, Any]:
     """Finish the cell: was the last result finite, peak memory; then drop it."""
-    from harness.bench import _gpu_peak, _peak_rss
+    from harness.engine.bench import _gpu_peak, _peak_rss
     prep, cell = _held.get("prep"), _held.get("cell")
     _held.clear()
     if prep is None:
@@ -305,7 +305,7 @@ def main() -> None:
     """Answer requests from stdin until {"op": "exit"} or EOF. Answers go to the pipe the
     harness passed as LSTMBENCH_PROTO_FD (pool.Worker); without one, to the original stdout.
     Either way sys.stdout and fd 1 are pointed at stderr (the worker's log)."""
-    from harness.failures import classify
+    from harness.engine.failures import classify
     fd = os.environ.pop("LSTMBENCH_PROTO_FD", None)
     if fd:
         proto = os.fdopen(int(fd), "w", buffering=1)

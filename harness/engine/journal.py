@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from impls.files import temp_beside
 
-from .results import ResultsError
+from ..results.schema import ResultsError
 
 SUFFIX = ".journal.jsonl"
 

@@ -40,11 +40,11 @@ import numpy as np
 from impls.config import ConfigError
 from impls.files import temp_beside
 
-from . import significance as sig
-from . import stats
-from .bench import Cell
-from .results import ResultsError, expand_paths, load_results, validate_samples, variant_threads
-from .variants import participant
+from ..engine import significance as sig
+from ..engine import stats
+from ..engine.bench import Cell
+from ..results.schema import ResultsError, expand_paths, load_results, validate_samples, variant_threads
+from ..engine.variants import participant
 
 PathLike = str | os.PathLike[str]
 

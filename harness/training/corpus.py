@@ -31,7 +31,7 @@ import numpy as np
 
 from impls.files import temp_beside
 
-from .envs import UsageError
+from ..engine.envs import UsageError
 
 FORMAT = 1  # version of the cache layout and of the text normalisation below
 VAL_FRACTION = 0.1  # the last 10% of the characters are the validation split

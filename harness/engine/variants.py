@@ -273,7 +273,7 @@ def _remove_all() -> None:  # an exit that bypassed the run's own clean-up
 def sources(variants: list[Variant], pinned: dict[str, str] | None = None) -> Iterator[dict[str, Source]]:
     """Each variant's Source for the run's duration; worktrees are removed on the way out,
     whether the run ended, failed or was interrupted. `pinned`: variant -> commit (resume)."""
-    from .results import git_info  # the run's own code: the commit its results file records
+    from ..results.schema import git_info  # the run's own code: the commit its results file records
     made: dict[str, Source] = {}
     try:
         for v in variants:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from .envs import UsageError
+from ..engine.envs import UsageError
 
 SCHEMA = "lstmbench.quality"
 SCHEMA_VERSIONS = (1,)
@@ -62,7 +62,7 @@ def load_quality(path: Path) -> dict[str, Any]:
 def split_inputs(paths: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """(quality documents, the other inputs for the benchmark report). A folder's quality
     files are taken; the folder stays an input only where it also holds benchmark results."""
-    from .results import _is_results_file
+    from ..results.schema import _is_results_file
     quality: list[dict[str, Any]] = []
     rest: list[str] = []
     for p in map(Path, paths):
@@ -124,7 +124,7 @@ def _stem(doc: dict[str, Any]) -> str:
 
 def time_to_target_table(doc: dict[str, Any]) -> Any:
     """One row per drawable backend, in the file's order."""
-    from .report import Table
+    from .page import Table
     target = doc["matrix"]["target_loss"]
     head = ["backend", "optimiser", f"steps to {target:g}", "s to target (measured)",
             "s to target (estimate)", "final val loss (nats)", "bits/char", "best val loss",
@@ -155,7 +155,7 @@ def time_to_target_table(doc: dict[str, Any]) -> Any:
 def plot_curves(doc: dict[str, Any], out_dir: Path) -> Path | None:
     """Validation loss against steps (left) and against training seconds (right), one line
     per backend; dashed: a native optimiser formula; the target as a grey line."""
-    from .report import _plt, _save
+    from .page import _plt, _save
     ok = {b: r for b, r in doc["backends"].items() if not problem(r)}
     if not ok:
         return None

@@ -33,9 +33,9 @@ from .bench import PEAK_N, Cell
 from .envs import UsageError, interpreter_for
 from .matrix import Matrix
 from .journal import claim, unclaim
-from .pool import Launch, Worker, WorkerFailed, mem_available, memory_reserve, worker_cpus
+from .workers import Launch, Worker, WorkerFailed, mem_available, memory_reserve, worker_cpus
 from .progress import RoundLines, RunProgress
-from .results import check_writable, default_path, new_document, write_results
+from ..results.schema import check_writable, default_path, new_document, write_results
 from .stats import summarize
 from .variants import Variant, participant as participant_name, sources as variant_sources
 from .variants import split as split_participant

@@ -49,12 +49,12 @@ import numpy as np
 
 from impls import registry
 
-from .data import prepare
-from .envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
+from .corpus import prepare
+from ..engine.envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
                    worker_env)
-from .journal import Journal, claim, finalize, journal_path
-from .pool import default_jobs, usable_cpus
-from .signals import interruptible, on_second_signal
+from ..engine.journal import Journal, claim, finalize, journal_path
+from ..engine.workers import default_jobs, usable_cpus
+from ..engine.signals import interruptible, on_second_signal
 
 SCHEMA = "lstmbench.quality"
 SCHEMA_VERSION = 1
@@ -165,7 +165,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
     """One backend's training in its own process (group), pinned to `cpus` where given (its
     lane's, lane_cpus); its summary, or a failure record. The process is registered in
     `children` while it runs, so an interruption can stop it."""
-    from .train import _CHILD
+    from .loop import _CHILD
     registry.get_spec(backend)  # an unknown name fails here, before any process starts
     try:
         python = interpreter_for(backend, overrides)
@@ -416,7 +416,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
     """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
     then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path."""
     from impls.config import get_preset
-    from .results import check_writable
+    from ..results.schema import check_writable
     overrides = overrides or {}
     done: dict[str, dict[str, Any]] = {}
     sessions: dict[int, dict[str, Any]] = {}
@@ -583,7 +583,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def _machine() -> dict[str, Any]:
     try:
-        from .results import git_info, machine_info
+        from ..results.schema import git_info, machine_info
         return {"machine": machine_info(), "git": git_info()}
     except Exception:  # noqa: BLE001 - machine facts are a nicety; a results file still gets written
         import platform
