@@ -39,7 +39,7 @@ def _host(step: Callable[[], Any]) -> Any:
 
 
 def candidates() -> dict[str, Any]:
-    """The fixed probes, each a harness.bench.Prepared."""
+    """The fixed probes, each a harness.engine.bench.Prepared."""
     import numpy as np
     from harness.engine.bench import gemm_prepared
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def candidates() -> dict[str, Any]:
 def victims() -> dict[str, Any]:
     from harness.engine.bench import prepare
     from harness.engine.matrix import load_matrix
-    from harness.engine.worker import configure_backend
+    from harness.engine.bench import configure_backend
     from impls import registry
     out = {}
     for c in load_matrix("smoke").cells(list(VICTIMS), "cpu", "float32"):

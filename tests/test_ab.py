@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.schema import load_dataframe, load_results
+from harness.results import load_dataframe, load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The in-run comparison's statistics (harness.duet) on synthetic paired data with a known ratio:
+"""The in-run comparison's statistics (harness.engine.duet) on synthetic paired data with a known ratio:
 host phases shared round by round, a between-process effect per worker, and round noise.
 What must hold: the 95% interval covers the true ratio, identical variants come out
 `unchanged` and never `faster`/`slower`, a known slowdown comes out `slower` at its size, and

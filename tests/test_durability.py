@@ -23,7 +23,8 @@ from harness.engine import journal as jmod
 from harness.engine.failures import classify, classify_message
 from harness.engine.journal import Journal, finalize, journal_path
 from harness.engine.workers import Worker, WorkerFailed
-from harness.results.schema import ResultsError, default_path, load_results
+from harness.results.schema import ResultsError, load_results
+from harness.results.store import default_path
 from harness.engine.signals import Interrupted, interruptible, restore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,7 +321,7 @@ def test_v1_is_migrated_on_read(tmp_path):
     assert res["estimate_s"] == 0.002 and doc["workloads"] == [] and doc["probe"] is None
     assert doc["noise"] is None and doc["migrated"] is True and doc["schema_version"] == 1
     pd = pytest.importorskip("pandas")
-    from harness.results.schema import load_dataframe
+    from harness.results import load_dataframe
     df = load_dataframe([p])
     assert isinstance(df, pd.DataFrame) and len(df) == 1
     assert df.loc[0, "estimate_s"] == 0.002 and df.loc[0, "chars_per_s"] == pytest.approx(4 * 10 / 0.002)
@@ -360,7 +361,7 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
     assert p.parent.parent == tmp_path / "res" and ".." not in p.parts and "/" not in p.name
 
 
-# ---- the run, interrupted and resumed (needs harness.run's --resume) ---------------------------
+# ---- the run, interrupted and resumed (needs harness.engine.runner's --resume) ---------------------------
 
 TINY = """
 rounds = 40
@@ -439,8 +440,7 @@ def test_files_users_share_honour_the_umask(tmp_path, umask):
     umask 022, 0600 under 077, 0664 under 002; a report's folder 0755, 0700, 0775."""
     import numpy as np
 
-    from harness.commands.compare import write_json
-    from harness.results.schema import write_results
+    from harness.results.store import write_json, write_results
     from harness.training.loop import _write_json
     from impls.case import write_file, write_new
     from impls.checkpoint import Checkpoint, save_checkpoint
@@ -498,7 +498,7 @@ modes = ["eval"]
 def _faulty_run(tmp_path: Path, fault: str, *, batch: str = "[1, 2, 3, 4, 5]", timeout: float = 5,
                 once: bool = False, limit: float = 240) -> tuple[str, dict]:
     """`run` of a tiny eval matrix (one workload per batch) on numpy-f32 with a fault in its
-    workers (harness.worker._fault_plan); the output and the results document. The run must
+    workers (harness.engine.worker._fault_plan); the output and the results document. The run must
     end (within `limit` seconds), exit 0 and leave one results file and no journal."""
     (tmp_path / "f.toml").write_text(FIVE.format(timeout=timeout, batch=batch))
     env = {**_env(), **FAULTS, "LSTMBENCH_TEST_FAULT": fault}
@@ -660,7 +660,8 @@ def test_ill_typed_fields_are_one_line_errors_in_every_reader(tmp_path, capsys, 
     (results.RESULTS_FIELDS): a field of the wrong type is one line naming the file and the
     field, exit 2; nothing is written."""
     from harness.cli import main
-    from harness.results.schema import load_dataframe, write_results
+    from harness.results import load_dataframe
+    from harness.results.store import write_results
     good = write_results(_good_v2(), tmp_path / "good.json")
     doc = _good_v2()
     edit(doc)
@@ -677,7 +678,7 @@ def test_ill_typed_fields_are_one_line_errors_in_every_reader(tmp_path, capsys, 
 
 def test_threads_as_a_list_is_one_line_as_a_user_sees_it(tmp_path):
     """The reported case, end to end: `compare` with `threads: [1]` died of an unhashable list."""
-    from harness.results.schema import write_results
+    from harness.results.store import write_results
     good = write_results(_good_v2(), tmp_path / "good.json")
     doc = _good_v2()
     doc["threads"] = [1]
@@ -711,7 +712,7 @@ def _check_report(tmp_path: Path, edit) -> Path:
 def test_ill_typed_check_reports_are_one_line_errors(tmp_path, capsys, edit, text):
     """`report --check`: the check report's fields are checked by type the same way."""
     from harness.cli import main
-    from harness.results.schema import write_results
+    from harness.results.store import write_results
     run = write_results(_good_v2(), tmp_path / "run.json")
     check = _check_report(tmp_path, edit)
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--check", str(check)]) == 2
@@ -724,7 +725,8 @@ def test_folders_pass_over_what_is_not_a_regular_file(tmp_path):
     """A FIFO (which would block the read forever), a socket and a broken link named *.json in
     a results folder are passed over with a note; the results beside them are read."""
     import socket
-    from harness.results.schema import load_dataframe, write_results
+    from harness.results import load_dataframe
+    from harness.results.store import write_results
     d = tmp_path / "runs"
     good = write_results(_good_v2(), d / "m" / "good.json")
     os.mkfifo(d / "m" / "fifo.json")
@@ -750,7 +752,7 @@ def test_a_new_run_without_cells_fails_on_regression(tmp_path, capsys):
     """No new cell measured (a run with no cells at all) is a regression under
     --fail-on-regression, as the README says; without the flag it is reported and exit 0."""
     from harness.cli import main
-    from harness.results.schema import write_results
+    from harness.results.store import write_results
     old = write_results(_good_v2(), tmp_path / "old.json")
     doc = _good_v2()
     doc["cells"], doc["workloads"] = [], []

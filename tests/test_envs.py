@@ -136,7 +136,7 @@ def test_in_a_checkout_setup_builds_there(tmp_path, monkeypatch):
 
 def test_inside_chainers_own_interpreter_chainer_runs_here(tmp_path):
     py = _chainer_python()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.envs import interpreter_for;"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.engine.envs import interpreter_for;"
             "print(interpreter_for('chainer'))")
     r = subprocess.run([str(py), "-c", code, str(ROOT)], cwd=tmp_path,
                        env=_clean_env(XDG_DATA_HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The statistics behind `lstmbench run`'s figures (harness.stats), on synthetic data with known
+"""The statistics behind `lstmbench run`'s figures (harness.engine.stats), on synthetic data with known
 noise: interval coverage of the headline estimator (with and without worker-process
 structure), paired ratios, marking of contended rounds, collapses and the noise verdict."""
 from __future__ import annotations

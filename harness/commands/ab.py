@@ -1,7 +1,8 @@
 """`lstmbench compare RESULTS --variants BASE,NEW` and `lstmbench ab BASE NEW`: is NEW faster
-than BASE, judged inside one run whose participants were both (harness.variants), from their
-paired rounds (harness.duet). Cross-run `compare OLD NEW` (harness.compare) cannot decide what
-this machine's between-run drift hides; in one run the drift falls on both sides alike.
+than BASE, judged inside one run whose participants were both (harness.engine.variants), from
+their paired rounds (harness.engine.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
+cannot decide what this machine's between-run drift hides; in one run the drift falls on both
+sides alike.
 
     lstmbench ab HEAD~1 HEAD --backends numpy-f32,torch --fail-on-regression
 
@@ -14,17 +15,22 @@ import math
 import sys
 from typing import Any, Callable
 
+from impls.case import check_new_path
+
 from ..engine import duet
-from .compare import fmt_time, write_json, _table
-from ..engine.envs import UsageError
-from ..results.schema import expand_paths, load_results
+from ..engine.runner import run_matrix
 from ..engine.variants import Variant, check_src, parse_variant
+from ..errors import UsageError
+from ..report.console import RunConsole, fmt_time, text_table
+from ..results.model import RunCell, read_run
+from ..results.store import expand_paths, write_json
+from .options import percent, positive_threads
+from .run import add_run_options, run_options
 
 
-def _entries(doc: dict[str, Any], variant: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """(workload id, backend) -> the cell entry `variant` measured there."""
-    return {(c.get("workload") or "", c["cell"]["backend"]): c for c in doc["cells"]
-            if c.get("variant") == variant}
+def _entries(cells: list[RunCell], variant: str) -> dict[tuple[str, str], RunCell]:
+    """(workload id, backend) -> the cell `variant` measured there."""
+    return {(rc.workload or "", rc.cell.backend): rc for rc in cells if rc.variant == variant}
 
 
 def choose_variants(doc: dict[str, Any], text: str | None, path: str) -> tuple[str, str]:
@@ -49,30 +55,29 @@ def choose_variants(doc: dict[str, Any], text: str | None, path: str) -> tuple[s
     return names[0], names[1]
 
 
-def compare_doc(doc: dict[str, Any], base: str, new: str, threshold: float,
-                seed: int = 0) -> list[dict[str, Any]]:
+def compare_cells(cells: list[RunCell], base: str, new: str, threshold: float,
+                  seed: int = 0) -> list[dict[str, Any]]:
     """One entry per (workload, backend) both variants took part in: the cell's sizes, both
     headline estimates, and duet.judge's verdict (as JSON)."""
-    b_cells, n_cells = _entries(doc, base), _entries(doc, new)
+    b_cells, n_cells = _entries(cells, base), _entries(cells, new)
     keys = [k for k in b_cells if k in n_cells]
     pairs = {}
     for k in keys:
-        rb, rn = b_cells[k]["result"], n_cells[k]["result"]
+        rb, rn = b_cells[k].result, n_cells[k].result
         if rb.get("status") == "ok" and rn.get("status") == "ok":
             pairs[k] = duet.paired(duet.pair_rounds(rb.get("samples") or [], rn.get("samples") or []),
                                    seed=seed)
     pool = duet.Pool.of(list(pairs.values()))
     out = []
     for k in keys:
-        cb, cn = b_cells[k], n_cells[k]
-        rb, rn = cb["result"], cn["result"]
+        rb, rn = b_cells[k].result, n_cells[k].result
         if rb.get("status") == "unsupported" and rn.get("status") == "unsupported":
             continue  # neither can: nothing to compare (the registry says why)
         j = duet.failed(rb, rn) or duet.judge(pairs.get(k), pool, threshold)
-        c = cb["cell"]
-        out.append({"backend": c["backend"], "mode": c["mode"], "preset": c["preset"],
-                    "batch": c["batch"], "seq_len": c["seq_len"], "device": c["device"],
-                    "precision": c["precision"], "workload": k[0],
+        c = b_cells[k].cell
+        out.append({"backend": c.backend, "mode": c.mode, "preset": c.preset,
+                    "batch": c.batch, "seq_len": c.seq_len, "device": c.device,
+                    "precision": c.precision, "workload": k[0],
                     "base": rb.get("estimate_s"), "new": rn.get("estimate_s"), **j.to_json()})
     return out
 
@@ -95,7 +100,7 @@ def format_table(entries: list[dict[str, Any]], base: str, new: str, threshold: 
                      e["reason"]])
     head = ["backend", "mode", "preset", "batch", base, new, f"{new}/{base} [95% CI]",
             f"90% CI vs +-{threshold:.0%}", "procs", "mark", "why"]
-    return _table(head, rows, {3, 4, 5, 6, 7, 8})
+    return text_table(head, rows, {3, 4, 5, 6, 7, 8})
 
 
 def noise_lines(doc: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
@@ -131,9 +136,10 @@ def run_compare_variants(path: str, variants: str | None, *, threshold: float,
     if len(files) != 1:
         raise UsageError(f"--variants compares the variants of one run; {path} holds {len(files)} "
                          "results files: give one")
-    doc = load_results(files[0])
+    run, cells = read_run(files[0])
+    doc = run.doc
     base, new = choose_variants(doc, variants, str(files[0]))
-    entries = compare_doc(doc, base, new, threshold)
+    entries = compare_cells(cells, base, new, threshold)
     log(f"{files[0]}: variant {new} against {base}, paired rounds within one run "
         f"(threshold {threshold:.0%}; time ratio > 1 is slower)")
     for name in (base, new):
@@ -180,16 +186,13 @@ def side(name: str, text: str) -> Variant:
 
 
 def cmd_ab(a: argparse.Namespace) -> int:
-    from ..cli import _percent, _positive_threads, run_options
     base, new = side("base", a.base), side("new", a.new)
-    threshold = _percent(a.threshold)
-    _positive_threads(a.threads)
+    threshold = percent(a.threshold)
+    positive_threads(a.threads)
     if a.json:
-        from impls.case import check_new_path
         check_new_path(a.json, "--json")  # before anything is measured
     run = run_options(a, default_matrix="smoke", variants=[base, new])
-    from ..engine.runner import run_matrix
-    path = run_matrix(**run, report=False, command=["lstmbench", *sys.argv[1:]])
+    path = run_matrix(**run, reporter=RunConsole(summary=False), command=["lstmbench", *sys.argv[1:]])
     print("")
     return run_compare_variants(str(path), "base,new", threshold=threshold,
                                 fail_on_regression=a.fail_on_regression, json_path=a.json)
@@ -197,7 +200,6 @@ def cmd_ab(a: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """`lstmbench ab`: called by harness.cli.build_parser."""
-    from ..cli import add_run_options
     p = sub.add_parser("ab", help="is NEW faster than BASE? both measured in one interleaved run")
     p.add_argument("base", help="a git revision of this checkout, a source folder, or python:PATH")
     p.add_argument("new", help="the same kinds as BASE")

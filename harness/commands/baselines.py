@@ -4,7 +4,7 @@ write? (issue 11, item 6: fair to every framework.)
 benchmarks/baselines/ holds, per framework, a hand-written train step, eval step and
 generation loop (`make_step`, `make_eval`, `make_generate`). For every (preset, mode) this
 command measures one workload whose participants are the selected backends AND the baselines
-they need, interleaved by the same engine as `lstmbench run` (harness.run.measure_workload:
+they need, interleaved by the same engine as `lstmbench run` (harness.engine.scheduler.measure_workload:
 seeded random order per round, the GEMM noise probe, clean rounds, re-measurement). Each
 participant lives in a worker process of its own; a baseline's worker runs in its backend's
 interpreter with its backend's environment variables (KERAS_BACKEND) and is set up by its
@@ -12,7 +12,7 @@ backend module's configure() (thread pools, library flags), so the ratio measure
 code, not process settings.
 
 Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
-two variants of one run (harness.duet: paired rounds, per-process centres, the between-process
+two variants of one run (harness.engine.duet: paired rounds, per-process centres, the between-process
 variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
 `failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
 (measured causes only). Results: one JSON document (schema lstmbench.baselines), written
@@ -36,14 +36,29 @@ from typing import Any, Callable
 from impls import registry
 from impls.config import get_preset
 
-from ..engine.envs import ROOT, UsageError, _is_lstmbench_checkout, project_root
-from ..engine.workers import worker_cpus
+import numpy as np
+
+from impls.case import check_new_path
+
+from ..engine import duet, stats
+from ..engine.bench import Cell
+from ..engine.envs import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
+from ..engine.executor import participant_info
+from ..engine.host import worker_cpus
+from ..engine.participants import KINDS, PROBE
+from ..engine.scheduler import ProbeState, Schedule, measure_workload
+from ..engine.assemble import cell_result
+from ..engine.workers import Launcher, WorkerParticipant, Workers
+from ..errors import UsageError
+from ..report.console import describe
+from ..results.store import check_writable, default_path, new_document, write_results
+from .options import positive_threads
 
 THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-SCHEMA_VERSION = 2  # 2: rows judged by harness.duet (marks faster|slower|unchanged|inconclusive|failed)
+SCHEMA_VERSION = 2  # 2: rows judged by harness.engine.duet (marks faster|slower|unchanged|inconclusive|failed)
 
 
 def baseline_file(name: str) -> str:
@@ -126,15 +141,13 @@ def find_dir(given: str | None) -> Path:
 
 def judge(res_b: dict[str, Any], res_q: dict[str, Any], pool: Any, threshold: float = THRESHOLD) -> Any:
     """Backend against baseline from the rounds both ran: the in-run comparison of `compare
-    --variants` (harness.duet: per-process paired log ratios, the between-process variance
+    --variants` (harness.engine.duet: per-process paired log ratios, the between-process variance
     pooled over the run's cells, the same marks), the baseline as BASE and the backend as NEW.
     `failed` where either did not measure."""
-    from ..engine import duet
     return duet.failed(res_q, res_b) or duet.judge(_paired(res_b, res_q), pool, threshold)
 
 
 def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
-    from ..engine import duet
     if res_b.get("status") != "ok" or res_q.get("status") != "ok":
         return None
     return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
@@ -170,13 +183,6 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                   overrides: dict[str, str] | None = None, command: list[str] | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Measure every (preset, mode) workload; write the document; returns (path, document)."""
-    import numpy as np
-
-    from ..engine import duet, stats
-    from ..engine.bench import Cell
-    from ..results.schema import check_writable, default_path, new_document, write_results
-    from ..engine.runner import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers, _describe,
-                      _probe_info, cell_result, launcher, measure_workload)
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     named = backends is not None
@@ -189,9 +195,9 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     if out is None:
         check_writable(Path("results"))  # before any measurement
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
-    # pinned as `run` pins (harness.pool.worker_cpus): fewer threads than CPUs, the last ones
+    # pinned as `run` pins (harness.engine.host.worker_cpus): fewer threads than CPUs, the last ones
     cpus = worker_cpus(threads)
-    backend_launch = launcher(overrides or {}, threads, cpus=cpus)
+    backend_launch = Launcher(overrides or {}, threads, cpus=cpus)
     # a baseline's worker is its host backend's: same interpreter, env_vars, threads and CPUs
     workers = Workers(lambda name: backend_launch(hosts.get(name, name)))
     sched = Schedule(rounds=rounds, processes=processes, max_time=workload_time,
@@ -206,7 +212,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             f"{rounds} rounds, {processes} process(es), seed {seed}, files in {base_dir}"
             + (f", workers pinned to CPU {','.join(map(str, cpus))}" if cpus else ""))
         log("backends:")
-        info = _probe_info(workers, candidates, "cpu", log)
+        info = participant_info(workers, candidates, "cpu", log)
         avail = [b for b in candidates if info[b].get("available")]
         if named and len(avail) < len(candidates):
             bad = next(b for b in candidates if b not in avail)
@@ -216,7 +222,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             raise UsageError("no backend with a baseline is available here")
         for b in avail:
             hosts.setdefault(participant_name(b), b)
-        probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300))
+        probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300, kind=KINDS["probe"]))
         try:
             probe.flop = int(probe.participant.prepare().get("flop", probe.flop))  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - go on without the probe, as run does
@@ -238,7 +244,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             def make(n: str, p: int) -> Any:
                 if n in hosts and n not in registry.BACKENDS:  # a baseline: prepared from its file
                     host = hosts[n]
-                    return WorkerParticipant(workers, n, p, cells[n], 600.0, prepare_op="baseline",
+                    return WorkerParticipant(workers, n, p, cells[n], 600.0, kind=KINDS["baseline"],
                                              extra={"file": str(base_dir / baseline_file(BASELINES[host].baseline)),
                                                     "backend": host})
                 return WorkerParticipant(workers, n, p, cells[n], 600.0)
@@ -246,7 +252,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             wd = measure_workload(parts, make, probe, sched, rng, log)
             res = {n: cell_result(cells[n], wd.backends[n], sched, seed=0) for n in parts}
             for n in parts:
-                log(f"      {n:34} " + _describe(res[n]))
+                log(f"      {n:34} " + describe(res[n]))
             for b in bes:
                 measured.append((pname, mode, wid, b, res[b], res[participant_name(b)]))
             workloads.append({"id": wid, "preset": pname, "mode": mode, "batch": c0.batch,
@@ -277,7 +283,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
-                       judged_by="harness.duet (the in-run comparison of compare --variants)",
+                       judged_by="harness.engine.duet (the in-run comparison of compare --variants)",
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
                        backends=info, baselines_dir=str(base_dir), cpus=cpus,
                        baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
@@ -312,10 +318,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_baselines(a: argparse.Namespace) -> int:
-    from impls.case import check_new_path
-
-    from ..cli import _positive_threads
-    from ..engine.envs import parse_python_overrides
     presets = _split(a.presets, DEFAULT_PRESETS)
     for p in presets:
         get_preset(p)  # ConfigError names the presets
@@ -325,7 +327,7 @@ def cmd_baselines(a: argparse.Namespace) -> int:
         raise UsageError(f"--modes {a.modes!r}: choose from {', '.join(MODES)}")
     if not presets:
         raise UsageError(f"--presets {a.presets!r} names no preset; e.g. char-rnn,tutorial")
-    _positive_threads(a.threads)
+    positive_threads(a.threads)
     if a.rounds < 2:
         raise UsageError(f"--rounds must be an integer >= 2, got {a.rounds}")
     if a.processes < 1:

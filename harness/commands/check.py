@@ -1,26 +1,30 @@
-"""`lstmbench check`: the equivalence matrix. Every cross-check case (harness/cases.py) is
+"""`lstmbench check`: the equivalence matrix. Every cross-check case (check_cases.py) is
 written as a case file, the float64 reference computes the expected outputs here, and each
-backend computes its outputs in a worker process of its own environment; the table shows,
-per backend and quantity, the worst error over the cases against the tolerance."""
+backend computes its outputs in a worker process of its own environment, `--jobs` backends
+side by side in lanes (harness.engine.lanes); the table shows, per backend and quantity, the
+worst error over the cases against the tolerance."""
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 from impls import registry
-from impls.case import CaseError, check_outputs, load_outputs, make_case, save_case, write_file
+from impls.case import CaseError, check_new_path, check_outputs, load_outputs, make_case, save_case, write_file
 from impls.tolerances import TOLERANCES
 
-from .check_cases import CROSS_CASES
-from ..engine.envs import UsageError, interpreter_for
+from ..engine.envs import interpreter_for, parse_python_overrides, require_device
+from ..engine.host import default_jobs
+from ..engine.lanes import Children, Slot, Stopped, run_lanes
 from ..engine.workers import Worker, WorkerFailed
-
-QUANTITIES = ("forward", "loss", "grads", "steps", "generated")
+from ..errors import UsageError
+from ..results.schema import CHECK_QUANTITIES as QUANTITIES, check_worst
+from .check_cases import CROSS_CASES
+from .options import BENCH_BACKENDS, add_python, add_threads, backend_list, positive_threads
 
 
 def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
@@ -44,24 +48,26 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
 _REFERENCE_LOCK = threading.Lock()  # the lanes share the reference outputs' cache
 
 
-class _Stopped(Exception):
-    """The check was interrupted: a backend's thread ends without a result."""
-
-
 def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: dict[str, dict[str, dict]],
                    tmp: Path, *, overrides: dict[str, str], threads: int | None, precision: str,
-                   live: dict[str, Worker], stop: threading.Event, log: Callable[[str], None],
-                   device: str = "cpu") -> dict[str, Any]:
-    """Every case on one backend, in a worker of its environment (registered in `live`, so
-    that an interruption can kill it): the backend's report entry."""
+                   children: Children, log: Callable[[str], None], device: str = "cpu") -> dict[str, Any]:
+    """Every case on one backend, in a worker of its environment (registered in `children`,
+    so that an interruption can stop it): the backend's report entry."""
     entry: dict[str, Any] = {"status": "ok", "cases": {}}
     t0 = time.perf_counter()
+    worker: Worker | None = None
 
     def start() -> Worker:
-        if stop.is_set():
-            raise _Stopped
-        live[name] = Worker(interpreter_for(name, overrides), threads, backend=name)
-        return live[name]
+        nonlocal worker
+        if worker is not None:
+            children.discard(worker.proc)
+            worker.close()
+        if children.closed:
+            raise Stopped
+        worker = Worker(interpreter_for(name, overrides), threads, backend=name)
+        if not children.add(worker.proc):
+            raise Stopped
+        return worker
     try:
         worker = start()
     except registry.BackendError as e:
@@ -75,8 +81,8 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
                                       "out": str(out_path), "threads": threads,
                                       "precision": precision, "device": device}, timeout=600)
             except WorkerFailed as e:
-                if stop.is_set():
-                    raise _Stopped from None
+                if children.closed:
+                    raise Stopped from None
                 ans = {"ok": False, "error": f"{e.kind}: {e}"}
                 worker = start()
             if not isinstance(ans, dict):
@@ -103,7 +109,9 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
             if not rows or any(r.status == "FAIL" for r in rows):  # nothing compared fails too
                 entry["status"] = "FAIL"
     finally:
-        worker.close()
+        if worker is not None:
+            children.discard(worker.proc)
+            worker.close()
     entry["seconds"] = round(time.perf_counter() - t0, 1)
     return entry
 
@@ -120,51 +128,24 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
     report: dict[str, Any] = {"precision": precision, "device": device, "cases": [c[0] for c in cases],
                               "jobs": jobs,
                               "backends": {name: None for name in backends}}  # the given order
-    queue = deque(backends)
-    lock = threading.Lock()  # the queue and the report
-    live: dict[str, Worker] = {}  # backend -> its worker, while it runs
-    stop = threading.Event()
     if jobs > 1:
         log(f"checking {len(backends)} backends, {min(jobs, len(backends))} at a time")
+    children = Children()
 
-    def lane() -> None:
-        while True:
-            with lock:
-                if stop.is_set() or not queue:
-                    return
-                name = queue.popleft()
-            try:
-                entry = _check_backend(name, cases, references, tmp, overrides=overrides,
-                                       threads=threads, precision=precision, live=live, stop=stop,
-                                       log=log, device=device)
-            except _Stopped:
-                return
-            except Exception as e:  # noqa: BLE001 - the harness failed on this backend, not the check
-                if stop.is_set():
-                    return
-                entry = {"status": "error", "cases": {}, "reason": f"{type(e).__name__}: {e}"}
-                log(f"{name}: error: {entry['reason']}")
-            finally:
-                live.pop(name, None)
-            with lock:
-                report["backends"][name] = entry
-                log(_line(name, entry))
+    def check_one(name: str, lane: int) -> dict[str, Any]:
+        return _check_backend(name, cases, references, tmp, overrides=overrides, threads=threads,
+                              precision=precision, children=children, log=log, device=device)
 
-    lanes = [threading.Thread(target=lane, name=f"check lane {n}", daemon=True)
-             for n in range(min(jobs, len(backends)))]
-    for t in lanes:
-        t.start()
-    try:
-        while any(t.is_alive() for t in lanes):
-            for t in lanes:
-                t.join(0.2)  # short joins: the main thread stays responsive to Ctrl-C
-    except BaseException:
-        stop.set()
-        for w in list(live.values()):
-            w.kill()
-        for t in lanes:
-            t.join(10.0)
-        raise
+    def failed(name: str, e: Exception) -> dict[str, Any]:  # the harness failed on this backend, not the check
+        entry = {"status": "error", "cases": {}, "reason": f"{type(e).__name__}: {e}"}
+        log(f"{name}: error: {entry['reason']}")
+        return entry
+
+    def record(name: str, entry: dict[str, Any], slot: Slot) -> None:
+        report["backends"][name] = entry
+        log(_line(name, entry))
+
+    run_lanes(backends, jobs, check_one, record, failed, children=children, name="check lane")
     failed = any(e["status"] != "ok" for e in report["backends"].values())
     log("")
     log(format_table(report))
@@ -176,24 +157,6 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
             raise CaseError(f"{e} (the table above is complete)") from None
         log(f"details: {json_path}")
     return 1 if failed else 0
-
-
-def _worst(entry: dict[str, Any], q: str) -> tuple[float, str]:
-    """Worst error over cases for quantity q, and the worst status; NaN is the worst error
-    (max() would drop it), and a quantity no case compared is "none", never "ok"."""
-    worst, status, seen = 0.0, "ok", False
-    rank = {"ok": 0, "deviation": 1, "FAIL": 2}
-    for rows in entry["cases"].values():
-        if isinstance(rows, dict):
-            return float("nan"), "error"
-        for r in rows:
-            if r["quantity"] == q:
-                seen = True
-                rel = r["rel"]
-                worst = worst if worst != worst else rel if rel != rel else max(worst, rel)  # x != x: NaN
-                if rank[r["status"]] > rank[status]:
-                    status = r["status"]
-    return (worst, status) if seen else (float("nan"), "none")
 
 
 def _line(name: str, entry: dict[str, Any]) -> str:
@@ -212,7 +175,7 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         cells = []
         for q in QUANTITIES:
-            worst, st = _worst(entry, q)
+            worst, st = check_worst(entry, q)
             cells.append(f"{worst:10.1e} {st:>9}")
         lines.append(f"{name:{w}}" + "".join(f"{c:>20}" for c in cells) + f"  {entry['status']}")
     devs = {n: registry.get_spec(n).deviations for n in report["backends"]}
@@ -220,3 +183,32 @@ def format_table(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", "documented native-optimiser deviations (checked against the native formula):"] + notes
     return "\n".join(lines)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    backends = backend_list(a.backends, [b for b in BENCH_BACKENDS if a.device in registry.BACKENDS[b].devices])
+    if not backends:
+        raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
+    positive_threads(a.threads)
+    require_device(a.device, a.precision, backends)
+    if a.json:
+        check_new_path(a.json, "--json")  # fail now, not after minutes of checking
+    jobs = default_jobs(a.threads) if a.jobs is None else a.jobs
+    return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
+                     precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs,
+                     device=a.device)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("check", help="cross-check every backend against the reference")
+    p.add_argument("--backends", help="comma list (default: all but the numpy oracle)")
+    p.add_argument("--json", help="write the detailed report here")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where every backend computes the cases (default cpu; gpu needs one)")
+    p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
+                   help="float32 (strict, default) or tf32 (GPU only)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="backends checked side by side, each in its own worker (default: the "
+                        "cores // --threads)")
+    add_python(p), add_threads(p)
+    p.set_defaults(fn=cmd_check)

@@ -1,6 +1,7 @@
-"""One benchmark cell: what it is (`Cell`) and how it is timed (`measure_cell`). Shared by the
-harness's worker processes and the pytest-benchmark route (benchmarks/), so the timing
-method is written once.
+"""One benchmark cell: what it is (`Cell`), the backend set up in this process for it
+(configure_backend), and how it is timed (`measure_cell`, and the rounds of the interleaved
+engine). Shared by the harness's worker processes and the pytest-benchmark route
+(benchmarks/), so the timing method is written once.
 
 Method: the first step (tracing, compiling, autotuning) is timed apart; warm-up steps follow
 untimed; then rounds of `inner` steps, each round bracketed by the backend's sync() and
@@ -103,7 +104,7 @@ def prepare(cell: Cell) -> Prepared:
     return Prepared(be, step, lambda loss: math.isfinite(be.value(loss)))
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     try:  # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set size
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -111,7 +112,7 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _peak_rss() -> int | None:
+def peak_rss() -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -123,18 +124,37 @@ def _peak_rss() -> int | None:
 
 
 def backend_hook(backend: str, hook_name: str) -> Callable[..., Any] | None:
-    """registry.hook(...) where the registry offers it (CONTRACTS: optional module-level hooks
-    of a backend module); None when it does not, or the module lacks the hook."""
-    hook = getattr(registry, "hook", None)
-    if hook is None:
-        return None
+    """The backend module's optional hook (registry.hook); None when the module lacks it or
+    cannot be imported here."""
     try:
-        return hook(backend, hook_name)
+        return registry.hook(backend, hook_name)
     except Exception:  # noqa: BLE001 - an unimportable backend has no hooks
         return None
 
 
-def _gpu_peak(backend: str, reset: bool) -> int | None:
+_configured: dict[str, dict[str, str]] = {}  # module -> configure() info, once per process
+
+
+def configure_backend(name: str, threads: int | None, device: str) -> dict[str, str]:
+    """Import the backend's module and call its configure() once per process."""
+    spec = registry.get_spec(name)
+    if spec.module not in _configured:
+        mod = registry.load_module(spec)
+        _configured[spec.module] = dict(mod.configure(threads, device))
+    return _configured[spec.module]
+
+
+def backend_info(name: str, threads: int | None, device: str) -> dict[str, str]:
+    """configure()'s facts for one backend, with this variant's own kernel path from the
+    module's kernel_info hook where it offers one."""
+    info = dict(configure_backend(name, threads, device))
+    fn = backend_hook(name, "kernel_info")
+    if fn is not None:
+        info.update({k: str(v) for k, v in (fn(name, device) or {}).items()})
+    return info
+
+
+def gpu_peak(backend: str, reset: bool) -> int | None:
     """The framework's own peak-allocation counter on a GPU, through the backend module's
     device_peak_memory hook; None where it has none."""
     fn = backend_hook(backend, "device_peak_memory")
@@ -174,9 +194,9 @@ def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
                  min_rounds: int = 5, warmup: float = 0.2) -> dict[str, Any]:
     """Time one cell; returns status, first-step seconds, every sample and derived numbers."""
     gpu = cell.device == "gpu"
-    _reset_peak_rss()
+    reset_peak_rss()
     if gpu:
-        _gpu_peak(cell.backend, reset=True)
+        gpu_peak(cell.backend, reset=True)
     prep = prepare(cell)
     be = prep.backend
     out, first = first_step(prep)
@@ -202,13 +222,13 @@ def measure_cell(cell: Cell, *, min_time: float = 1.0, max_rounds: int = 30,
     res: dict[str, Any] = {
         "status": "ok", "first_step_s": first, "samples_s": samples, "inner": inner,
         "chars_per_s": cps, "gflops": flops_per_char(cell.model, cell.mode) * cps / 1e9,
-        "peak_rss_bytes": _peak_rss(),
+        "peak_rss_bytes": peak_rss(),
         "kernel": getattr(be, "kernel", None),  # the path this instance took, where it knows
     }
     if cell.mode == "generate":
         res["us_per_char"] = 1e6 * med / cell.seq_len
     if gpu:
-        res["peak_device_bytes"] = _gpu_peak(cell.backend, reset=False)
+        res["peak_device_bytes"] = gpu_peak(cell.backend, reset=False)
     return res
 
 
@@ -304,12 +324,12 @@ def device_matmul_peak(device: str, backend: str) -> float | None:
     return None if fn is None else fn(device)
 
 
-PEAK_N = 1024  # the CPU's larger GEMM beside the noise probe (harness.run: the peak GEMM's other part)
+PEAK_N = 1024  # the CPU's larger GEMM beside the noise probe (harness.engine.executor: the peak GEMM's other part)
 
 
 def matmul_peak(device: str, backend: str = "numpy", n: int = PEAK_N, repeats: int = 7) -> float:
     """Best float32 GEMM GFLOP/s on this device, measured now. On the CPU with NumPy's BLAS,
-    n x n (the run's peak GEMM is the faster of this and the noise probe: harness.explain);
+    n x n (the run's peak GEMM is the faster of this and the noise probe: harness.engine.explain);
     on a GPU with the backend's framework, strict float32 (the peak GEMM itself)."""
     if device == "cpu":
         rng = np.random.default_rng(0)

@@ -22,7 +22,9 @@ import sys
 import venv
 from pathlib import Path
 
-from impls.registry import BACKENDS, BackendError, get_spec
+from impls.registry import BACKENDS, BackendError, BackendSpec, get_spec
+
+from ..errors import UsageError
 
 # The folder holding the imported `harness` and `impls` packages: the checkout in an editable
 # install or a source tree, site-packages in a non-editable one (never look for environments here).
@@ -38,10 +40,6 @@ RECIPES: dict[str, list[list[str]]] = {
         ["--no-build-isolation", "chainer==7.8.1"],
     ],
 }
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message says what and how to fix it."""
 
 
 def parse_python_overrides(items: list[str] | None) -> dict[str, str]:
@@ -146,11 +144,11 @@ def env_candidates(env: str) -> list[Path]:
     return out
 
 
-def _can_import_here(spec: "object") -> bool:
+def _can_import_here(spec: BackendSpec) -> bool:
     """This interpreter has the backend's framework (e.g. run inside chainer's own env), and
     the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside NumPy 2
     cannot load, and a proper environment elsewhere is then the better choice."""
-    name = getattr(spec, "framework", "")
+    name = spec.framework
     if not name:
         return False
     try:
@@ -159,7 +157,7 @@ def _can_import_here(spec: "object") -> bool:
     except (ImportError, ValueError):
         return False
     from importlib import metadata
-    for req in (r for step in RECIPES.get(getattr(spec, "env", ""), []) for r in step):
+    for req in (r for step in RECIPES.get(spec.env, []) for r in step):
         m = re.fullmatch(r"numpy<(\d+)", req)
         if m:
             try:
@@ -209,7 +207,7 @@ def worker_env(threads: int | None, backend: str | None = None,
     folder is site-packages, which must not reach another environment's path (it would bring
     NumPy 2 into chainer's): the worker then loads the two packages by location instead
     (pool.Worker's bootstrap), and LSTMBENCH_CODE_ROOT names that folder. `root` gives another
-    source tree's folder instead (a variant's src=, harness.variants)."""
+    source tree's folder instead (a variant's src=, harness.engine.variants)."""
     env = dict(os.environ)
     here = code_root()
     root = Path(root).resolve() if root is not None else here
@@ -225,7 +223,7 @@ def worker_env(threads: int | None, backend: str | None = None,
             env[var] = str(threads)
     if backend:
         try:
-            env.update(getattr(get_spec(backend), "env_vars", None) or {})
+            env.update(get_spec(backend).env_vars)
         except BackendError:
             pass  # "probe" and other non-backend participants
     env.update(extra or {})

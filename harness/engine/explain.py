@@ -1,6 +1,6 @@
 """What `run`'s marks and figures mean, in one place for the run's output and the report: the
 rule behind NOISY, which signal gave the machine's noise verdict, and what the efficiency
-denominator (the run's peak GEMM) is made of. The numbers come from harness.stats and the
+denominator (the run's peak GEMM) is made of. The numbers come from harness.engine.stats and the
 run's own matrix, never retyped here."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def min_clean_of(doc: dict[str, Any]) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-_ORDER = ["unknown", "quiet", "noisy", "contended"]
+VERDICTS = ["unknown", "quiet", "noisy", "contended"]  # the noise verdicts, mildest first
 
 
 def _num(v: Any) -> float | None:
@@ -101,7 +101,7 @@ def verdict_words(noise: dict[str, Any]) -> str:
         return f"{verdict.upper()} by the noise probe: {probe} ({rule}); other processes not counted"
     neighbours = (f"other processes kept up to {foreign:.2f} cores busy during a workload (noisy from "
                   f"{stats.FOREIGN_LIMIT:g}, contended from {2 * stats.FOREIGN_LIMIT:g})")
-    if nv is not None and _ORDER.index(nv) > _ORDER.index(pv) and nv == verdict:
+    if nv is not None and VERDICTS.index(nv) > VERDICTS.index(pv) and nv == verdict:
         return (f"{verdict.upper()} by the neighbour count: {neighbours}; the probe alone said "
                 f"{pv.upper()} ({probe})")
     if nv == pv == verdict and verdict != "quiet":

@@ -5,7 +5,7 @@ only what is missing), and the final results file written atomically from it.
 The journal is JSON lines beside the target, `<target>.journal.jsonl`:
     line 1    the header: the results document without cells/workloads (+ "target")
     line 2..  one record per finished workload: {"workload": {...}, "cells": [...]}
-              (the quality matrix, harness/quality.py: one per finished backend,
+              (the quality matrix, harness.training.quality: one per finished backend,
               {"backend": name, "result": {...}})
 Each line is flushed and fsynced before `append` returns. A line torn by a crash (the last
 one) is ignored when reading, and cut off before the next append.
@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from impls.files import temp_beside
 
+from ..errors import UsageError
 from ..results.schema import ResultsError
 
 SUFFIX = ".journal.jsonl"
@@ -34,6 +35,29 @@ def journal_path(target: str | os.PathLike[str]) -> Path:
     """The journal beside `target` (results/m/x.json -> results/m/x.json.journal.jsonl)."""
     t = Path(target)
     return t.with_name(t.name + SUFFIX)
+
+
+def target_of(journal: str | os.PathLike[str]) -> Path:
+    """The results file a journal is beside (x.json.journal.jsonl -> x.json)."""
+    s = str(journal)
+    return Path(s[: -len(SUFFIX)]) if s.endswith(SUFFIX) else Path(journal)
+
+
+def locate(path: str | os.PathLike[str]) -> Path:
+    """The journal PATH names: PATH itself (*.journal.jsonl), or the one beside the results
+    file PATH."""
+    p = Path(path)
+    return p if str(p).endswith(SUFFIX) else journal_path(p)
+
+
+def resume_journal(path: str | os.PathLike[str]) -> Path:
+    """The journal `run --resume PATH` continues (locate); UsageError, one line, where there
+    is none."""
+    journal = locate(path)
+    if not journal.is_file():
+        raise UsageError(f"--resume {path}: no journal at {journal}; give the journal "
+                         "(*.journal.jsonl) an interrupted run left, or its target file")
+    return journal
 
 
 def claim(target: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -123,3 +123,23 @@ def interruptible() -> Iterator[Stop]:
 def exit_status(e: BaseException) -> int:
     """128 + signum for Interrupted, 130 for a plain KeyboardInterrupt."""
     return e.exit_status if isinstance(e, Interrupted) else 130
+
+
+class terminate_as_interrupt:
+    """SIGTERM (a job scheduler, `kill`) stops training like Ctrl-C: the last checkpoint,
+    the log and run.json are kept. Also the only stop a background job has, whose SIGINT
+    the shell ignores."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum: int, frame: Any) -> None:
+                raise KeyboardInterrupt
+            self.old = signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)

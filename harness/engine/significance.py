@@ -10,7 +10,7 @@ the upper levels first makes their variance show up in the interval whenever a s
 than one of them. With one run per side, between-run variance cannot be estimated from the
 data: the probes' noise floor stands in for it (compare requires a change beyond it).
 
-Pure NumPy; harness.stats (the run's own estimator) is reused for the estimator table."""
+Pure NumPy; harness.engine.stats (the run's own estimator) is reused for the estimator table."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,7 +24,7 @@ Side = Sequence[Sequence[np.ndarray]]
 
 
 def quantile_of(name: str) -> float:
-    """The quantile an estimator name stands for (harness.stats.ESTIMATORS; unknown: median)."""
+    """The quantile an estimator name stands for (harness.engine.stats.ESTIMATORS; unknown: median)."""
     return stats.ESTIMATORS[name][0] if name in stats.ESTIMATORS else 0.5
 
 

@@ -81,7 +81,7 @@ ESTIMATOR = "min"  # chosen by benchmarks/estimator_experiment.py (docs/measurem
 CLEAN_FACTOR = 1.5  # a round is clean when its probe ran within this factor of the run's best
 COLLAPSE_FACTOR = 10.0  # a round this many times slower than typical is a collapse
 MIN_CLEAN = 10  # clean rounds a cell needs before its figure is published as clean
-# cores other processes of the machine kept busy during a workload (harness.cpuload) at which
+# cores other processes of the machine kept busy during a workload (harness.engine.cpuload) at which
 # its cells are not judged by compare: a quiet 2-core VM shows 0.00-0.02 beside a run; one
 # single-threaded burner shows ~1.0 and slowed pinned eval cells 12-26% (docs/measurement.md)
 FOREIGN_LIMIT = 0.25

@@ -32,7 +32,9 @@ from typing import Any, Iterator
 
 from impls.registry import get_spec
 
-from .envs import ROOT, UsageError, _is_lstmbench_checkout, code_root, interpreter_for, project_root
+from .envs import ROOT, _is_lstmbench_checkout, code_root, interpreter_for, project_root
+from ..errors import UsageError
+from .host import git_info
 
 SEP = "@"  # participant names: BACKEND@VARIANT
 KEYS = ("python", "python.BACKEND", "src", "env.VAR", "threads")
@@ -53,7 +55,7 @@ class Variant:
 
     def interpreter(self, backend: str, overrides: dict[str, str] | None = None) -> str:
         """The interpreter that runs `backend` in this variant: python.BACKEND, python, or the
-        run's own resolution (harness.envs.interpreter_for, --python overrides included)."""
+        run's own resolution (harness.engine.envs.interpreter_for, --python overrides included)."""
         own = dict(self.pythons)
         if backend in own:
             return own[backend]
@@ -178,8 +180,14 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
 
+# A tree's worker: harness/engine/worker.py, or harness/worker.py in a tree from before
+# harness/engine/ (its worker answers the same requests: harness.engine.workers starts either).
+WORKER_FILES = ("harness/engine/worker.py", "harness/worker.py")
+
+
 def _is_source_tree(d: Path) -> bool:
-    return all((d / p).is_file() for p in ("harness/__init__.py", "harness/worker.py", "impls/__init__.py"))
+    return (all((d / p).is_file() for p in ("harness/__init__.py", "impls/__init__.py"))
+            and any((d / w).is_file() for w in WORKER_FILES))
 
 
 def _repo() -> Path | None:
@@ -273,11 +281,10 @@ def _remove_all() -> None:  # an exit that bypassed the run's own clean-up
 def sources(variants: list[Variant], pinned: dict[str, str] | None = None) -> Iterator[dict[str, Source]]:
     """Each variant's Source for the run's duration; worktrees are removed on the way out,
     whether the run ended, failed or was interrupted. `pinned`: variant -> commit (resume)."""
-    from ..results.schema import git_info  # the run's own code: the commit its results file records
     made: dict[str, Source] = {}
     try:
         for v in variants:
-            if v.src is None:
+            if v.src is None:  # the run's own code: the commit its results file records
                 g = git_info()
                 made[v.name] = Source(code_root(), "this", g.get("commit"), g.get("dirty"))
             else:

@@ -1,67 +1,44 @@
 """A worker process: runs inside one backend's environment and answers requests from the
 harness, one JSON object per line. Requests arrive on stdin; answers go to a pipe of their
-own (the fd named by LSTMBENCH_PROTO_FD, see harness.pool), while stdout and stderr go to the
-worker's log, so that nothing a framework prints can corrupt the protocol.
+own (the fd named by LSTMBENCH_PROTO_FD, see harness.engine.workers), while stdout and stderr
+go to the worker's log, so that nothing a framework prints can corrupt the protocol.
 
     {"op": "info", "backends": [...], "threads": N, "device": "cpu"}
     {"op": "case", "backend": B, "case": PATH, "out": PATH}
-    {"op": "cell", "cell": {...harness.bench.Cell fields...}}
+    {"op": "cell", "cell": {...harness.engine.bench.Cell fields...}}
     {"op": "peak", "device": "cpu", "backend": B}
-    {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine (harness.run):
-    {"op": "probe", "n": 256, "round_time": 0.03}          prepare a cell or the GEMM noise probe,
-    {"op": "baseline", "file": PATH, "backend": B,         or a hand-written baseline
-     "cell": {...}, "round_time": 0.03}                    (benchmarks/baselines/, harness.baselines),
+    {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine
+    {"op": "probe", "n": 256, "round_time": 0.03}          (harness.engine.scheduler): prepare
+    {"op": "baseline", "file": PATH, "backend": B,         a participant of one of the kinds in
+     "cell": {...}, "round_time": 0.03}                    harness.engine.participants.KINDS,
     {"op": "round"}                                        time one round of it,
     {"op": "release"}                                      and let it go
 
-Only NumPy, the standard library and the backend's framework are imported here, so the same
-file runs in the main environment and in chainer's NumPy < 2 one.
+Only NumPy, the standard library, impls and the worker side of harness.engine (bench,
+participants, failures) are imported here, besides the backend's framework, so the same file
+runs in the main environment and in chainer's NumPy < 2 one.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
-import re
 import sys
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from impls import registry
 
-_configured: dict[str, dict[str, str]] = {}  # module -> configure() info, once per process
-
-
-def configure_backend(name: str, threads: int | None, device: str) -> dict[str, str]:
-    """Import the backend's module and call its configure() once per process."""
-    spec = registry.get_spec(name)
-    if spec.module not in _configured:
-        mod = registry.load_module(spec)
-        _configured[spec.module] = dict(mod.configure(threads, device))
-    return _configured[spec.module]
-
-
-def backend_info(name: str, threads: int | None, device: str) -> dict[str, str]:
-    """configure()'s facts for one backend, with this variant's own kernel path from the
-    module's kernel_info hook (registry.hook) where it offers one."""
-    info = dict(configure_backend(name, threads, device))
-    from harness.engine.bench import backend_hook
-    fn = backend_hook(name, "kernel_info")
-    if fn is not None:
-        info.update({k: str(v) for k, v in (fn(name, device) or {}).items()})
-    else:  # registry without hooks: the module may report a variant's path as kernel_<variant>
-        variant = name.partition("-")[2]
-        if variant and f"kernel_{variant}" in info:
-            info["kernel"] = info[f"kernel_{variant}"]
-    return {k: v for k, v in info.items() if not k.startswith("kernel_")}
+from harness.engine.bench import (Cell, backend_info, configure_backend, first_step, gpu_peak, inner_for,
+                                  matmul_peak, measure_cell, peak_rss, time_round)
+from harness.engine.failures import classify
+from harness.engine.participants import KINDS, Kind
 
 
 def op_info(req: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     out: dict[str, Any] = {}
     for name in req["backends"]:
         try:
@@ -95,7 +72,6 @@ def op_case(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_cell(req: dict[str, Any]) -> dict[str, Any]:
-    from harness.engine.bench import Cell, measure_cell
     cell = Cell.from_dict(req["cell"])
     info = backend_info(cell.backend, req.get("threads"), cell.device)
     return {"result": measure_cell(cell, min_time=req.get("min_time", 1.0),
@@ -104,102 +80,34 @@ def op_cell(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_peak(req: dict[str, Any]) -> dict[str, Any]:
-    from harness.engine.bench import matmul_peak
     return {"gflops": matmul_peak(req.get("device", "cpu"), req.get("backend", "numpy"))}
 
 
-# The interleaved engine's ops (harness.run): one prepared participant per worker process.
+# The interleaved engine's ops (harness.engine.scheduler): one prepared participant per worker.
 _held: dict[str, Any] = {}  # "prep": bench.Prepared, "inner": steps per round, "cell": Cell | None
 
 
-def op_prepare(req: dict[str, Any]) -> dict[str, Any]:
-    """Build the cell, time its first step, warm up and size a round to ~round_time seconds."""
-    from harness.engine.bench import Cell, _gpu_peak, _reset_peak_rss, first_step, inner_for, prepare
-    _held.clear()
-    cell = Cell.from_dict(req["cell"])
-    info = backend_info(cell.backend, req.get("threads"), cell.device)
-    _reset_peak_rss()
-    if cell.device == "gpu":
-        _gpu_peak(cell.backend, reset=True)
-    prep = prepare(cell)
-    out, first = first_step(prep)
-    if not prep.check(out):
-        return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
-    inner = inner_for(prep, req.get("round_time", 0.03), req.get("warmup", 0.2))
-    _held.update(prep=prep, inner=inner, cell=cell)
-    return {"status": "ok", "first_step_s": first, "inner": inner, "kernel": info.get("kernel")}
-
-
-def op_probe(req: dict[str, Any]) -> dict[str, Any]:
-    """Prepare the noise probe (a fixed float32 GEMM) as this worker's participant."""
-    from harness.engine.bench import blas_name, gemm_prepared, inner_for
-    _held.clear()
-    n = int(req.get("n", 256))
-    prep = gemm_prepared(n)
-    inner = inner_for(prep, req.get("round_time", 0.03), 0.1)
-    _held.update(prep=prep, inner=inner, cell=None)
-    return {"status": "ok", "inner": inner, "n": n, "flop": 2 * n ** 3, "blas": blas_name()}
-
-
-_baselines: dict[str, ModuleType] = {}  # resolved path -> module, imported once per process
-
-
-def load_baseline(path: str) -> ModuleType:
-    """Import a baseline script by its path (it is no package's module)."""
-    p = str(Path(path).resolve())
-    if p not in _baselines:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"no baseline file at {p}")
-        name = "lstmbench_baseline_" + re.sub(r"\W", "_", Path(p).stem)
-        spec = importlib.util.spec_from_file_location(name, p)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {p}")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        _baselines[p] = mod
-    return _baselines[p]
-
-
-def op_baseline(req: dict[str, Any]) -> dict[str, Any]:
-    """Prepare a hand-written baseline (benchmarks/baselines/<x>_baseline.py) as this worker's
-    participant: the process is first set up exactly as `backend`'s worker is (its module's
-    configure(): thread pools, library flags), then the file's make_step (train), make_eval
-    (eval) or make_generate (generate: seq_len characters at batch 1) is built for the cell's
-    sizes, batch, seq_len, optimiser and seed. One step is
-    `float(step())`, so the loss is waited for inside the timed step. The first step is timed
-    apart; then warm-up and a round sized like op_prepare's."""
-    from harness.engine.bench import Cell, HostSync, Prepared, _reset_peak_rss, inner_for
-    _held.clear()
-    cell = Cell.from_dict(req["cell"])
-    factory = {"train": "make_step", "eval": "make_eval", "generate": "make_generate"}.get(cell.mode)
-    if factory is None:
-        raise ValueError(f"a baseline has train, eval and generate steps, not {cell.mode!r}")
-    info = backend_info(req["backend"], req.get("threads"), cell.device)
-    _reset_peak_rss()
-    mod = load_baseline(req["file"])
-    make = getattr(mod, factory, None)
-    if not callable(make):
-        raise AttributeError(f"{req['file']} has no {factory}")
-    fn = make(cell.model, cell.batch, cell.seq_len, train=cell.train, seed=cell.seed)
-    prep = Prepared(HostSync(), lambda: float(fn()), check=lambda x: x is not None and math.isfinite(x))
-    t0 = time.perf_counter_ns()
-    out = prep.step()
-    first = (time.perf_counter_ns() - t0) / 1e9
-    if not prep.check(out):
-        return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
-    inner = inner_for(prep, req.get("round_time", 0.03), req.get("warmup", 0.2))
-    _held.update(prep=prep, inner=inner, cell=None)
-    return {"status": "ok", "first_step_s": first, "inner": inner, "kernel": info.get("kernel")}
+def prepare_op(kind: Kind) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The op that prepares a participant of `kind` (harness.engine.participants): build it,
+    time its first step apart (a kind may skip that), warm up and size a round to ~round_time
+    seconds; it is then this worker's participant until released."""
+    def op(req: dict[str, Any]) -> dict[str, Any]:
+        _held.clear()
+        built = kind.build(req)
+        out: dict[str, Any] = {"status": "ok"}
+        if built.first_step:
+            res, first = first_step(built.prep)
+            if not built.prep.check(res):
+                return {"status": "nan", "error": "non-finite loss on the first step", "first_step_s": first}
+            out["first_step_s"] = first
+        inner = inner_for(built.prep, req.get("round_time", 0.03), built.warmup)
+        _held.update(prep=built.prep, inner=inner, cell=built.cell)
+        return {**out, "inner": inner, **built.info}
+    return op
 
 
 def op_round(req: dict[str, Any]) -> dict[str, Any]:
     """One timed round of the prepared participant: seconds per step."""
-    from harness.engine.bench import time_round
     if "prep" not in _held:
         raise RuntimeError("round before prepare")
     return {"s": time_round(_held["prep"], int(req.get("inner") or _held["inner"]))}
@@ -207,22 +115,20 @@ def op_round(req: dict[str, Any]) -> dict[str, Any]:
 
 def op_release(req: dict[str, Any]) -> dict[str, Any]:
     """Finish the cell: was the last result finite, peak memory; then drop it."""
-    from harness.engine.bench import _gpu_peak, _peak_rss
     prep, cell = _held.get("prep"), _held.get("cell")
     _held.clear()
     if prep is None:
         return {"finite": True}
     out: dict[str, Any] = {"finite": bool(prep.check(prep.last)) if prep.last is not None else True,
-                           "peak_rss_bytes": _peak_rss(),
+                           "peak_rss_bytes": peak_rss(),
                            "kernel": getattr(prep.backend, "kernel", None)}
     if cell is not None and cell.device == "gpu":
-        out["peak_device_bytes"] = _gpu_peak(cell.backend, reset=False)
+        out["peak_device_bytes"] = gpu_peak(cell.backend, reset=False)
     return out
 
 
 OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak,
-       "prepare": op_prepare, "probe": op_probe, "baseline": op_baseline, "round": op_round,
-       "release": op_release}
+       **{k.op: prepare_op(k) for k in KINDS.values()}, "round": op_round, "release": op_release}
 
 
 def _test_ops(proto: Any) -> dict[str, Any]:
@@ -305,11 +211,10 @@ def main() -> None:
     """Answer requests from stdin until {"op": "exit"} or EOF. Answers go to the pipe the
     harness passed as LSTMBENCH_PROTO_FD (pool.Worker); without one, to the original stdout.
     Either way sys.stdout and fd 1 are pointed at stderr (the worker's log)."""
-    from harness.engine.failures import classify
     fd = os.environ.pop("LSTMBENCH_PROTO_FD", None)
     if fd:
         proto = os.fdopen(int(fd), "w", buffering=1)
-    else:  # started by hand (python -m harness.worker): answer on the original stdout
+    else:  # started by hand (python -m harness.engine.worker): answer on the original stdout
         proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed from here on goes to stderr
     sys.stdout = sys.stderr

@@ -1,6 +1,8 @@
-"""The harness's side of the worker protocol (harness/worker.py): start a worker in a given
+"""The harness's side of the worker protocol (harness.engine.worker): start a worker in a given
 interpreter, send a request, wait for its answer with a timeout, and notice a worker that
 died, hung or answered nonsense, so the caller can record that cell and start a fresh worker.
+Above the single worker: the run's set of them (Workers, started as a Launcher says, memory
+permitting), and a participant living in one (WorkerParticipant).
 
 The channel: requests go to the worker's stdin; answers come back, one JSON object per line,
 on a pipe of their own (the worker's fd LSTMBENCH_PROTO_FD, passed with pass_fds). The
@@ -12,7 +14,7 @@ Workers never outlive the harness: each runs in its own process group (Ctrl-C in
 reaches only the harness), which is killed on close(), when a request is interrupted, at
 exit (atexit) and on a second Ctrl-C (signals.on_second_signal); the kernel kills a worker
 whose parent died (PR_SET_PDEATHSIG, which the worker's boot code sets before anything
-else: harness.envs.child_vars), even after a SIGKILL."""
+else: harness.engine.envs.child_vars), even after a SIGKILL."""
 from __future__ import annotations
 
 import atexit
@@ -21,14 +23,22 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from .envs import bootstrap_code, child_vars, worker_env
+from impls import registry
+
+from .bench import Cell
+from .envs import bootstrap_code, child_vars, interpreter_for, worker_env
 from .failures import classify_message
+from .host import memory_reserve, mem_available, settle, worker_cpus
+from .participants import KINDS, PROBE, ROUND_TIME, Kind, ParticipantFailed
+from .signals import on_second_signal
+from .variants import Variant, split
 
 # Run in the worker's interpreter: `harness` and `impls` loaded from the folder this process
 # imported them from, by location (envs.bootstrap_code), then the worker's loop. A protocol
@@ -41,7 +51,7 @@ try:
 except ModuleNotFoundError as e:
     if e.name not in ("harness.engine", "harness.engine.worker"):
         raise
-    from harness.worker import main
+    from harness.worker import main  # the flat layout's worker
 main()""")
 
 MAX_LINE = 256 << 20  # an answer this long without a newline is not an answer
@@ -66,65 +76,17 @@ def kill_all() -> None:
 
 
 atexit.register(kill_all)
-try:
-    from .signals import on_second_signal
-    on_second_signal(kill_all)
-except ImportError:  # pragma: no cover - signals.py ships with this file
-    pass
+on_second_signal(kill_all)
 
 
-def worker_cpus(threads: int | None, available: "list[int] | None" = None) -> list[int] | None:
-    """The CPUs a run's workers are pinned to: the last `threads` CPUs this process may use,
-    when `threads` is fewer than those; None (no pinning) otherwise.
-
-    Why: on the project's 2-core VM, one-thread workers left to the scheduler ran most rounds
-    1.3-1.5x slower than their fastest (median over cells of the 25th percentile over the
-    minimum, three smoke runs) and only when placed well at the fastest; pinned to one CPU,
-    1.06-1.19x, with half the between-run scatter of the cells' minima (docs/measurement.md,
-    "Pinning"). The last CPUs, because CPU 0 takes more of the kernel's own work; the parent,
-    which only waits while a round runs, is left unpinned."""
-    if not threads:
-        return None
-    available = usable_cpus() if available is None else available
-    if available is None or threads >= len(available):
-        return None
-    return available[-threads:]
-
-
-def default_jobs(threads: int | None, cores: int | None = None) -> int:
-    """Children that fit the machine side by side (quality lanes, `check --jobs`): the cores
-    // threads per child (at least 1)."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, threads or cores))
-
-
-def mem_available() -> int | None:
-    """Bytes of memory available for new processes now (Linux MemAvailable); None elsewhere."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def memory_reserve() -> int:
-    """Memory to keep available when a worker starts: the larger of 2 GiB (the largest
-    worker, keras-torch's, held 0.9 GB after preparing a smoke cell) and a tenth of the
-    machine's memory."""
-    total = None
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        pass
-    return max(2 << 30, (total or 0) // 10)
-
-
-def usable_cpus() -> list[int] | None:
-    """The CPUs this process may run on, in order; None where the platform cannot tell."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+def killpg(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the process group `proc` leads (it and whatever it started), unless it was
+    reaped: its group id may belong to someone else by then."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True)
@@ -132,7 +94,7 @@ class Launch:
     """How a participant's worker process starts: the interpreter, the backend whose spec's
     env_vars it gets (None: the probe), its threads and CPUs, more environment variables
     (OMP_WAIT_POLICY, a variant's env.VAR) and the source tree it runs (None: this process's;
-    a variant's src=, harness.variants)."""
+    a variant's src=, harness.engine.variants)."""
     python: str
     backend: str | None
     threads: int | None
@@ -292,11 +254,7 @@ class Worker:
     # ---- ending ----------------------------------------------------------------------------
 
     def _killpg(self) -> None:
-        if self.proc.returncode is None:  # not yet reaped: the group id is still ours
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        killpg(self.proc, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (it and anything it started) and reap it."""
@@ -341,3 +299,159 @@ class Worker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# ---- the run's workers --------------------------------------------------------------------
+
+@dataclass
+class Launcher:
+    """How a run starts each participant's worker: the probe in this interpreter; a backend
+    in its environment's interpreter (envs.interpreter_for, --python overrides); a backend in
+    a variant (BACKEND@VARIANT, harness.engine.variants) with the variant's interpreter, source
+    tree (`roots`: variant -> folder), environment variables and threads. Workers with fewer
+    threads than CPUs are pinned to the last CPUs (host.worker_cpus) on the CPU. A record of
+    the run's settings, not a closure, so that it can travel with a workload to where it runs."""
+    overrides: dict[str, str]
+    threads: int | None
+    extra_env: dict[str, str] = field(default_factory=dict)  # OMP_WAIT_POLICY
+    cpus: list[int] | None = None
+    variants: dict[str, Variant] = field(default_factory=dict)
+    roots: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def __call__(self, name: str) -> Launch:
+        extra = tuple(sorted(self.extra_env.items()))
+        base_cpus = tuple(self.cpus) if self.cpus else None
+        if name == PROBE:
+            return Launch(sys.executable, None, self.threads, base_cpus, extra)
+        backend, vname = split(name)
+        v = self.variants.get(vname or "")
+        if v is None:
+            return Launch(interpreter_for(backend, self.overrides), backend, self.threads, base_cpus, extra)
+        t = v.threads or self.threads
+        pin = (worker_cpus(t) if self.device == "cpu" else None) if v.threads else self.cpus
+        return Launch(v.interpreter(backend, self.overrides), backend, t, tuple(pin) if pin else None,
+                      tuple(sorted({**self.extra_env, **dict(v.env)}.items())), self.roots.get(v.name))
+
+
+class Workers:
+    """Live workers keyed by (participant, process index): process p of every workload uses set
+    p, each workload preparing its cell anew in it; a failed worker is replaced on next use.
+    `launch` says how each participant's worker starts (a Launcher).
+
+    Workers stay alive from workload to workload (starting one costs up to a minute: imports,
+    compiles), unless memory runs short: before a worker starts while less than `reserve`
+    bytes are available, idle workers of other process sets go first, least recently used
+    first (a full set of smoke's 13 backends holds about 5 GB; two variants of three sets
+    would not fit this project's 24 GiB machine)."""
+
+    def __init__(self, launch: Callable[[str], Launch], reserve: int | None = None) -> None:
+        self.launch = launch
+        self.live: dict[tuple[str, int], Worker] = {}
+        self.used: dict[tuple[str, int], float] = {}  # when each was last asked for
+        self.reserve = reserve if reserve is not None else memory_reserve()
+
+    def get(self, name: str, p: int = 0) -> Worker:
+        key = (name, p)
+        if key not in self.live:
+            self._make_room(p)
+            self.live[key] = self.launch(name).start()
+        self.used[key] = time.monotonic()
+        return self.live[key]
+
+    def _make_room(self, p: int) -> None:
+        """Close idle workers of other process sets (never the probe) while memory is short."""
+        idle = sorted((k for k in self.live if k[1] != p and k[0] != PROBE), key=lambda k: self.used.get(k, 0))
+        while idle:
+            avail = mem_available()
+            if avail is None or avail >= self.reserve:
+                return
+            self.drop(*idle.pop(0))
+
+    def threads(self, name: str) -> int | None:
+        return self.launch(name).threads
+
+    def pid(self, name: str, p: int = 0) -> int | None:
+        w = self.live.get((name, p))
+        return w.proc.pid if w is not None else None
+
+    def healthy(self, name: str, p: int = 0) -> Worker:
+        """get(), but a worker that died or was stopped since its last answer is replaced
+        first (Worker.usable): a participant starting in it (a workload's cell, the probe)
+        must not inherit what befell it while idle."""
+        w = self.live.get((name, p))
+        if w is not None and not w.usable():
+            self.drop(name, p)
+        return self.get(name, p)
+
+    def drop(self, name: str, p: int = 0) -> None:
+        w = self.live.pop((name, p), None)
+        self.used.pop((name, p), None)
+        if w:
+            w.kill()
+            w.close()
+
+    def close(self) -> None:
+        for k in list(self.live):
+            self.live.pop(k).close()
+        self.used.clear()
+
+
+def answer(ans: dict[str, Any]) -> dict[str, Any]:
+    """A worker's answer, or ParticipantFailed with its kind (oom when the error says so)."""
+    if not ans.get("ok"):
+        err = str(ans.get("error", ""))
+        kind = ans.get("kind") or ("oom" if ("MemoryError" in err or "out of memory" in err.lower()
+                                             or "OOM" in err) else "error")
+        raise ParticipantFailed(kind, err)
+    return ans
+
+
+class WorkerParticipant:
+    """A participant in worker process p of `workers`, of kind `kind` (participants.KINDS; a
+    backend's cell by default; `extra`: the kind's own request fields, e.g. a baseline's file
+    and host backend). Every kind's rounds and release are the same requests; only the
+    request that prepares it differs."""
+
+    def __init__(self, workers: Workers, name: str, p: int, cell: Cell | None, timeout: float,
+                 round_time: float = ROUND_TIME, kind: Kind | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.workers, self.name, self.p, self.cell = workers, name, p, cell
+        self.timeout, self.round_time = timeout, round_time
+        self.round_timeout = timeout
+        self.kind = kind or KINDS["backend"]
+        self.extra = extra or {}
+        self.settled_s = 0.0  # seconds the scheduler waited for this worker to go quiet
+
+    def _request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:  # a participant starts (is prepared) in a worker fit to take it: Workers.healthy
+            get = self.workers.healthy if req["op"] == self.kind.op else self.workers.get
+            return answer(get(self.name, self.p).request(req, timeout))
+        except WorkerFailed as e:
+            self.workers.drop(self.name, self.p)
+            raise ParticipantFailed(e.kind, str(e)) from None
+        except registry.BackendError as e:
+            raise ParticipantFailed("unavailable", str(e)) from None
+
+    def prepare(self) -> dict[str, Any]:
+        req = {"op": self.kind.op, "round_time": self.round_time,
+               **self.kind.fields(self.cell, self.workers.threads(self.name), self.extra)}
+        ans = self._request(req, self.timeout)
+        self._settle()  # warm-up threads too
+        # a round is ~round_time; allow for a collapse (1000x was seen) but not forever (the
+        # probe, which has no first step, too: a hung probe must not outlast the timeout)
+        self.round_timeout = min(self.timeout, max(30.0, 20 * float(ans.get("first_step_s") or 0.0)
+                                                   + 1000 * self.round_time))
+        return ans
+
+    def round(self) -> float:
+        s = float(self._request({"op": "round"}, self.round_timeout)["s"])
+        self._settle()
+        return s
+
+    def _settle(self) -> None:
+        """Wait until this participant's worker has gone quiet (host.settle), counting the wait."""
+        self.settled_s += settle(self.workers.pid(self.name, self.p))
+
+    def release(self) -> dict[str, Any]:
+        return self._request({"op": "release"}, self.timeout)

@@ -1,11 +1,11 @@
 """The report's training-to-quality part: `lstmbench report` given quality results files
-(schema `lstmbench.quality`, written by `run --matrix quality*`, harness/quality.py) renders,
+(schema `lstmbench.quality`, written by `run --matrix quality*`, harness.training.quality) renders,
 per file, the validation-loss curves against steps and against training seconds (one line
 per backend), a time-to-target table (steps and seconds to the target, final validation loss,
 bits per character; for a run in lanes, each backend's lane and the backends that trained
 beside it, the context of its seconds) and every backend's sample.
 
-harness/report.py owns the output folder (new or a previous report's, assembled in a
+report.page owns the output folder (new or a previous report's, assembled in a
 temporary folder and renamed into place): `split_inputs` takes the quality files out of its
 inputs before anything is written, and `sections` returns the headings, tables, figures and
 samples its renderers write. A malformed file ends the command with one line (UsageError,
@@ -19,10 +19,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..engine.envs import UsageError
-
-SCHEMA = "lstmbench.quality"
-SCHEMA_VERSIONS = (1,)
+from ..errors import UsageError
+from ..results.schema import QUALITY_SCHEMA as SCHEMA, QUALITY_VERSIONS as SCHEMA_VERSIONS
+from ..results.store import is_results_file
+from .plots import plt_module, save
+from .tables import Table
 _CURVE_KEYS = ("step", "seconds", "val_loss")
 _NUMBERS = ("steps", "final_val_loss", "final_val_bpc", "median_step_s")
 
@@ -62,7 +63,6 @@ def load_quality(path: Path) -> dict[str, Any]:
 def split_inputs(paths: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """(quality documents, the other inputs for the benchmark report). A folder's quality
     files are taken; the folder stays an input only where it also holds benchmark results."""
-    from ..results.schema import _is_results_file
     quality: list[dict[str, Any]] = []
     rest: list[str] = []
     for p in map(Path, paths):
@@ -71,7 +71,7 @@ def split_inputs(paths: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]
             found = sorted(q for q in p.rglob("*.json") if not q.name.startswith(".") and q.is_file())
             qs = [q for q in found if _quality_file(q)]
             quality += [load_quality(q) for q in qs]
-            if not qs or any(_is_results_file(q) for q in found):
+            if not qs or any(is_results_file(q) for q in found):
                 rest.append(str(p))
         elif p.suffix == ".json" and p.is_file() and _quality_file(p):
             quality.append(load_quality(p))
@@ -124,7 +124,6 @@ def _stem(doc: dict[str, Any]) -> str:
 
 def time_to_target_table(doc: dict[str, Any]) -> Any:
     """One row per drawable backend, in the file's order."""
-    from .page import Table
     target = doc["matrix"]["target_loss"]
     head = ["backend", "optimiser", f"steps to {target:g}", "s to target (measured)",
             "s to target (estimate)", "final val loss (nats)", "bits/char", "best val loss",
@@ -155,11 +154,10 @@ def time_to_target_table(doc: dict[str, Any]) -> Any:
 def plot_curves(doc: dict[str, Any], out_dir: Path) -> Path | None:
     """Validation loss against steps (left) and against training seconds (right), one line
     per backend; dashed: a native optimiser formula; the target as a grey line."""
-    from .page import _plt, _save
     ok = {b: r for b, r in doc["backends"].items() if not problem(r)}
     if not ok:
         return None
-    plt = _plt()
+    plt = plt_module()
     import matplotlib
     # tab10 for up to ten curves; more (11 backends train) would repeat a colour: tab20
     cmap = matplotlib.colormaps["tab10" if len(ok) <= 10 else "tab20"]
@@ -191,7 +189,7 @@ def plot_curves(doc: dict[str, Any], out_dir: Path) -> Path | None:
     axes[0].set_title(f"against steps ({m.get('preset')} on {m.get('corpus')})")
     axes[1].set_title("against training time")
     axes[1].legend(fontsize=8, loc="upper right")
-    return _save(fig, out_dir, f"{_stem(doc)}-curves.png")
+    return save(fig, out_dir, f"{_stem(doc)}-curves.png")
 
 
 def _summary(doc: dict[str, Any]) -> str:

@@ -1,153 +1,32 @@
-"""Results files: one JSON document per run, versioned, written atomically, never overwritten;
-the machine and software they were measured on; loading them back (validated; version 1 files
-migrated to version 2 on read), and a pandas loader that flattens one or many files into a
-tidy DataFrame (one row per cell)."""
+"""The results schema: what a results file of `lstmbench run` holds, version by version, and
+reading one back (checked field by field, versions 1 and 2 migrated to version 3's shape). Also
+the schemas of the other documents the harness writes and reads: a quality run's
+(`run --matrix quality`) and a `check --json` report's.
+
+Versions: 1, one process and no noise probe (samples_s); 2, the interleaved engine (samples
+with process, round and probe time; workloads, probe, noise, peak, estimator); 3, variants (the
+run's "variants", each cell's "variant")."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
-import platform
-import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-from impls.case import write_new
-
-from ..engine.envs import ROOT
+from typing import Any, Callable
 
 SCHEMA = "lstmbench.results"
-SCHEMA_VERSION = 3  # 3: variants (harness.variants): the run's "variants", each cell's "variant"
+SCHEMA_VERSION = 3  # 3: variants (harness.engine.variants): the run's "variants", each cell's "variant"
 READABLE_VERSIONS = (1, 2, 3)  # older versions are migrated on read (migrate_v1, migrate_v2)
+QUALITY_SCHEMA = "lstmbench.quality"  # a quality run's document (harness.training.quality)
+QUALITY_VERSIONS = (1,)  # the quality versions this code writes (the last) and reads
+CHECK_QUANTITIES = ("forward", "loss", "grads", "steps", "generated")  # a check report's columns
 
 
 class ResultsError(Exception):
     """A results file is missing, unreadable, or of another schema."""
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _gpu() -> dict[str, str] | None:
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode or not r.stdout.strip():
-        return None
-    name, driver, mem = [s.strip() for s in r.stdout.splitlines()[0].split(",")]
-    return {"name": name, "driver": driver, "memory": mem}
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = _cpu_model()
-    gpu = _gpu()
-    return {"hostname": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
-            "memory_bytes": _mem_bytes(), "os": platform.platform(), "arch": platform.machine(),
-            "gpu": gpu, "slug": machine_slug(cpu, os.cpu_count() or 0, gpu)}
-
-
-def machine_slug(cpu: str, cores: int, gpu: dict[str, str] | None) -> str:
-    """A stable folder name for a kind of machine (container hostnames are random)."""
-    if os.environ.get("LSTMBENCH_MACHINE"):
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", os.environ["LSTMBENCH_MACHINE"])
-    words = re.sub(r"\(R\)|\(TM\)|CPU|Processor|[@].*$", "", cpu)
-    base = f"{re.sub(r'[^a-z0-9]+', '-', words.lower()).strip('-')[:40]}-{cores}c"
-    if gpu:
-        base += "-" + re.sub(r"[^a-z0-9]+", "-", gpu["name"].lower()).strip("-")
-    return base
-
-
-def _code_checkout() -> Path:
-    """Where to ask git: the checkout in the working directory, else the code's folder."""
-    from ..engine.envs import project_root
-    return project_root() or ROOT
-
-
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=_code_checkout(), capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-def new_document(**fields: Any) -> dict[str, Any]:
-    now = dt.datetime.now(dt.timezone.utc)
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "created": now.isoformat(timespec="seconds"), "machine": machine_info(),
-            "git": git_info(), **fields}
-
-
-def safe_name(text: Any, fallback: str = "run") -> str:
-    """`text` as one harmless path component: no separators, no "..", no leading dot."""
-    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip(".-")
-    return name[:80] or fallback
-
-
-def default_path(out_dir: Path, doc: dict[str, Any]) -> Path:
-    """out_dir/<machine slug>/<time>-<matrix>-<device>.json; every part sanitised, so a matrix
-    named "../../x" stays inside out_dir."""
-    stamp = str(doc["created"]).replace(":", "").replace("-", "").replace("+0000", "Z")
-    matrix = doc.get("matrix")
-    mname = matrix.get("name") if isinstance(matrix, dict) else matrix
-    name = f"{safe_name(stamp, 'now')}-{safe_name(mname, 'matrix')}-{safe_name(doc.get('device'), 'cpu')}.json"
-    machine = doc.get("machine")
-    slug = safe_name(machine.get("slug") if isinstance(machine, dict) else None, "machine")
-    path = Path(out_dir) / slug / name
-    if Path(os.path.abspath(path)).parent.parent != Path(os.path.abspath(out_dir)):  # belt and braces
-        raise ResultsError(f"results path {path} would fall outside {out_dir}")
-    return path
-
-
-def write_results(doc: dict[str, Any], path: Path) -> Path:
-    """Atomic, and never over an existing file: a clash gets a numbered sibling name."""
-    data = json.dumps(doc, indent=1, sort_keys=False).encode()
-    for i in range(1000):
-        cand = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")
-        try:
-            return write_new(cand, lambda f: f.write(data))
-        except FileExistsError:
-            continue
-    raise ResultsError(f"could not find a free name beside {path}")
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fail early, before any measurement, when results could not be stored."""
-    from ..engine.envs import UsageError
-    p = out_dir
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out_dir}: cannot write there ({p} is not a writable folder); "
-                         "choose another folder")
-
-
-def _num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -168,7 +47,7 @@ class _Type:
         self.name, self.test = name, test
 
 
-_NUMBER = _Type("a number", _num)
+_NUMBER = _Type("a number", is_number)
 _INT = _Type("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 _STR = _Type("a string", lambda v: isinstance(v, str))
 _BOOL = _Type("true or false", lambda v: isinstance(v, bool))
@@ -285,6 +164,34 @@ def load_check_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     return rep
 
 
+def check_worst(entry: dict[str, Any], quantity: str) -> tuple[float, str]:
+    """A `check --json` backend entry's worst relative error over its cases for `quantity`, and
+    the worst status (FAIL over deviation over ok): NaN, or no number, is the worst error
+    (max() would drop it); a case that did not run makes it (NaN, "error"); a quantity no case
+    compared is "none", never "ok". `check`'s table and the report's equivalence table alike."""
+    worst, status, seen = 0.0, "ok", False
+    rank = {"ok": 0, "deviation": 1, "FAIL": 2}
+    for rows in (entry.get("cases") or {}).values():
+        if isinstance(rows, dict):
+            return math.nan, "error"
+        for r in rows:
+            if r.get("quantity") != quantity:
+                continue
+            seen = True
+            rel = float(r["rel"]) if is_number(r.get("rel")) else math.nan
+            worst = worst if worst != worst else rel if rel != rel else max(worst, rel)  # x != x: NaN
+            if rank.get(r.get("status"), 2) > rank.get(status, 2):
+                status = str(r.get("status"))
+    return (worst, status) if seen else (math.nan, "none")
+
+
+def check_tolerance(entry: dict[str, Any], quantity: str) -> float | None:
+    """The tolerance a `check --json` backend entry's cases held `quantity` to (the largest)."""
+    tols = [float(r["tol"]) for rows in (entry.get("cases") or {}).values() if isinstance(rows, list)
+            for r in rows if r.get("quantity") == quantity and is_number(r.get("tol"))]
+    return max(tols) if tols else None
+
+
 def validate_samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """A cell result's samples as v2 sample dicts (v1's samples_s become process 0, round i,
     clean), every time checked: a sample that is not a number, or is zero, negative or
@@ -304,7 +211,7 @@ def validate_samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
     out = []
     for j, smp in enumerate(raw):
         v = smp.get("s") if isinstance(smp, dict) else smp
-        if not _num(v):
+        if not is_number(v):
             raise ResultsError(f"{where}: sample {j} is {v!r}, not a number of seconds; "
                                "the file is corrupt or was edited (re-run the cell)")
         v = float(v)
@@ -315,9 +222,9 @@ def validate_samples(res: dict[str, Any], where: str) -> list[dict[str, Any]]:
         pr = d.get("probe_s")
         proc = d.get("process", 0)
         rnd = d.get("round", j)
-        out.append({"s": v, "process": int(proc) if _num(proc) else 0,
-                    "round": int(rnd) if _num(rnd) else j,
-                    "probe_s": float(pr) if _num(pr) and math.isfinite(pr) and pr > 0 else None,
+        out.append({"s": v, "process": int(proc) if is_number(proc) else 0,
+                    "round": int(rnd) if is_number(rnd) else j,
+                    "probe_s": float(pr) if is_number(pr) and math.isfinite(pr) and pr > 0 else None,
                     "clean": d.get("clean", True) is not False})
     return out
 
@@ -335,7 +242,7 @@ def migrate_v1(doc: dict[str, Any]) -> dict[str, Any]:
             res["samples"] = [{"s": v, "process": 0, "round": j, "probe_s": None, "clean": True}
                               for j, v in enumerate(flat)]
         stats = res.get("stats") if isinstance(res.get("stats"), dict) else {}
-        if "estimate_s" not in res and _num(stats.get("median")):
+        if "estimate_s" not in res and is_number(stats.get("median")):
             res["estimate_s"] = stats["median"]
         if "clean_rounds" not in res and isinstance(flat, list):
             res["clean_rounds"] = len(flat)
@@ -424,99 +331,3 @@ def _check_variants(doc: dict[str, Any], p: Path) -> None:
         if v is not None and (not isinstance(v, str) or v not in (vs or {})):
             raise ResultsError(f"{p}: cell {i} names variant {v!r}, which the file does not define; "
                                "the file is corrupt or was edited")
-
-
-def _is_results_file(p: Path) -> bool:
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return True  # let load_results report what is wrong with it
-    # other lstmbench documents (a quality run has backends, no cells) are passed over too
-    return isinstance(doc, dict) and doc.get("schema") == SCHEMA and "cells" in doc
-
-
-def _regular(q: Path) -> bool:
-    """Whether a folder's entry `q` is a regular file (through links); one that is neither
-    that nor a folder (a FIFO, which would block the read, a socket, a device, a broken link)
-    is passed over with a note on stderr."""
-    if q.is_file():
-        return True
-    if not q.is_dir():
-        print(f"note: {q}: not a regular file (a FIFO, socket, device or broken link); passed over",
-              file=sys.stderr)
-    return False
-
-
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; folders searched recursively for results files (other JSON in a
-    folder, such as a `check --json` report, is passed over, and so is whatever is not a
-    regular file)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.json")
-                           if not q.name.startswith(".") and _regular(q) and _is_results_file(q))
-            if not found:
-                raise ResultsError(f"{p}: folder holds no results files")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def _f(v: Any) -> float | None:
-    """A finite number, or None (a row never carries a string or an infinity)."""
-    return float(v) if _num(v) and math.isfinite(v) else None
-
-
-def cell_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat dict per cell: sizes, status, the estimate and its interval, stats and derived
-    numbers (no raw samples). chars_per_s follows estimate_s (v2's headline) where present."""
-    rows = []
-    machine = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
-    for c in doc["cells"]:
-        cell, res = c["cell"], c.get("result") or {}
-        m = cell.get("model") or {}
-        stats = res.get("stats") if isinstance(res.get("stats"), dict) else {}
-        ci = res.get("ci_s") if isinstance(res.get("ci_s"), list) and len(res["ci_s"]) == 2 else [None, None]
-        est = _f(res.get("estimate_s"))
-        cps = _f(res.get("chars_per_s"))
-        B, T = cell.get("batch"), cell.get("seq_len")
-        if est and est > 0 and _num(B) and _num(T) and cell.get("mode") != "generate":
-            cps = B * T / est
-        rows.append({
-            "file": doc.get("_path"), "run": doc.get("created"), "machine": machine.get("slug"),
-            "device": cell.get("device"), "precision": cell.get("precision"), "backend": cell.get("backend"),
-            "mode": cell.get("mode"), "preset": cell.get("preset"), "batch": B, "seq_len": T,
-            "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
-            "vocab_size": m.get("vocab_size"), "input": m.get("input"),
-            "workload": c.get("workload"), "variant": c.get("variant"),
-            "threads": variant_threads(doc, c.get("variant")),
-            "status": res.get("status"), "error": res.get("error"),
-            "chars_per_s": cps, "us_per_char": _f(res.get("us_per_char")),
-            "estimate_s": est, "ci_lo_s": _f(ci[0]), "ci_hi_s": _f(ci[1]),
-            "clean_rounds": res.get("clean_rounds") if _num(res.get("clean_rounds")) else None,
-            "noisy": bool(res.get("noisy")) or res.get("status") == "noisy",
-            "median_s": _f(stats.get("median")), "iqr_s": _f(stats.get("iqr")), "min_s": _f(stats.get("min")),
-            "mean_s": _f(stats.get("mean")), "stddev_s": _f(stats.get("stddev")), "rounds": stats.get("rounds"),
-            "first_step_s": _f(res.get("first_step_s")), "gflops": _f(res.get("gflops")),
-            "efficiency": _f(res.get("efficiency")), "efficiency_flag": res.get("efficiency_flag"),
-            "peak_rss_bytes": res.get("peak_rss_bytes"), "peak_device_bytes": res.get("peak_device_bytes"),
-            "kernel": res.get("kernel"), "schema_version": doc.get("schema_version"),
-        })
-    return rows
-
-
-def variant_threads(doc: dict[str, Any], variant: str | None) -> Any:
-    """The threads a cell ran with: its variant's threads= where it set one, else the run's."""
-    v = (doc.get("variants") or {}).get(variant or "") if variant else None
-    return (v or {}).get("threads") or doc.get("threads")
-
-
-def load_dataframe(paths: Iterable[str | os.PathLike[str]]) -> Any:
-    """A tidy pandas DataFrame of every cell in the given result files or folders."""
-    import pandas as pd
-    rows: list[dict[str, Any]] = []
-    for p in expand_paths(paths):
-        rows.extend(cell_rows(load_results(p)))
-    return pd.DataFrame(rows)

@@ -2,7 +2,7 @@
 
 `train` runs one backend on one corpus: the canonical seeded initial parameters
 (impls.params.init_params), the preset's optimiser and clip, batches as B contiguous streams
-in the same order for every backend (harness.data.Streams), the state carried across
+in the same order for every backend (harness.training.corpus.Streams), the state carried across
 windows (truncated BPTT) and reset where the streams restart. Every K steps it measures the
 validation loss (nats and bits per character) on the first `val_chars` characters of the
 validation split, appends a line to DIR/log.jsonl and replaces DIR/checkpoint.npz
@@ -12,7 +12,7 @@ the log and exits with status 130).
 
 Where it runs: in this process when the backend's framework imports here (and the
 backend's environment variables, if it declares any, are already set); otherwise the same
-command is re-run with the backend's own interpreter (harness.envs.interpreter_for: e.g.
+command is re-run with the backend's own interpreter (harness.engine.envs.interpreter_for: e.g.
 chainer's `.venv-chainer`), which then runs it in-process; also when this process's thread
 pools are not pinned to --threads (they are sized at import), as a worker's are. Seconds in the log count only
 training steps (host-to-device copy, step, loss fetched to the host, which synchronises);
@@ -32,13 +32,15 @@ from typing import Any
 import numpy as np
 
 from impls import registry
-from impls.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from impls.config import ModelConfig, Preset, get_preset
+from impls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from impls.config import ModelConfig, Preset
 from impls.files import temp_beside
 from impls.params import init_params
 
+from ..engine.bench import configure_backend
+from ..engine.envs import harness_command, interpreter_for, worker_env
+from ..errors import UsageError
 from .corpus import Corpus, DataError, Streams, encode, prepare
-from ..engine.envs import UsageError, harness_command, interpreter_for, parse_python_overrides, worker_env
 
 VAL_CHARS = 100_000  # validation characters evaluated by default (0: the whole split)
 SAMPLE_CHARS = 300  # characters sampled at the end of a run
@@ -49,9 +51,7 @@ _CHILD = "LSTMBENCH_TRAIN_CHILD"  # set in a re-run command, so it never re-runs
 
 def runs_here(name: str) -> bool:
     """True when backend `name` can be created in this process."""
-    spec = registry.get_spec(name)
-    env_vars = getattr(spec, "env_vars", {}) or {}
-    if any(os.environ.get(k) != v for k, v in env_vars.items()):
+    if registry.env_mismatch(name):
         return False  # e.g. KERAS_BACKEND must be set before the framework is imported
     return registry.availability(name)[0]
 
@@ -60,7 +60,6 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
                  threads: int | None, **extra: Any) -> Any:
     """Configure the framework once (threads) and create the backend in this process;
     `extra` goes to its constructor (e.g. NumpyBackend's eps_form)."""
-    from ..engine.worker import configure_backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as in a worker: no C++ log chatter
     try:
         configure_backend(name, threads, "cpu")
@@ -73,7 +72,7 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
 
 def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
                     overrides: dict[str, str]) -> int:
-    """Run `lstmbench ARGV` (harness.envs.harness_command) with the backend's interpreter and
+    """Run `lstmbench ARGV` (harness.engine.envs.harness_command) with the backend's interpreter and
     environment; its exit status. Only ever one level deep."""
     spec = registry.get_spec(name)
     if os.environ.get(_CHILD):
@@ -81,13 +80,9 @@ def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
         raise registry.BackendError(f"backend {name} cannot run in {sys.executable} ({why}); "
                                     f"pass --python {name}=/path/to/its/python")
     python = interpreter_for(name, overrides)
-    if python == sys.executable and not getattr(spec, "env_vars", None):
+    if python == sys.executable and not spec.env_vars:
         registry.load_module(spec)  # the framework is missing here: its own message
-    try:
-        env = worker_env(threads, backend=name)  # type: ignore[call-arg]
-    except TypeError:
-        env = worker_env(threads)
-    env.update(getattr(spec, "env_vars", {}) or {})
+    env = worker_env(threads, backend=name)  # the spec's env_vars included
     env[_CHILD] = "1"
     # harness_command, not `python -m harness`: chainer's interpreter has no lstmbench, and a
     # non-editable install's code is not on its path (worker_env names the folder instead)
@@ -358,186 +353,3 @@ def loss_curve(backend: str, preset: Preset, corpus: Corpus, steps: int, *, seed
         loss, state = be.train_step(be.put(x), be.put(y), state)
         losses.append(float(be.value(loss)))
     return losses
-
-
-# ---- commands ------------------------------------------------------------------------
-
-class terminate_as_interrupt:
-    """SIGTERM (a job scheduler, `kill`) stops training like Ctrl-C: the last checkpoint,
-    the log and run.json are kept. Also the only stop a background job has, whose SIGINT
-    the shell ignores."""
-
-    def __enter__(self) -> None:
-        import signal
-        import threading
-        self.old = None
-        if threading.current_thread() is threading.main_thread():
-            def handler(signum: int, frame: Any) -> None:
-                raise KeyboardInterrupt
-            self.old = signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: Any) -> None:
-        import signal
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
-
-
-def _common(a: Any) -> tuple[dict[str, str], int | None]:
-    return parse_python_overrides(getattr(a, "python", None)), getattr(a, "threads", None)
-
-
-def _opt(flag: str, v: Any) -> list[str]:
-    return [] if v is None else [flag, str(v)]
-
-
-def _pythons(a: Any) -> list[str]:
-    return [x for p in (getattr(a, "python", None) or []) for x in ("--python", p)]
-
-
-def cmd_train(a: Any) -> int:
-    overrides, threads = _common(a)
-    # BLAS and OpenMP pools are sized when NumPy is imported: a process whose environment
-    # does not pin them to --threads re-runs itself with them pinned (as a worker is)
-    pinned = not threads or os.environ.get("OPENBLAS_NUM_THREADS") == str(threads)
-    get_preset(a.preset), a.optimizer_from and get_preset(a.optimizer_from)  # bad input fails here,
-    registry.get_spec(a.backend)                                            # before any re-run
-    if a.steps is None and a.target_loss is None and a.minutes is None:
-        raise UsageError("say when to stop: --steps N, --target-loss X or --minutes M")
-    if (Path(a.out) / "log.jsonl").exists():
-        raise UsageError(f"{a.out} already holds a training run (log.jsonl); choose another --out")
-    if not runs_here(a.backend) or a.backend in overrides or not (pinned or os.environ.get(_CHILD)):
-        argv = ["train", "--backend", a.backend, "--preset", a.preset, "--corpus", a.corpus,
-                "--out", a.out, *_opt("--steps", a.steps), *_opt("--target-loss", a.target_loss),
-                *_opt("--minutes", a.minutes), *_opt("--optimizer-from", a.optimizer_from), "--eval-every", str(a.eval_every), "--seed",
-                str(a.seed), "--val-chars", str(a.val_chars), *_opt("--threads", threads),
-                *(["--no-progress"] if a.no_progress else [])]
-        return rerun_elsewhere(a.backend, argv, threads, overrides)
-    preset = get_preset(a.preset)
-    if a.optimizer_from:  # e.g. char-rnn sizes with the tutorial's Adam
-        preset = replace(preset, train=get_preset(a.optimizer_from).train)
-    corpus = prepare(a.corpus)
-    with terminate_as_interrupt():
-        doc = train(a.backend, preset, corpus, Path(a.out), steps=a.steps, target_loss=a.target_loss,
-                    minutes=a.minutes, eval_every=a.eval_every, seed=a.seed, val_chars=a.val_chars,
-                    threads=threads, progress="lines" if a.no_progress else "bar")
-    print(f"{a.backend}: {doc['steps']} steps in {doc['train_seconds']:.1f} s of training "
-          f"({doc['wall_s']:.1f} s wall); validation {doc['final_val_loss']:.4f} nats "
-          f"({doc['final_val_bpc']:.3f} bits/char); wrote {Path(a.out) / 'checkpoint.npz'}, "
-          f"log.jsonl, run.json")
-    if doc.get("sample"):
-        prime = default_prime(corpus.vocab)
-        print(f"\nsample: {len(doc['sample']) - len(prime)} characters drawn by {a.backend} from the "
-              f"checkpoint of step {doc.get('checkpoint_step')} (temperature 1, seed {a.seed}, primed "
-              f"with {prime!r}; `lstmbench sample {Path(a.out)}` draws more):")
-        print(doc["sample"])
-    elif doc.get("sample_error"):
-        print(f"\nno sample: drawing one failed ({doc['sample_error']})")
-    return 0
-
-
-def cmd_evaluate(a: Any) -> int:
-    overrides, threads = _common(a)
-    ck = load_checkpoint(a.checkpoint)  # a bad file fails here, in any environment
-    if not runs_here(a.backend) or a.backend in overrides:
-        argv = ["evaluate", a.checkpoint, "--backend", a.backend, *_opt("--corpus", a.corpus),
-                *_opt("--json", a.json), "--val-chars", str(a.val_chars), *_opt("--threads", threads)]
-        return rerun_elsewhere(a.backend, argv, threads, overrides)
-    name = a.corpus or ck.info.get("corpus", {}).get("name")
-    if not name:
-        raise UsageError("the checkpoint names no corpus; give --corpus")
-    corpus = prepare(name)
-    unknown = sorted(set(corpus.vocab) - set(ck.vocab))
-    if unknown:
-        raise CheckpointError(f"corpus {name!r} has characters the checkpoint's vocabulary lacks "
-                              f"({''.join(unknown[:10])!r}); evaluate on the corpus it was trained on")
-    # encode with the checkpoint's vocabulary; the split is by position, as in training
-    ids = encode(corpus.vocab, ck.vocab)[corpus.ids]  # corpus id -> checkpoint id
-    val = ids[corpus.n_train:]
-    val = val[:a.val_chars] if a.val_chars > 0 else val
-    be = make_backend(a.backend, ck.model, ck.train, ck.params, seed=0, threads=threads)
-    loss = evaluate_loss(be, ck.model, val, ck.batch_size, ck.seq_len)
-    doc = {"checkpoint": str(Path(a.checkpoint).resolve()), "backend": a.backend, "corpus": name,
-           "corpus_sha256": corpus.sha256, "val_chars": int(val.size), "val_loss": loss,
-           "val_bpc": bits(loss), "step": ck.info.get("step"), "trained_on": ck.info.get("backend")}
-    if corpus.sha256 != ck.info.get("corpus", {}).get("sha256"):
-        print(f"note: corpus {name!r} is not the text the checkpoint was trained on", file=sys.stderr)
-    print(f"validation loss {loss:.6f} nats/char, {bits(loss):.6f} bits/char ({a.backend}, "
-          f"{name}, {val.size:,} characters, checkpoint step {ck.info.get('step')} "
-          f"trained on {ck.info.get('backend')})")
-    if a.json:
-        from impls.case import write_new
-        data = json.dumps(doc, indent=1).encode()
-        write_new(a.json, lambda f: f.write(data))
-    return 0
-
-
-def cmd_sample(a: Any) -> int:
-    overrides, threads = _common(a)
-    ck = load_checkpoint(a.checkpoint)
-    if a.n <= 0 or a.temperature < 0 or a.top_k < 0:
-        raise UsageError("-n must be positive, --temperature and --top-k at least 0")
-    if not runs_here(a.backend) or a.backend in overrides:
-        argv = ["sample", a.checkpoint, "--backend", a.backend, *_opt("--prime", a.prime),
-                "--temperature", str(a.temperature), "--top-k", str(a.top_k), "-n", str(a.n),
-                "--seed", str(a.seed), *_opt("--threads", threads)]
-        return rerun_elsewhere(a.backend, argv, threads, overrides)
-    prime = a.prime if a.prime is not None else default_prime(ck.vocab)
-    try:
-        encode(prime, ck.vocab)
-    except DataError as e:
-        raise UsageError(f"--prime: {e}") from None
-    be = make_backend(a.backend, ck.model, ck.train, ck.params, seed=0, threads=threads)
-    print(sample_text(be, ck.vocab, prime, a.n, a.temperature, a.top_k, a.seed))
-    return 0
-
-
-def add_parsers(sub: Any) -> None:
-    """data, train, evaluate, sample: called by harness.cli.build_parser."""
-    from .corpus import add_parser as add_data
-    add_data(sub)
-    default_threads = os.cpu_count() or 1
-
-    def common(p: Any) -> None:
-        p.add_argument("--threads", type=int, default=default_threads,
-                       help=f"threads for the framework (default {default_threads})")
-        p.add_argument("--python", action="append", metavar="BACKEND=INTERPRETER",
-                       help="run BACKEND with this interpreter")
-
-    p = sub.add_parser("train", help="train one backend on a corpus; checkpoint, log, sample")
-    p.add_argument("--backend", required=True)
-    p.add_argument("--preset", default="char-rnn", help="sizes and optimiser (default char-rnn)")
-    p.add_argument("--corpus", required=True, help="shakespeare | python-stdlib | PATH")
-    p.add_argument("--out", required=True, help="folder for checkpoint.npz, log.jsonl, run.json")
-    p.add_argument("--optimizer-from", metavar="PRESET",
-                   help="use this preset's optimiser and clip instead of --preset's")
-    p.add_argument("--steps", type=int, help="stop after N optimiser steps")
-    p.add_argument("--target-loss", type=float, help="stop when validation loss <= X nats")
-    p.add_argument("--minutes", type=float, help="stop after M minutes")
-    p.add_argument("--eval-every", type=int, default=100, help="validation every K steps (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="initial parameters, dropout, sample (default 0)")
-    p.add_argument("--val-chars", type=int, default=VAL_CHARS,
-                   help=f"validation characters evaluated (default {VAL_CHARS:,}; 0: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per evaluation")
-    common(p)
-    p.set_defaults(fn=cmd_train)
-
-    p = sub.add_parser("evaluate", help="validation loss of a checkpoint on a backend")
-    p.add_argument("checkpoint")
-    p.add_argument("--backend", default="numpy-f32", help="default numpy-f32")
-    p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
-    p.add_argument("--json", help="also write the result here (must not exist)")
-    p.add_argument("--val-chars", type=int, default=VAL_CHARS,
-                   help=f"validation characters (default {VAL_CHARS:,}, as train; 0: all)")
-    common(p)
-    p.set_defaults(fn=cmd_evaluate)
-
-    p = sub.add_parser("sample", help="generate text from a checkpoint on a backend")
-    p.add_argument("checkpoint")
-    p.add_argument("--backend", default="numpy-f32", help="default numpy-f32")
-    p.add_argument("--prime", help="text to start from (default a newline)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k largest logits (0: all)")
-    p.add_argument("-n", type=int, default=500, help="characters to generate (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the uniforms (default 0)")
-    common(p)
-    p.set_defaults(fn=cmd_sample)

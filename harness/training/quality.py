@@ -26,7 +26,7 @@ slower than on an idle machine); `estimate_s_to_target` = steps to target x the 
 time, which a few slow steps do not move. Steps to target are unaffected by any of it.
 
 Durability: each finished backend is appended (flushed and fsynced) to a journal beside the
-target file (harness.journal), so a finished backend survives any interruption, even SIGKILL
+target file (harness.engine.journal), so a finished backend survives any interruption, even SIGKILL
 of this process; `run --resume JOURNAL` trains only the missing ones. The results are JSON
 (`schema` lstmbench.quality), written atomically from the journal at the end and never over
 an existing file; the journal is removed once they are."""
@@ -48,16 +48,21 @@ from typing import Any, Callable
 import numpy as np
 
 from impls import registry
+from impls.config import get_preset
 
+from ..engine.envs import child_vars, harness_command, interpreter_for, worker_env
+from ..engine.host import default_jobs, git_info, lane_cpus, machine_info
+from ..engine.journal import Journal, claim, finalize, resume_journal, target_of
+from ..engine.lanes import Children, Slot, Stopped, run_lanes
+from ..engine.signals import interruptible
+from ..engine.workers import killpg
+from ..errors import UsageError
+from ..results.schema import QUALITY_SCHEMA as SCHEMA, QUALITY_VERSIONS
+from ..results.store import check_writable, default_path
 from .corpus import prepare
-from ..engine.envs import (UsageError, child_vars, harness_command, interpreter_for, parse_python_overrides,
-                   worker_env)
-from ..engine.journal import Journal, claim, finalize, journal_path
-from ..engine.workers import default_jobs, usable_cpus
-from ..engine.signals import interruptible, on_second_signal
+from .loop import _CHILD
 
-SCHEMA = "lstmbench.quality"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = QUALITY_VERSIONS[-1]
 REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
 
 
@@ -65,7 +70,7 @@ REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/
 class QualityConfig:
     name: str  # matrix name, in the results file's name
     preset: str  # sizes and optimiser (impls.config)
-    corpus: str  # harness.data corpus
+    corpus: str  # harness.training.corpus corpus
     steps: int  # step budget per backend
     eval_every: int  # validation every K steps (the resolution of steps-to-target)
     target_loss: float  # validation loss (nats/char) to reach
@@ -141,31 +146,12 @@ def summarize_run(run: dict[str, Any], target: float) -> dict[str, Any]:
     return out
 
 
-def lane_cpus(lane: int, threads: int | None, jobs: int,
-              available: list[int] | None = None) -> list[int] | None:
-    """The CPUs lane `lane` (1..jobs) owns: `threads` of them, each lane its own, where the lanes
-    fit the CPUs this process may use; None (no pinning) where they do not, or threads is unset.
-
-    Why pin at all: a backend that limits its thread pool through the affinity mask (jax,
-    flax, keras-jax: XLA sizes its pool from the mask, impls/jax_impl.py) takes the FIRST
-    `threads` CPUs of the mask it inherits, so two such backends in two lanes both landed on
-    CPU 0 and left CPU 1 idle (measured: 50% idle during the first lane run, each child at
-    half a core). Giving each lane its own CPUs makes every backend's choice the lane's."""
-    if not threads:
-        return None
-    available = usable_cpus() if available is None else available
-    if available is None or jobs * threads > len(available) or not 1 <= lane <= jobs:
-        return None
-    return available[(lane - 1) * threads: lane * threads]
-
-
 def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
              overrides: dict[str, str], log: Callable[[str], None],
              children: Children | None = None, cpus: list[int] | None = None) -> dict[str, Any]:
     """One backend's training in its own process (group), pinned to `cpus` where given (its
     lane's, lane_cpus); its summary, or a failure record. The process is registered in
     `children` while it runs, so an interruption can stop it."""
-    from .loop import _CHILD
     registry.get_spec(backend)  # an unknown name fails here, before any process starts
     try:
         python = interpreter_for(backend, overrides)
@@ -196,7 +182,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
 
     def kill() -> None:
         timed_out.set()
-        _killpg(proc, signal.SIGKILL)
+        killpg(proc, signal.SIGKILL)
 
     timer = threading.Timer(cfg.timeout_s, kill)
     timer.daemon = True
@@ -211,7 +197,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
                 tail.append(line)
         code = proc.wait()
     except KeyboardInterrupt:  # only where called in the main thread (lanes run in threads)
-        _killpg(proc, signal.SIGTERM)  # the child saves its checkpoint and log
+        killpg(proc, signal.SIGTERM)  # the child saves its checkpoint and log
         proc.wait()
         raise
     finally:
@@ -231,55 +217,9 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
     return res
 
 
-def _trainable(backend: str) -> str | None:
+def _cannot_train(backend: str) -> str | None:
     """Why `backend` cannot train, where the registry says so."""
     return registry.unsupported(backend, mode="train")
-
-
-class Children:
-    """The lanes' live training processes (each the leader of its own process group), so that
-    an interruption can stop every one of them, and so that no lane starts one after it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self.closed = False
-
-    def add(self, proc: subprocess.Popen) -> bool:
-        """Register a started child; False (and the child killed) once the run is stopping."""
-        with self._lock:
-            if not self.closed:
-                self._procs.append(proc)
-                return True
-        _killpg(proc, signal.SIGKILL)
-        return False
-
-    def discard(self, proc: subprocess.Popen) -> None:
-        with self._lock:
-            if proc in self._procs:
-                self._procs.remove(proc)
-
-    def close(self) -> None:
-        """No new child from now on."""
-        with self._lock:
-            self.closed = True
-
-    def signal(self, sig: int) -> None:
-        """`sig` to every live child's whole group (a child that re-ran itself in its
-        backend's interpreter has a grandchild there)."""
-        with self._lock:
-            procs = list(self._procs)
-        for proc in procs:
-            _killpg(proc, sig)
-
-
-def _killpg(proc: subprocess.Popen, sig: int) -> None:
-    if proc.returncode is not None:  # reaped: its group id may belong to someone else now
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except OSError:
-        pass
 
 
 def schedule_order(backends: list[str]) -> list[str]:
@@ -289,75 +229,23 @@ def schedule_order(backends: list[str]) -> list[str]:
     return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
 
 
-def run_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
-              record: Callable[[str, dict[str, Any]], None], *, children: Children,
-              clock: Callable[[], float] = time.monotonic, grace_s: float = 5.0) -> None:
-    """Train `backends` in `jobs` lanes pulling from one queue (in the order given); each
-    finished backend goes to `record` (one at a time, in the lane's thread, so it is on disk
-    however the main thread ends). Its result gets `lane` (1..jobs), `start_s`/`end_s`
-    (monotonic seconds since the lanes started) and `concurrent_with` (the backends that
-    trained at any moment of its run, from the scheduler's own bookkeeping, not from timing).
+def train_in_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
+                   record: Callable[[str, dict[str, Any]], None], *, children: Children,
+                   clock: Callable[[], float] = time.monotonic, grace_s: float = 5.0) -> None:
+    """Train `backends` in `jobs` lanes pulling from one queue (harness.engine.lanes, in the
+    order given); each finished backend goes to `record` at once, its result with `lane`
+    (1..jobs), `start_s`/`end_s` (monotonic seconds since the lanes started) and
+    `concurrent_with` (the backends that trained at any moment of its run). A trainer that
+    raises is that backend's error record; an interruption stops every lane's child."""
+    def with_slot(b: str, res: dict[str, Any], slot: Slot) -> None:
+        res.update(lane=slot.lane, start_s=slot.start_s, end_s=slot.end_s, concurrent_with=slot.beside)
+        record(b, res)
 
-    The lanes are threads; the work is in the children `train_one` starts (registered in
-    `children`). An exception in the main thread (Ctrl-C, SIGTERM via harness.signals) closes
-    the queue, sends SIGTERM to every child's process group and SIGKILL to those still there
-    after `grace_s`, waits for the lanes and propagates. A backend whose training was cut
-    short that way is not recorded; one that finished is."""
-    queue = deque(backends)
-    lock = threading.Lock()  # the queue, the bookkeeping and `record`
-    running: dict[str, set[str]] = {}  # backend -> every backend seen training beside it
-    failures: list[BaseException] = []
-    t0 = clock()
+    def failed(b: str, e: Exception) -> dict[str, Any]:  # one backend's harness failure, not the run's
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
 
-    def lane(n: int) -> None:
-        while True:
-            with lock:
-                if children.closed or not queue or failures:
-                    return
-                b = queue.popleft()
-                for other in running:
-                    running[other].add(b)
-                running[b] = set(running)
-                start = clock() - t0
-            try:
-                res = train_one(b, n)
-            except Exception as e:  # noqa: BLE001 - one backend's harness failure, not the run's
-                res = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
-            with lock:
-                end = clock() - t0
-                beside = running.pop(b)
-                if children.closed and res.get("status") != "ok":
-                    return  # stopped by the interruption: not a finished backend
-                res.update(lane=n, start_s=round(start, 3), end_s=round(end, 3),
-                           concurrent_with=sorted(beside))
-                try:
-                    record(b, res)
-                except BaseException as e:  # noqa: BLE001 - e.g. the journal's disk is full
-                    failures.append(e)
-                    return
-
-    threads = [threading.Thread(target=lane, args=(n,), name=f"quality lane {n}", daemon=True)
-               for n in range(1, min(jobs, len(backends)) + 1)]
-    on_second_signal(lambda: children.signal(signal.SIGKILL))  # a second Ctrl-C: no grace
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.2)  # short joins: the main thread stays responsive to signals
-            if failures:
-                raise failures[0]
-    except BaseException:
-        children.close()
-        children.signal(signal.SIGTERM)  # the child keeps its log and checkpoint, then exits
-        deadline = clock() + grace_s
-        for t in threads:
-            t.join(max(0.0, deadline - clock()))
-        if any(t.is_alive() for t in threads):
-            children.signal(signal.SIGKILL)
-            for t in threads:
-                t.join(10.0)
-        raise
+    run_lanes(backends, jobs, train_one, with_slot, failed, children=children, name="quality lane",
+              clock=clock, grace_s=grace_s)
 
 
 def noise_statement(threads: int | None, jobs: int, cores: int) -> str:
@@ -386,10 +274,7 @@ def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[
     """(journal, target, header, finished results by backend, sessions by index) of an
     interrupted quality run; UsageError (one line) where `path` is neither such a journal nor
     its target file."""
-    journal_file = path if str(path).endswith(".journal.jsonl") else journal_path(path)
-    if not journal_file.is_file():
-        raise UsageError(f"--resume {path}: no journal at {journal_file}; give the journal "
-                         "(*.journal.jsonl) an interrupted run left, or its target file")
+    journal_file = resume_journal(path)
     header, records = Journal.read(journal_file, _is_backend_record)
     if header.get("schema") != SCHEMA:
         raise UsageError(f"--resume {path}: {journal_file} is not a quality run's journal "
@@ -405,7 +290,7 @@ def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[
         done[rec["backend"]] = rec["result"]
         if isinstance(rec.get("session"), dict):
             sessions[int(rec["session"].get("index", 0))] = rec["session"]
-    target = Path(header.get("target") or str(journal_file)[: -len(".journal.jsonl")])
+    target = Path(header.get("target") or target_of(journal_file))
     return journal_file, target, header, done, sessions
 
 
@@ -415,8 +300,6 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                 log: Callable[[str], None] = print) -> Path:
     """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
     then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path."""
-    from impls.config import get_preset
-    from ..results.schema import check_writable
     overrides = overrides or {}
     done: dict[str, dict[str, Any]] = {}
     sessions: dict[int, dict[str, Any]] = {}
@@ -438,7 +321,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
         doc = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            **_machine(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
+            "machine": machine_info(), "git": git_info(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
             "threads": threads, "jobs": jobs, "cores": cores, "python": sys.version.split()[0],
             "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
             "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
@@ -447,7 +330,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                       "vocab_size": corpus.vocab_size},
             "reference": REFERENCE, "requested_backends": list(backends),
             "noise": noise_statement(threads, jobs, cores), "interrupted": False}
-        target, journal_file = claim(_results_path(out_dir, doc))  # a name of its own (journal.claim)
+        target, journal_file = claim(default_path(out_dir, doc))  # a name of its own (journal.claim)
         Journal(journal_file).write_header({**doc, "target": str(target)})
     elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
         raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "
@@ -476,7 +359,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
         say(_line(b, res) + lane)
 
     todo = [b for b in backends if b not in done]
-    trainable = [b for b in schedule_order(todo) if not _trainable(b)]
+    trainable = [b for b in schedule_order(todo) if not _cannot_train(b)]
     lanes_used = min(jobs, len(trainable))
     if resume is not None:
         say(f"resuming {journal_file}: {len(done)} of {len(backends)} backends already finished "
@@ -493,7 +376,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
     try:
         with interruptible():
             for b in todo:
-                why = _trainable(b)
+                why = _cannot_train(b)
                 if why:
                     record(b, {"status": "unsupported", "error": why, "lane": None})
             with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
@@ -505,10 +388,12 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                         + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
                     res = _run_one(b, cfg, Path(tmp) / b, threads, overrides, say,
                                    children=children, cpus=cpus)
+                    if children.closed and res.get("status") != "ok":
+                        raise Stopped  # cut short by the interruption: not a finished backend
                     res["cpus"] = cpus
                     return res
 
-                run_lanes(trainable, jobs, train_one, record, children=children)
+                train_in_lanes(trainable, jobs, train_one, record, children=children)
     except KeyboardInterrupt as e:
         interrupted = e
     wall = time.perf_counter() - t0
@@ -579,91 +464,3 @@ def table(doc: dict[str, Any]) -> str:
                         + ("inside that band" if d["outside_band_by"] == 0 else
                            f"outside it by {d['outside_band_by']:.4f}"))
     return "\n".join(rows)
-
-
-def _machine() -> dict[str, Any]:
-    try:
-        from ..results.schema import git_info, machine_info
-        return {"machine": machine_info(), "git": git_info()}
-    except Exception:  # noqa: BLE001 - machine facts are a nicety; a results file still gets written
-        import platform
-        return {"machine": {"slug": platform.node() or "unknown"}, "git": {}}
-
-
-def _results_path(out_dir: Path, doc: dict[str, Any]) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    slug = doc["machine"].get("slug", "unknown")
-    return out_dir / slug / f"{stamp}-{doc['matrix']['name']}-cpu.json"
-
-
-def parse_jobs(text: str | None) -> int | None:
-    """--jobs: an integer >= 1 (None: not given); one-line UsageError otherwise."""
-    if text is None:
-        return None
-    try:
-        n = int(str(text).strip())
-    except ValueError:
-        raise UsageError(f"--jobs must be an integer >= 1, got {text!r}") from None
-    if n < 1:
-        raise UsageError(f"--jobs must be an integer >= 1, got {n}")
-    return n
-
-
-def is_quality_journal(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` (a journal, or the target it is beside) belongs to a quality run, so
-    that `run --resume` without --matrix reaches the right engine."""
-    p = Path(path)
-    j = p if str(p).endswith(".journal.jsonl") else journal_path(p)
-    try:
-        with open(j, "rb") as f:
-            first = f.readline()
-        return json.loads(first).get("schema") == SCHEMA
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _names(text: str) -> list[str]:
-    """--backends: known names, each once (a repeat would train and record it twice)."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    for n in names:
-        registry.get_spec(n)
-    return names
-
-
-def cmd_quality(a: Any) -> int:
-    """`lstmbench run --matrix quality|quality-adam|quality-tiny [--backends ...] [--threads N]
-    [--jobs N] [--out DIR]`, or `run [--matrix M] --resume JOURNAL` to finish an interrupted one."""
-    jobs = parse_jobs(getattr(a, "jobs", None))
-    if getattr(a, "device", "cpu") != "cpu" or getattr(a, "precision", "float32") != "float32":
-        raise UsageError("the quality matrix runs on the CPU in float32 only; drop --device/--precision")
-    resume = Path(a.resume) if getattr(a, "resume", None) else None
-    if resume is not None:  # the interrupted run's settings, from its journal's header
-        _, _, header, _, _ = load_resume(resume)
-        name, backends, threads = header["matrix"]["name"], list(header["requested_backends"]), header.get("threads")
-        if a.matrix is not None and a.matrix != name:
-            raise UsageError(f"--resume: the journal's matrix is {name!r}, not {a.matrix!r}; "
-                             "leave --matrix out to continue it")
-        if a.backends and _names(a.backends) != backends:
-            raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
-                             "leave --backends out to continue it")
-        if a.threads is not None and a.threads != threads:
-            raise UsageError(f"--resume: the journal's run trained with --threads {threads}; "
-                             "leave --threads out to continue it")
-        cfg = QualityConfig(**header["matrix"])
-    else:
-        if a.matrix not in MATRICES:
-            raise UsageError(f"unknown quality matrix {a.matrix!r}; choose from {', '.join(MATRICES)}")
-        cfg = MATRICES[a.matrix]
-        # one thread per backend by default: the lanes then fill the cores one each, and a
-        # framework's thread pool does not spin against a neighbour's (docs/quality.md)
-        threads = a.threads if a.threads is not None else 1
-        if a.backends:
-            backends = _names(a.backends)
-        else:
-            backends = [b for b in registry.BACKENDS if b != "numpy"]  # the float64 oracle is slow
-        if not backends:
-            raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
-    run_quality(cfg, backends, Path(a.out), threads=threads, jobs=jobs,
-                overrides=parse_python_overrides(getattr(a, "python", None)),
-                command=["lstmbench", *sys.argv[1:]], resume=resume)
-    return 0
