@@ -46,11 +46,11 @@ def counts(cells: list[dict[str, Any]]) -> str:
 
 def ratios(doc: dict[str, Any]) -> dict[tuple[str, str], float]:
     """Each workload's ratios to the fastest backend, recomputed from the recorded rounds by
-    the current code (harness.stats, harness.run.workload_ratios), so that runs recorded by
+    the current code (harness.engine.stats, harness.engine.assemble.workload_ratios), so that runs recorded by
     an earlier version of the estimator are judged the same way; a new run's stored
     `workloads[].ratios` are the same numbers."""
-    from harness import stats
-    from harness.run import workload_ratios
+    from harness.engine import stats
+    from harness.engine.assemble import workload_ratios
     out: dict[tuple[str, str], float] = {}
     for w in doc["workloads"]:
         cells = {}

@@ -9,7 +9,7 @@ harness's `lstmbench run`, and the run's settings recorded in the pytest-benchma
     LSTMBENCH_THREADS    threads for every framework alike (default: the cores)
 
 Unlike `lstmbench run`, the cells run in this one process, so a crash ends the session and
-chainer (its own environment) is skipped; the timing method is harness.bench's all the same.
+chainer (its own environment) is skipped; the timing method is harness.engine.bench's all the same.
 Backends whose framework must be imported with their own environment variables (keras-jax,
 keras-torch: KERAS_BACKEND) are timed in a worker process of their own (test_cells.py), and
 cells a backend's registry entry cannot run (no train mode) are skipped with that reason.
@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 # Pin the BLAS/OpenMP pools before NumPy or a framework is imported, as the harness's
-# workers do (harness.envs.worker_env); a variable the user set wins.
+# workers do (harness.engine.envs.worker_env); a variable the user set wins.
 THREADS = int(os.environ.get("LSTMBENCH_THREADS") or os.cpu_count() or 1)
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))
@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from impls import registry  # noqa: E402 - after the thread pins above
 
-from harness.bench import Cell  # noqa: E402
-from harness.matrix import Matrix, load_matrix  # noqa: E402
-from harness.results import machine_info as lstmbench_machine  # noqa: E402
+from harness.engine.bench import Cell  # noqa: E402
+from harness.engine.matrix import Matrix, load_matrix  # noqa: E402
+from harness.engine.host import machine_info as lstmbench_machine  # noqa: E402
 
 MATRIX_NAME = os.environ.get("LSTMBENCH_MATRIX") or "smoke"
 DEVICE = os.environ.get("LSTMBENCH_DEVICE") or "cpu"

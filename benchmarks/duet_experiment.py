@@ -1,4 +1,4 @@
-"""What the in-run comparison (harness.duet) makes of real runs with two variants: the table of
+"""What the in-run comparison (harness.engine.duet) makes of real runs with two variants: the table of
 docs/measurement.md, "Duet measurement", recomputed from results files.
 
     python benchmarks/duet_experiment.py RESULTS.json [...] [--truth 1.2] [--threshold 10%]
@@ -6,7 +6,7 @@ docs/measurement.md, "Duet measurement", recomputed from results files.
 Per file (one `run --variant a --variant b...` each): its processes per variant, threads and
 noise; over its cells, the marks of b against a, the median and worst |log ratio - log truth|,
 and what the between-process terms came to: the raw scatter of the per-process centres (their
-SD over processes, median over cells), the pooled tau and kappa (harness.duet.Pool), for both
+SD over processes, median over cells), the pooled tau and kappa (harness.engine.duet.Pool), for both
 candidate centres (the median of the paired per-round log ratios, and the ratio of the two
 minima). `--truth` is the known ratio b/a (1 for identical variants; the injected
 LSTMBENCH_INJECT_SLOWDOWN otherwise); the default reads it from variant b's environment."""
@@ -22,9 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import duet  # noqa: E402
-from harness.inrun import compare_doc  # noqa: E402
+from harness.commands.ab import compare_cells  # noqa: E402
+from harness.engine import duet  # noqa: E402
 from harness.results import load_results  # noqa: E402
+from harness.results.model import read_run  # noqa: E402
 
 
 def truth_of(doc: dict, new: str) -> float:
@@ -59,7 +60,7 @@ def summary(path: str, truth: float | None, threshold: float) -> list[str]:
              f"{noise.get('foreign_cores_max') or 0:.2f} cores, cells' median round {rs.get('median', 0):.2f}x fastest, "
              f"wall {doc.get('wall_s')} s"]
     for centre in ("median", "min"):
-        es = compare_doc(doc, base, new, threshold, centre=centre)
+        es = compare_cells(read_run(path)[1], base, new, threshold, centre=centre)
         marks = {m: sum(e["mark"] == m for e in es) for m in ("faster", "slower", "unchanged", "inconclusive", "failed")}
         err = [abs(math.log(e["ratio"] / t)) for e in es if e["ratio"]]
         cover = sum(1 for e in es if e["ratio"] and e["ci"][0] <= t <= e["ci"][1])

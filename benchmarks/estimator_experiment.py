@@ -1,6 +1,6 @@
 """Which per-cell estimator to publish: an experiment, kept runnable (docs/measurement.md).
 
-Measures a few cells with `lstmbench run`'s own interleaved engine (harness.run: fresh workers
+Measures a few cells with `lstmbench run`'s own interleaved engine (harness.engine.runner: fresh workers
 per repeat, rounds in random order with the GEMM noise probe), `--repeats` times; with
 `--neighbour`, every other repeat runs beside a CPU-burning process (the contention that
 collapsed torch's OpenMP threads 1000x in issue 8). For each candidate estimator it reports,
@@ -29,10 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import stats  # noqa: E402
-from harness.matrix import SMOKE_SIZES, Matrix  # noqa: E402
-from harness.run import (PROBE, ProbeState, Schedule, WorkerParticipant, Workers,  # noqa: E402
-                         group_workloads, launcher, measure_workload)
+from harness.engine import stats  # noqa: E402
+from harness.engine.matrix import SMOKE_SIZES, Matrix  # noqa: E402
+from harness.engine.assemble import group_workloads  # noqa: E402
+from harness.engine.participants import KINDS, PROBE  # noqa: E402
+from harness.engine.scheduler import ProbeState, Schedule, measure_workload  # noqa: E402
+from harness.engine.workers import Launcher, WorkerParticipant, Workers  # noqa: E402
 
 CLEAN_FACTORS = (1.2, 1.5, 2.0, 3.0)
 
@@ -52,8 +54,8 @@ def candidates(samples: list[dict[str, Any]], best_probe: float | None) -> dict[
 
 def one_repeat(matrix: Matrix, backends: list[str], rounds: int, threads: int, seed: int) -> list[dict[str, Any]]:
     """Every workload of the matrix, interleaved, in fresh workers; per workload the raw data."""
-    workers = Workers(launcher({}, threads))
-    probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300))
+    workers = Workers(Launcher({}, threads))
+    probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300, kind=KINDS["probe"]))
     try:
         probe.participant.prepare()  # type: ignore[union-attr]
         for _ in range(10):

@@ -1,6 +1,6 @@
 """Every cell of the chosen matrix as a pytest-benchmark test, timed through
 `benchmark.pedantic` so that --benchmark-json, --benchmark-compare, --benchmark-histogram and
-`pytest-benchmark compare` work on lstmbench cells. The cell is built with harness.bench.prepare
+`pytest-benchmark compare` work on lstmbench cells. The cell is built with harness.engine.bench.prepare
 (as `lstmbench run` does); the first step (tracing, compiling) is timed apart and recorded in
 extra_info; each timed call is one step followed by the backend's sync(), so device work is
 inside the measurement.
@@ -8,7 +8,7 @@ inside the measurement.
 A cell its backend's registry entry says it cannot run (onnxruntime and tensorflow-genloop
 have no train mode) is skipped with that reason. A backend that needs its environment set
 before its framework is imported (keras-jax, keras-torch: KERAS_BACKEND) is timed in a worker
-process of its own, as `lstmbench run` does (harness.worker's "cell" op), and the worker's
+process of its own, as `lstmbench run` does (harness.engine.worker's "cell" op), and the worker's
 rounds are handed to pytest-benchmark through a timer that replays them (WorkerRounds).
 
     pytest benchmarks/ --benchmark-json out.json
@@ -26,8 +26,7 @@ from impls import registry
 from impls.config import flops_per_char
 
 from conftest import DEVICE, MATRIX_NAME, THREADS, cells, matrix
-from harness.bench import Cell, calibrate, first_step, prepare
-from harness.worker import configure_backend
+from harness.engine.bench import Cell, calibrate, configure_backend, first_step, prepare
 
 CELLS = cells()
 MATRIX = matrix()
@@ -57,11 +56,11 @@ class WorkerRounds:
 
 
 def _in_worker(benchmark: Any, cell: Cell) -> None:
-    """Time `cell` in a worker process with its backend's environment (harness.pool.Worker,
-    op "cell": prepare, first step, warm-up, rounds, as harness.bench.measure_cell does) and
+    """Time `cell` in a worker process with its backend's environment (harness.engine.workers.Worker,
+    op "cell": prepare, first step, warm-up, rounds, as harness.engine.bench.measure_cell does) and
     record its rounds in `benchmark`."""
-    from harness.envs import interpreter_for
-    from harness.pool import Worker, WorkerFailed
+    from harness.engine.envs import interpreter_for
+    from harness.engine.workers import Worker, WorkerFailed
     if not hasattr(benchmark, "_timer"):  # a pytest-benchmark without the fixture's timer
         pytest.skip(f"backend {cell.backend} must run in a worker process "
                     f"({registry.env_mismatch(cell.backend)}), and this pytest-benchmark offers no "

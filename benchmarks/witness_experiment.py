@@ -34,14 +34,14 @@ VICTIMS = ("numpy-f32", "torch", "torch-cell", "tensorflow", "jax", "flax")
 
 
 def _host(step: Callable[[], Any]) -> Any:
-    from harness.bench import HostSync, Prepared
+    from harness.engine.bench import HostSync, Prepared
     return Prepared(HostSync(), step)
 
 
 def candidates() -> dict[str, Any]:
-    """The fixed probes, each a harness.bench.Prepared."""
+    """The fixed probes, each a harness.engine.bench.Prepared."""
     import numpy as np
-    from harness.bench import gemm_prepared
+    from harness.engine.bench import gemm_prepared
     rng = np.random.default_rng(0)
     B, H, T = 8, 32, 16
     x = rng.standard_normal((T, B, H)).astype(np.float32)
@@ -77,9 +77,9 @@ def candidates() -> dict[str, Any]:
 
 
 def victims() -> dict[str, Any]:
-    from harness.bench import prepare
-    from harness.matrix import load_matrix
-    from harness.worker import configure_backend
+    from harness.engine.bench import prepare
+    from harness.engine.matrix import load_matrix
+    from harness.engine.bench import configure_backend
     from impls import registry
     out = {}
     for c in load_matrix("smoke").cells(list(VICTIMS), "cpu", "float32"):
@@ -95,7 +95,7 @@ def victims() -> dict[str, Any]:
 
 def measure(seconds: float, round_time: float, seed: int) -> dict[str, Any]:
     import numpy as np
-    from harness.bench import inner_for, time_round
+    from harness.engine.bench import inner_for, time_round
     parts = {**candidates(), **victims()}
     inner = {k: inner_for(p, round_time, 0.2) for k, p in parts.items()}
     names, rows, rng = list(parts), [], np.random.default_rng(seed)

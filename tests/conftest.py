@@ -9,7 +9,7 @@ import pytest
 
 from impls import registry
 from impls.case import Case, make_case, run_case
-from harness.cases import CROSS_CASES, CrossCase
+from harness.commands.check_cases import CROSS_CASES, CrossCase
 
 
 _AFFINITY = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

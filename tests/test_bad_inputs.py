@@ -453,12 +453,12 @@ def test_bounds_are_the_documented_figures() -> None:
 def test_check_table_shows_nan_and_nothing_compared() -> None:
     """check's table: a NaN error is the worst (max() would hide it), and a quantity no case
     compared reads "none", never "ok"."""
-    from harness.check import _worst
+    from harness.results.schema import check_worst
     rows = [{"quantity": "loss", "rel": float("nan"), "status": "FAIL"},
             {"quantity": "loss", "rel": 1e-7, "status": "ok"}]
-    worst, status = _worst({"cases": {"a": rows}}, "loss")
+    worst, status = check_worst({"cases": {"a": rows}}, "loss")
     assert worst != worst and status == "FAIL"
-    worst, status = _worst({"cases": {"a": rows}}, "grads")
+    worst, status = check_worst({"cases": {"a": rows}}, "grads")
     assert status == "none"
 
 
@@ -469,13 +469,13 @@ def test_check_table_shows_nan_and_nothing_compared() -> None:
 ], ids=["numpy", "torch-cpu"])
 def test_case_run_records_an_allocation_failure_as_out_of_memory(exc, base, tmp_path, monkeypatch, capsys):
     """A backend that cannot allocate (NumPy's MemoryError, torch's CPU allocator) is reported
-    as out of memory (harness.failures.classify), in one line, and nothing is written."""
-    import harness.worker
+    as out of memory (harness.engine.failures.classify), in one line, and nothing is written."""
+    import harness.engine.worker
     from harness.cli import main
 
     def fail(req: dict) -> dict:
         raise exc
-    monkeypatch.setattr(harness.worker, "op_case", fail)
+    monkeypatch.setattr(harness.engine.worker, "op_case", fail)
     shutil.copy(base / "c.npz", tmp_path / "c.npz")
     status = main(["case", "run", str(tmp_path / "c.npz"), "--backend", "numpy",
                    "--out", str(tmp_path / "x.npz")])

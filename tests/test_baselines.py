@@ -1,4 +1,4 @@
-"""The hand-written baselines (benchmarks/baselines/) and `lstmbench baselines` (harness/baselines.py).
+"""The hand-written baselines (benchmarks/baselines/) and `lstmbench baselines` (harness/commands/baselines.py).
 
 - every baseline's make_step and make_eval run at tiny sizes, in its backend's own interpreter
   and environment variables (keras under KERAS_BACKEND=jax and =torch, chainer in its NumPy < 2
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import baselines, envs
+from harness.commands import baselines
+from harness.engine import envs
 from harness.cli import main
 from impls import registry
 
@@ -30,13 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
 
-# The start of a check run in the backend's interpreter (harness.envs.bootstrap_code loads this
+# The start of a check run in the backend's interpreter (harness.engine.envs.bootstrap_code loads this
 # checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
 # its framework cannot load there.
 LOAD = r"""
 import json
 try:
-    from harness.worker import load_baseline
+    from harness.engine.participants import load_baseline
     mod = load_baseline(sys.argv[1])
 except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
@@ -196,9 +197,9 @@ def _result(seconds: list[list[float]]) -> dict:
 
 
 def test_marks_are_the_in_run_comparisons() -> None:
-    """A backend against its baseline is judged by harness.duet, as compare --variants judges two
+    """A backend against its baseline is judged by harness.engine.duet, as compare --variants judges two
     variants: the same marks, the baseline as BASE, the backend as NEW."""
-    from harness import duet
+    from harness.engine import duet
     rng = np.random.default_rng(0)
     phase = np.exp(rng.normal(0, 0.2, (3, 40)))  # the host's phases, shared round by round
     base = 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
@@ -236,7 +237,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
-    from harness.pool import usable_cpus
+    from harness.engine.host import usable_cpus
     cpus = usable_cpus()
     assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}

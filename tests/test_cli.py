@@ -95,11 +95,15 @@ def test_check_device_gpu_reaches_every_case(tmp_path, monkeypatch, capsys):
     """`check --device gpu` (where a GPU is found: forced here) asks each backend's worker to
     compute every case on the GPU, and the report records the device."""
     import json
-    import harness.check
+    from types import SimpleNamespace
+
+    import harness.commands.check
     from harness.cli import main
     asked: list[dict] = []
 
     class FakeWorker:  # answers like a worker whose framework finds no CUDA device
+        proc = SimpleNamespace(pid=0, returncode=0)  # a process already reaped: nothing to signal
+
         def __init__(self, *a, **kw) -> None:
             pass
 
@@ -110,7 +114,7 @@ def test_check_device_gpu_reaches_every_case(tmp_path, monkeypatch, capsys):
         def close(self) -> None:
             pass
     monkeypatch.setenv("LSTMBENCH_GPU", "1")
-    monkeypatch.setattr(harness.check, "Worker", FakeWorker)
+    monkeypatch.setattr(harness.commands.check, "Worker", FakeWorker)
     status = main(["check", "--backends", "torch", "--device", "gpu", "--precision", "tf32",
                    "--json", str(tmp_path / "r.json")])
     assert status == 1 and "no CUDA device" in capsys.readouterr().out
@@ -123,7 +127,7 @@ def test_check_side_by_side_gives_the_same_report(tmp_path):
     """--jobs 2 checks two backends at once, each in its own worker: the same errors, case by
     case, as one at a time, and the report keeps the order the backends were named in."""
     import json
-    from harness.pool import default_jobs
+    from harness.engine.host import default_jobs
     assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(None, cores=8) == 1
     one = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     reps = []
@@ -156,7 +160,7 @@ def test_listings(tmp_path):
 def test_backends_listing_cuts_nothing_and_names_each_precision():
     """Long versions and kernel paths are printed whole (the kernel on a line of its own), the
     columns line up however long a value is, and the float64 oracle says float64."""
-    from harness.cli import backends_text
+    from harness.commands.backends import backends_text
     from impls import registry
     kernel = "Keras torch LSTM: hoisted input projection, per-step torch ops (CPU BLAS) " + "x" * 40
     info = {n: {"available": True, "version": "1.0", "kernel": "k"} for n in registry.BACKENDS}

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import stats
-from harness.bench import Cell
-from harness.compare import run_compare
-from harness.matrix import MATRICES, SMOKE_SIZES, Matrix
-from harness.results import ResultsError, machine_info, write_results
+from harness.engine import stats
+from harness.engine.bench import Cell
+from harness.commands.compare import run_compare
+from harness.engine.matrix import MATRICES, SMOKE_SIZES, Matrix
+from harness.engine.host import machine_info
+from harness.results.schema import ResultsError
+from harness.results.store import write_results
 from impls.config import flops_per_char
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _estimate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """What harness.stats.cell_estimate stores, with a stand-in interval (compare recomputes
+    """What harness.engine.stats.cell_estimate stores, with a stand-in interval (compare recomputes
     its own; this keeps 100 synthetic runs fast)."""
     clean = [x["s"] for x in samples if x["clean"]]
     noisy = len(clean) < stats.MIN_CLEAN
@@ -66,7 +68,7 @@ def _estimate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _result(cell: Cell, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """A v2 result as harness.run stores it, consistent with its samples."""
+    """A v2 result as harness.engine.runner stores it, consistent with its samples."""
     s = np.array([x["s"] for x in samples])
     res: dict[str, Any] = {"status": "ok", "error": None, "first_step_s": float(20 * s.min()),
                            "inner": 1, "kernel": "test", "samples": samples, "samples_s": s.tolist(),
@@ -92,7 +94,7 @@ def synth_v2(backends: list[str] = ["numpy-f32", "torch"], *, matrix: Matrix = M
     rounds; `contended` is the share of rounds in which a neighbour slowed both the probe and
     the backends (2-4x); `machine_speed` < 1 is a slower machine (probe and rounds alike).
     `failed` maps a cell label to the status it failed with. `workload_probes` stores each
-    workload's probe rounds (as harness.run does); `foreign` its cores busy with other processes."""
+    workload's probe rounds (as harness.engine.runner does); `foreign` its cores busy with other processes."""
     rng = np.random.default_rng(seed)
     cells, workloads, probe_all = [], [], []
     by_w: dict[str, list[Cell]] = {}
@@ -456,7 +458,8 @@ def test_json_into_a_folder_is_refused(tmp_path):
 
 def test_folders_pass_over_other_json(tmp_path):
     """A results folder may also hold a `check --json` report: it is not read as a run."""
-    from harness.results import SCHEMA, SCHEMA_VERSION, expand_paths
+    from harness.results.schema import SCHEMA, SCHEMA_VERSION
+    from harness.results.store import expand_paths
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "cells": []}))
     (tmp_path / "check.json").write_text(json.dumps({"precision": "float32", "backends": {}}))
@@ -464,7 +467,7 @@ def test_folders_pass_over_other_json(tmp_path):
 
 
 def test_noise_floor_is_how_far_the_probe_minimum_moved():
-    from harness import significance as sig
+    from harness.engine import significance as sig
     # scattered rounds with a fast one in every block: the minimum did not move
     assert sig.noise_floor([1.0, 2, 3, 4, 1.01, 5, 6], [[1.0, 2, 3, 4], [1.01, 5, 6]]) == pytest.approx(0.01)
     # one workload whose best probe round was 10% off the run's best
@@ -489,7 +492,7 @@ def test_between_run_spread_widens_every_interval(tmp_path):
     +-15% (a machine state lasting a whole workload): no cell may be called faster or slower,
     though each cell's own bootstrap interval alone would call several; a shift every cell
     shares (the 25% copy) is not spread and stays `slower`."""
-    from harness import significance as sig
+    from harness.engine import significance as sig
     assert sig.between_run_spread([0.0] * 10) == 0.0
     assert sig.between_run_spread([0.1] * 7) is None  # too few cells to tell
     assert sig.between_run_spread([-0.1, 0.1] * 5) == pytest.approx(0.14826, rel=1e-4)
@@ -545,7 +548,7 @@ def test_a_change_the_machine_explains_is_not_marked(tmp_path):
 
 
 def test_a_run_beside_a_busy_process_is_not_judged(tmp_path):
-    """A workload during which other processes kept a core busy (harness.cpuload) is not
+    """A workload during which other processes kept a core busy (harness.engine.cpuload) is not
     judged, even 25% slower; the same run with the machine to itself is."""
     old = save(synth_v2(seed=1, foreign=0.01), tmp_path / "old.json")
     busy = save(scaled(synth_v2(seed=2, foreign=1.0), 1.25), tmp_path / "busy.json")

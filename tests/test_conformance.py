@@ -4,7 +4,7 @@
 
 - the interface: registry.create returns an impls.base.Backend (runtime Protocol check and
   every method's arity);
-- the cross-checks: every case of harness/cases.py against the float64 reference, within
+- the cross-checks: every case of harness/commands/check_cases.py against the float64 reference, within
   impls/tolerances.py's float32 row (docs/SPEC.md §8, §9), a documented native optimiser
   formula proven as the only cause of its difference;
 - load/params round trip, exact;

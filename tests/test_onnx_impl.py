@@ -14,7 +14,7 @@ from impls.case import diff_outputs, format_rows  # noqa: E402
 from impls.config import ModelConfig, TrainConfig  # noqa: E402
 from impls.params import init_params  # noqa: E402
 from tests.conftest import random_window, reference  # noqa: E402
-from harness.cases import CROSS_CASES  # noqa: E402
+from harness.commands.check_cases import CROSS_CASES  # noqa: E402
 
 EVAL_KEYS = ("logits", "h", "c", "loss", "generated")
 

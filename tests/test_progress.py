@@ -1,4 +1,4 @@
-"""What `run` tells as it goes and at its ends (harness.progress, harness.explain): the time
+"""What `run` tells as it goes and at its ends (harness.engine.progress, harness.engine.explain): the time
 left comes from the pace the run measured and adds up with the work planned; rounds are
 counted as done of planned with re-measuring rounds apart; a workload cut short counts as
 done; the NOISY rule is said once; the machine's verdict names the signal that gave it; the
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import explain, stats
-from harness.progress import RoundLines, RunProgress
+from harness.engine import explain
+from harness.engine import stats
+from harness.engine.progress import RoundLines, RunProgress
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""The quality matrix's lanes, journal and resume (harness/quality.py).
+"""The quality matrix's lanes, journal and resume (harness/training/quality.py).
 
 End to end, as a user runs it (the installed `lstmbench` entry point): `run --matrix
 quality-tiny` in two lanes on numpy-f32, torch, onnxruntime and chainer (in its own
@@ -26,9 +26,14 @@ from typing import Any
 
 import pytest
 
-from harness import quality, signals
-from harness.envs import bootstrap_code, child_vars
-from harness.envs import interpreter_for
+from harness.commands.quality import cmd_quality
+from harness.engine.host import default_jobs, lane_cpus
+from harness.engine.lanes import Children
+from harness.errors import UsageError
+from harness.training import quality
+from harness.engine import signals
+from harness.engine.envs import bootstrap_code, child_vars
+from harness.engine.envs import interpreter_for
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +241,7 @@ def test_lane_bookkeeping_is_the_schedulers_own():
         return {"status": "ok"}
 
     got: dict[str, dict[str, Any]] = {}
-    quality.run_lanes(["a", "b", "c"], 2, train_one, got.__setitem__, children=quality.Children())
+    quality.train_in_lanes(["a", "b", "c"], 2, train_one, got.__setitem__, children=Children())
     assert list(got) == ["b", "c", "a"]  # the order they finished (and were recorded) in
     assert got["a"]["lane"] != got["b"]["lane"] and got["c"]["lane"] == got["b"]["lane"]
     assert {r["lane"] for r in got.values()} == {1, 2}
@@ -252,15 +257,15 @@ def test_more_lanes_than_backends_and_a_crashing_trainer():
         return {"status": "ok"}
 
     got: dict[str, dict[str, Any]] = {}
-    quality.run_lanes(["ok", "bad"], 8, train_one, got.__setitem__, children=quality.Children())
+    quality.train_in_lanes(["ok", "bad"], 8, train_one, got.__setitem__, children=Children())
     assert got["ok"]["status"] == "ok" and got["bad"]["status"] == "error"
     assert "RuntimeError: the harness itself failed" in got["bad"]["error"]
     assert {got["ok"]["lane"], got["bad"]["lane"]} <= {1, 2}  # two lanes, not eight
 
 
 def test_default_jobs_and_queue_order():
-    assert quality.default_jobs(1, cores=2) == 2 and quality.default_jobs(2, cores=2) == 1
-    assert quality.default_jobs(4, cores=2) == 1 and quality.default_jobs(None, cores=2) == 1
+    assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1
+    assert default_jobs(4, cores=2) == 1 and default_jobs(None, cores=2) == 1
     order = quality.schedule_order(["numpy-f32", "torch", "chainer", "jax", "keras-torch"])
     assert order[:2] == ["chainer", "keras-torch"] and order.index("numpy-f32") < order.index("torch")
 
@@ -327,10 +332,10 @@ def test_journal_per_backend_then_interrupt_then_resume(tmp_path, small_corpus, 
         return _fake_result(backend)
 
     monkeypatch.setattr(quality, "_run_one", fake2)
-    with pytest.raises(quality.UsageError, match="matrix is 'quality-fake', not 'quality-tiny'"):
-        quality.cmd_quality(_args(matrix="quality-tiny", resume=str(journal)))
-    with pytest.raises(quality.UsageError, match="--threads 1; leave --threads out"):
-        quality.cmd_quality(_args(resume=str(journal), threads=2))
+    with pytest.raises(UsageError, match="matrix is 'quality-fake', not 'quality-tiny'"):
+        cmd_quality(_args(matrix="quality-tiny", resume=str(journal)))
+    with pytest.raises(UsageError, match="--threads 1; leave --threads out"):
+        cmd_quality(_args(resume=str(journal), threads=2))
     path = quality.run_quality(cfg, [], out, resume=journal, jobs=2, log=lambda s: None)
     assert sorted(trained) == ["numpy-f32", "torch"]
     doc = json.loads(path.read_text())
@@ -351,12 +356,12 @@ def _args(**kw: Any) -> Any:
 def test_lanes_own_distinct_cpus_where_they_fit() -> None:
     # two lanes of one thread on two CPUs: one CPU each (jax-family backends pin themselves to
     # the first CPU of their mask; without this both lanes' children shared CPU 0)
-    assert quality.lane_cpus(1, 1, 2, available=[0, 1]) == [0]
-    assert quality.lane_cpus(2, 1, 2, available=[0, 1]) == [1]
-    assert quality.lane_cpus(2, 2, 2, available=[0, 1, 2, 3, 5]) == [2, 3]
+    assert lane_cpus(1, 1, 2, available=[0, 1]) == [0]
+    assert lane_cpus(2, 1, 2, available=[0, 1]) == [1]
+    assert lane_cpus(2, 2, 2, available=[0, 1, 2, 3, 5]) == [2, 3]
     # oversubscribed, or no thread count: no pinning rather than a shared core
-    assert quality.lane_cpus(1, 2, 2, available=[0, 1]) is None
-    assert quality.lane_cpus(1, None, 2, available=[0, 1]) is None
+    assert lane_cpus(1, 2, 2, available=[0, 1]) is None
+    assert lane_cpus(1, None, 2, available=[0, 1]) is None
 
 
 def test_a_lane_child_runs_on_its_cpus() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import MANIFEST, write_report
+from harness.report.page import MANIFEST, write_report
 from tests.test_compare import SWEEP, _corrupt, lstmbench, save, synth_doc, synth_v2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,7 +40,7 @@ def real_run() -> Path:
 
 
 def check_json(path: Path) -> Path:
-    """A `lstmbench check --json` report (harness.check's layout: rows as impls.case.Row)."""
+    """A `lstmbench check --json` report (harness.commands.check's layout: rows as impls.case.Row)."""
     def row(key: str, q: str, rel: float, tol: float, status: str = "ok") -> dict:
         return {"key": key, "quantity": q, "rel": rel, "max_abs": rel, "tol": tol, "status": status, "note": ""}
     rows = [row("forward/logits", "forward", 2e-7, 1e-5), row("loss", "loss", 1e-7, 1e-5),
@@ -123,7 +123,7 @@ def test_runs_by_date_narrow_tables_plots_first_and_a_legend_off_the_data(tmp_pa
     workload's backends in a table of their own (down the page, fastest first), machine tables
     of at most three runs, plots before the long per-cell table, the noise plot's legend beside
     its axes, and each run's verdict with the signal that gave it."""
-    import harness.report as rep
+    import harness.report.plots as rep
     docs = []
     for i, (name, created) in enumerate([("a-late.json", "2026-12-03T10:00:00+00:00"),
                                          ("b-early.json", "2026-11-20T10:00:00+00:00"),
@@ -136,8 +136,8 @@ def test_runs_by_date_narrow_tables_plots_first_and_a_legend_off_the_data(tmp_pa
                                 foreign_cores_max=1.02, probe_verdict="quiet")
         docs.append(save(doc, tmp_path / name))
     figs = {}
-    saved = rep._save
-    monkeypatch.setattr(rep, "_save", lambda fig, d, name: (figs.setdefault(name, [
+    saved = rep.save
+    monkeypatch.setattr(rep, "save", lambda fig, d, name: (figs.setdefault(name, [
         (ax.get_legend(), ax) for ax in fig.axes]), saved(fig, d, name))[1])
     write_report([str(p) for p in docs], tmp_path / "rep", log=lambda s: None)
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -270,10 +270,10 @@ def test_report_cli_without_check_and_bad_check(tmp_path):
     assert not (tmp_path / "rep3").exists()
 
 
-# ---- quality results (schema lstmbench.quality, harness.quality_report) -----------------
+# ---- quality results (schema lstmbench.quality, harness.report.quality) -----------------
 
 def synth_quality(path: Path) -> Path:
-    """A quality file as harness.quality writes it: two backends following docs/SPEC.md §4, one with
+    """A quality file as harness.training.quality writes it: two backends following docs/SPEC.md §4, one with
     a native optimiser, one that failed, one with a NaN loss and one missing a field."""
     def ok(steps_to, secs, final, dev=None, sample="\nROMEO.\nWhat say!\n"):
         curve = [{"step": s, "seconds": round(s * secs / 200, 3), "train_loss": None if s == 0 else 3.0 - s / 200,

@@ -1,4 +1,4 @@
-"""The interleaved scheduler of `lstmbench run` (harness.run.measure_workload) with fake
+"""The interleaved scheduler of `lstmbench run` (harness.engine.scheduler.measure_workload) with fake
 in-process participants: the order of every round is a fresh permutation of the backends and
 the probe; every participant gets the same rounds; process sets are fresh; rounds are
 re-measured while a cell lacks clean ones; cells that stay dirty are marked noisy; failures
@@ -16,10 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from harness import run
-from harness.bench import Cell
-from harness.matrix import Matrix, UsageError, load_matrix
-from harness.run import ParticipantFailed, ProbeState, Schedule, measure_workload
+from harness.engine import assemble, scheduler
+from harness.engine.bench import Cell
+from harness.engine.matrix import Matrix, load_matrix
+from harness.engine.participants import PROBE, ParticipantFailed
+from harness.engine.scheduler import ProbeState, Schedule, measure_workload
+from harness.errors import UsageError
+from harness.report.console import summary_table
 from impls.config import ModelConfig, TrainConfig
 
 
@@ -63,7 +66,7 @@ def _setup(backends: dict[str, Callable[[int], float]], probe_time: Callable[[in
     def make(b: str, p: int) -> Fake:
         made[(b, p)] = Fake(b, clock, backends[b], **fake_kw.get(b, {}))
         return made[(b, p)]
-    probe = ProbeState(Fake(run.PROBE, clock, probe_time) if probe_time else None)
+    probe = ProbeState(Fake(PROBE, clock, probe_time) if probe_time else None)
     return clock, made, probe, make
 
 
@@ -114,7 +117,7 @@ def test_dirty_rounds_are_remeasured_until_clean():
     wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
     assert wd.remeasured > 0 and wd.rounds == 10 + wd.remeasured
     for b in "ab":
-        res = run.cell_result(_cell(b), wd.backends[b], sched)
+        res = assemble.cell_result(_cell(b), wd.backends[b], sched)
         assert res["clean_rounds"] >= 8 and not res["noisy"]
         assert res["clean_rounds"] < len(res["samples"])  # the dirty rounds are kept, marked
         assert all(s["clean"] == (s["probe_s"] <= 1.5e-4) for s in res["samples"])
@@ -127,12 +130,12 @@ def test_rounds_that_stay_dirty_make_the_cell_noisy():
     sched = Schedule(rounds=10, min_clean=8, extra_rounds=15, extra_time=60)
     wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
     assert wd.remeasured == 15 and wd.rounds == 25
-    results = {b: run.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
+    results = {b: assemble.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
     assert all(r["status"] == "ok" and r["noisy"] for r in results.values())
     doc = {"cells": [{"cell": _cell(b).to_dict(), "workload": "w", "result": r} for b, r in results.items()],
-           "workloads": [{"id": "w", "ratios": run.workload_ratios(results)}],
+           "workloads": [{"id": "w", "ratios": assemble.workload_ratios(results)}],
            "estimator": {"name": "q25"}}
-    text = run.summary_table(doc)
+    text = summary_table(doc)
     assert text.count("NOISY") == 2 and "*" in text
 
 
@@ -171,15 +174,15 @@ def test_ratios_come_from_paired_rounds():
     _, _, probe, make = _setup({"a": a, "b": lambda k: 2e-3 * clock_state["slow"]}, None)
     sched = Schedule(rounds=40, min_clean=5)
     wd = measure_workload(["a", "b"], make, probe, sched, np.random.default_rng(0))
-    results = {b: run.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
-    r = run.workload_ratios(results)
+    results = {b: assemble.cell_result(_cell(b), wd.backends[b], sched) for b in "ab"}
+    r = assemble.workload_ratios(results)
     assert r["a"]["ratio"] == 1.0 and r["b"]["to"] == "a"
     assert r["b"]["lo"] <= 2.0 <= r["b"]["hi"] and r["b"]["pairs"] == 40
 
 
 def test_group_workloads_keeps_every_backend_of_a_workload_together():
     cells = load_matrix("smoke").cells(["numpy-f32", "torch"], "cpu", "float32")
-    ws = run.group_workloads(cells)
+    ws = assemble.group_workloads(cells)
     assert len(ws) == 3 and all([c.backend for c in cs] == ["numpy-f32", "torch"] for _, cs in ws)
 
 
@@ -234,7 +237,7 @@ def test_matrix_round_trip_and_file_name(tmp_path):
 def test_time_budget_cuts_base_rounds_short(monkeypatch):
     # a fake clock: every timed round takes one "second"; budget 10 s for 100 rounds
     now = [0.0]
-    monkeypatch.setattr(run.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
 
     def slow(_: int) -> float:
         now[0] += 1.0
@@ -253,7 +256,7 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
     import subprocess
     import sys
     import time
-    from harness.run import settle
+    from harness.engine.host import settle
     spin = ("import sys, time\nprint('go', flush=True)\nt = time.perf_counter()\n"
             "while time.perf_counter() - t < 0.25: pass\ntime.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
@@ -270,11 +273,12 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
 
 
 def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
-    """harness.pool.worker_cpus: the last `threads` CPUs, none when the threads fill the
+    """harness.engine.host.worker_cpus: the last `threads` CPUs, none when the threads fill the
     machine; a Worker started with them has exactly that mask (every thread inherits it)."""
     import os
     import sys
-    from harness.pool import Worker, worker_cpus
+    from harness.engine.host import worker_cpus
+    from harness.engine.workers import Worker
     assert worker_cpus(1, [0, 1]) == [1]
     assert worker_cpus(2, [0, 1, 2, 3]) == [2, 3]
     assert worker_cpus(2, [0, 1]) is None and worker_cpus(4, [0, 1]) is None
@@ -282,7 +286,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
     cpus = sorted(os.sched_getaffinity(0))[-1:]
     w = Worker(sys.executable, 1, cpus=cpus)
     try:
-        # the worker pins itself first thing (harness.envs._BOOT): once it answers, it has
+        # the worker pins itself first thing (harness.engine.envs._BOOT): once it answers, it has
         assert w.request({"op": "info", "backends": [], "threads": 1, "device": "cpu"}, 120)["ok"]
         assert os.sched_getaffinity(w.proc.pid) == set(cpus)
     finally:
@@ -291,7 +295,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
 
 def _cpu_s(pid: int) -> float:
     """utime + stime of a live process, in seconds."""
-    from harness import cpuload
+    from harness.engine import cpuload
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / cpuload._TICK
@@ -301,14 +305,14 @@ BURN = "import time\nt = time.process_time() + {s}\nwhile time.process_time() < 
 
 
 def test_foreign_cpu_load_counts_other_processes_only():
-    """harness.cpuload: a busy process outside the run's tree counts as a neighbour, the same
+    """harness.engine.cpuload: a busy process outside the run's tree counts as a neighbour, the same
     process inside it does not. Both readings span the same interval, and the figures are held
     to the hog's own CPU time in it: whatever else keeps the machine busy (a CI runner's other
     jobs) is in both alike and changes nothing."""
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the "run"
     hog = subprocess.Popen([sys.executable, "-c", BURN.format(s=60)])  # ours, not a descendant of root
     try:
@@ -334,7 +338,7 @@ def test_foreign_cpu_load_counts_other_processes_only():
 
 
 def test_foreign_cpu_load_leaves_out_the_runs_own_workers_and_never_exceeds_the_cores():
-    """harness.cpuload: the run's workers that start and end between two readings, and one
+    """harness.engine.cpuload: the run's workers that start and end between two readings, and one
     that worked before the first and ends before the second, are the run's own load: the
     figure is the machine's busy time less this process's and its children's in the interval
     (held against os.times, which the kernel keeps apart from /proc/stat), never more than the
@@ -343,7 +347,7 @@ def test_foreign_cpu_load_leaves_out_the_runs_own_workers_and_never_exceeds_the_
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     cores = os.cpu_count() or 1
     burn = [sys.executable, "-c", BURN.format(s=0.05)]
     for _ in range(15):  # short intervals, a worker started and ended in each
@@ -377,11 +381,11 @@ def test_foreign_cpu_load_leaves_out_the_runs_own_workers_and_never_exceeds_the_
 
 
 def test_foreign_cpu_load_figures_are_within_what_the_counters_can_tell():
-    """harness.cpuload on made-up readings: an interval shorter than the tick counters can
+    """harness.engine.cpuload on made-up readings: an interval shorter than the tick counters can
     resolve gives no figure (2 ticks in 2 ms read as 10 cores before); a figure is clamped to
     the machine's cores; a worker reaped by the run between the readings counts only its time
     after the first."""
-    from harness.cpuload import Snapshot, _TICK, foreign_cores, shortest_interval
+    from harness.engine.cpuload import Snapshot, _TICK, foreign_cores, shortest_interval
     cores = os.cpu_count() or 1
     a = Snapshot(100.0, 0, {1: 0}, {1: 0})
     assert foreign_cores(a, Snapshot(100.002, 2, {1: 0}, {1: 0})) is None
@@ -400,7 +404,7 @@ def _with_an_old_worker(a: Any, me0: Any, old: Any) -> tuple[float, float, float
     import subprocess
     import sys
     import time
-    from harness import cpuload
+    from harness.engine import cpuload
     burn = [sys.executable, "-c", BURN.format(s=0.05)]
     pre = a.ours[old.pid] / cpuload._TICK  # its CPU time before the interval
     for _ in range(3):  # short-lived workers of the run
@@ -420,7 +424,7 @@ def test_idle_workers_of_other_sets_make_room_when_memory_is_short(monkeypatch):
     """Workers stay alive across workloads, but a worker about to start while memory is short
     first closes idle workers of other process sets, least recently used first; never the
     probe, never one of its own set."""
-    from harness import run
+    from harness.engine import workers
     started: list[tuple[str, int]] = []
 
     class Fake:
@@ -436,8 +440,8 @@ def test_idle_workers_of_other_sets_make_room_when_memory_is_short(monkeypatch):
 
     launch = lambda name: type("L", (), {"start": lambda self: Fake(name), "threads": 1})()  # noqa: E731
     avail = {"bytes": 10 << 30}
-    monkeypatch.setattr(run, "mem_available", lambda: avail["bytes"])
-    w = run.Workers(launch, reserve=4 << 30)
+    monkeypatch.setattr(workers, "mem_available", lambda: avail["bytes"])
+    w = workers.Workers(launch, reserve=4 << 30)
     for key in [("probe", 0), ("a", 0), ("b", 0), ("a", 1)]:
         w.get(*key)
         started.append(key)

@@ -1,4 +1,4 @@
-"""The statistics behind `lstmbench run`'s figures (harness.stats), on synthetic data with known
+"""The statistics behind `lstmbench run`'s figures (harness.engine.stats), on synthetic data with known
 noise: interval coverage of the headline estimator (with and without worker-process
 structure), paired ratios, marking of contended rounds, collapses and the noise verdict."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import stats
+from harness.engine import stats
 
 
 def _coverage(P: int, n: int, sp: float, *, naive: bool = False, experiments: int = 200) -> float:

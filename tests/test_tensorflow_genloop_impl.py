@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow")
 from impls import registry  # noqa: E402
 from impls.config import ModelConfig, TrainConfig  # noqa: E402
 from impls.params import init_params  # noqa: E402
-from harness.cases import CROSS_CASES  # noqa: E402
+from harness.commands.check_cases import CROSS_CASES  # noqa: E402
 from tests.conftest import reference  # noqa: E402
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import train as tr
+from harness.training import loop as tr
 from harness.cli import main
-from harness.envs import ROOT, interpreter_for, worker_env
+from harness.engine.envs import ROOT, interpreter_for, worker_env
 from impls import registry
 from impls.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from impls.config import get_preset
@@ -83,7 +83,7 @@ def trained(tmp_path_factory, corpus_file) -> dict[str, Path]:
     """Backend -> checkpoint after STEPS steps of the tiny preset."""
     root = tmp_path_factory.mktemp("runs")
     preset = get_preset("tiny")
-    from harness.data import prepare
+    from harness.training.corpus import prepare
     corpus = prepare(corpus_file)
     out: dict[str, Path] = {}
     for b in registry.BACKENDS:
@@ -133,7 +133,7 @@ def test_same_training_gives_the_same_checkpoint_everywhere(trained):
 def _evaluate_all(evaluator: str, paths: list[str], corpus: str) -> list[dict]:
     if _where(evaluator) == "here":
         return tr.evaluate_checkpoints(evaluator, paths, corpus, val_chars=0, sample_n=40, threads=1)
-    code = ("import json, sys; from harness.train import evaluate_checkpoints as e; "
+    code = ("import json, sys; from harness.training.loop import evaluate_checkpoints as e; "
             "print(json.dumps(e(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], val_chars=0, "
             "sample_n=40, threads=1)))")
     r = subprocess.run([interpreter_for(evaluator), "-c", code, evaluator, json.dumps(paths), corpus],
@@ -213,7 +213,7 @@ def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, corpus_file, capsys,
 
 
 def test_interrupt_keeps_the_last_checkpoint_and_the_log(tmp_path, corpus_file, monkeypatch):
-    from harness.data import prepare
+    from harness.training.corpus import prepare
     real = tr.make_backend
 
     def interrupting(*args, **kw):
@@ -241,7 +241,7 @@ def test_interrupt_keeps_the_last_checkpoint_and_the_log(tmp_path, corpus_file, 
 
 
 def test_target_loss_stops_training(tmp_path, corpus_file, trained):
-    from harness.data import prepare
+    from harness.training.corpus import prepare
     evals = [json.loads(x) for x in (trained["numpy-f32"] / "log.jsonl").read_text().splitlines()]
     target = evals[2]["val_loss"] + 1e-4  # reached at step 20 in the full run
     doc = tr.train("numpy-f32", get_preset("tiny"), prepare(corpus_file), tmp_path / "t",
@@ -250,7 +250,7 @@ def test_target_loss_stops_training(tmp_path, corpus_file, trained):
 
 
 def test_quality_matrix_tiny(tmp_path, corpus_file, trained):
-    from harness.quality import QualityConfig, run_quality
+    from harness.training.quality import QualityConfig, run_quality
     evals = [json.loads(x) for x in (trained["numpy-f32"] / "log.jsonl").read_text().splitlines()]
     target = evals[2]["val_loss"] + 1e-4
     backends = [b for b in ("numpy-f32", "torch") if b in trained]

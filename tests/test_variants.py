@@ -1,4 +1,4 @@
-"""Variants (harness.variants): parsing and its one-line errors, participant names, and the
+"""Variants (harness.engine.variants): parsing and its one-line errors, participant names, and the
 worktree a src=REV variant is checked out into, removed on success, on error and on Ctrl-C."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import variants as V
+from harness.engine import variants as V
 from harness.cli import main
-from harness.envs import UsageError
+from harness.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,9 +104,40 @@ def test_a_revision_is_checked_out_and_removed(tmp_path, monkeypatch):
     with V.sources(vs) as src:
         root = src["old"].root
         assert src["old"].kind == "rev" and len(src["old"].commit) == 40
-        assert (root / "harness" / "worker.py").is_file() and str(root) in _worktrees(repo)
+        assert (root / "harness" / "engine" / "worker.py").is_file() and str(root) in _worktrees(repo)
         assert src["new"].kind == "this"
     assert not root.exists() and _worktrees(repo) == []
+
+
+def _flat_layout_commit() -> str | None:
+    """The last commit of this checkout with the flat layout (harness/worker.py, before
+    harness/engine/): the parent of the one that moved the file; None without that history."""
+    r = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--no-renames",
+                        "--diff-filter=D", "--", "harness/worker.py"], capture_output=True, text=True)
+    return f"{r.stdout.strip()}^" if r.returncode == 0 and r.stdout.strip() else None
+
+
+def test_a_revision_of_the_flat_layout_runs_its_own_worker(monkeypatch):
+    """A variant's source tree from before harness/engine/ (a src=REV measured against today's
+    code) is a source tree, and the bootstrap starts its worker (harness/worker.py): it answers
+    the protocol from its own tree."""
+    from harness.engine.workers import Worker
+    rev = _flat_layout_commit()
+    if rev is None:
+        pytest.skip("no flat-layout commit in this checkout's history (a shallow clone)")
+    monkeypatch.chdir(ROOT)
+    with V.sources(V.parse_variants([f"old:src={rev}", "new"])) as src:
+        root = src["old"].root
+        assert (root / "harness" / "worker.py").is_file() and not (root / "harness" / "engine").exists()
+        w = Worker(sys.executable, 1, backend="numpy-f32", extra_env={"LSTMBENCH_TEST_FAULTS": "1"},
+                   code_root=str(root))
+        try:
+            where = w.request({"op": "_pid"}, 120)
+            assert where["ok"] and where["harness"] == str(root / "harness" / "__init__.py")
+            info = w.request({"op": "info", "backends": ["numpy-f32"], "threads": 1, "device": "cpu"}, 120)
+            assert info["ok"] and info["backends"]["numpy-f32"]["available"], info
+        finally:
+            w.close()
 
 
 def test_the_worktree_goes_on_error_too(tmp_path, monkeypatch):

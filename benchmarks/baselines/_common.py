@@ -24,8 +24,8 @@ def window(m: ModelConfig, batch: int, seq_len: int, seed: int) -> tuple[np.ndar
     return tok, np.roll(tok, -1, axis=0)
 
 
-PREFIX_LEN = 8  # the generate cells' prefix length (harness.bench.prepare)
-TEMPERATURE = 1.0  # the generate cells' temperature (harness.bench.prepare), no top-k
+PREFIX_LEN = 8  # the generate cells' prefix length (harness.engine.bench.prepare)
+TEMPERATURE = 1.0  # the generate cells' temperature (harness.engine.bench.prepare), no top-k
 
 
 def check_generate(batch: int, seq_len: int) -> None:
@@ -39,7 +39,7 @@ def check_generate(batch: int, seq_len: int) -> None:
 
 def prefix(m: ModelConfig, seed: int) -> np.ndarray:
     """The prefix a generate cell of this seed feeds first: PREFIX_LEN ids (P,) int64, drawn as
-    harness.bench.prepare draws the backends' (the first draw of default_rng(seed))."""
+    harness.engine.bench.prepare draws the backends' (the first draw of default_rng(seed))."""
     return np.random.default_rng(seed).integers(0, m.vocab_size, PREFIX_LEN)
 
 

@@ -10,7 +10,7 @@ no_backprop_mode(), as the example's evaluator does; generate: reset_state, then
 same configuration the model once per prefix token and once per drawn token, F.softmax of the
 logits, and a NumPy draw from those probabilities (np.random.choice with p, as gentxt.py;
 Chainer has no sampler of its own). One-hot input feeds rows of an identity matrix to L.LSTM.
-The yardstick of the chainer backend (harness/baselines.py); runs in chainer's NumPy < 2 env.
+The yardstick of the chainer backend (harness/commands/baselines.py); runs in chainer's NumPy < 2 env.
 
     make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
     make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step

@@ -5,7 +5,7 @@ generate: a jitted one-step function (the forward from the given state and a
 jax.random.categorical draw) called from a Python loop, once for the prefix and once per
 token, each token to the host as it comes (not the whole loop in one lax.scan program: that
 is the jax backend's optimisation, which this baseline is there to measure). The yardstick of
-the jax and flax backends (harness/baselines.py).
+the jax and flax backends (harness/commands/baselines.py).
 
     make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
     make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step

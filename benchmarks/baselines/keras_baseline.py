@@ -14,7 +14,7 @@ jit(scan) compiled at each one), measured at 477 ms per token at char-rnn's size
 against 4.5 ms; one 2-core machine, 5 calls each). It runs on whatever engine KERAS_BACKEND
 chose before Keras was imported: the harness runs it with the backend's own environment, so
 it is the yardstick of keras-jax (jitted by Keras) and keras-torch (eager) alike
-(harness/baselines.py).
+(harness/commands/baselines.py).
 
     make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
     make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step

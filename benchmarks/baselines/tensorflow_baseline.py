@@ -6,7 +6,7 @@ the forward (training=False) and the loss in a tf.function; generate: the tutori
 a tf.function that runs the net from the given state and draws the next token with
 tf.random.categorical, called once for the prefix and then once per token from a Python loop,
 each token to the host as it comes. The yardstick of the tensorflow and tensorflow-xla
-backends (harness/baselines.py).
+backends (harness/commands/baselines.py).
 
     make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
     make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step

@@ -4,7 +4,7 @@ nn.Linear, F.cross_entropy; train: backward, clip_grad_norm_/clip_grad_value_, a
 step; eval: net.eval() under torch.no_grad(); generate: the tutorial's sampling loop, net.eval()
 under torch.no_grad(), the prefix through nn.LSTM, then one token at a time F.softmax and
 torch.multinomial, each token to the host with .item() and fed back. The yardstick of the
-torch, torch-cell and torch-compile backends (harness/baselines.py).
+torch, torch-cell and torch-compile backends (harness/commands/baselines.py).
 
     make_step(model_config, batch, seq_len, train=None, seed=0) -> step       # one train step
     make_eval(model_config, batch, seq_len, train=None, seed=0) -> step       # one eval step

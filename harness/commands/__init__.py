@@ -1,0 +1,1 @@
+"""The `lstmbench` commands, one module per verb; harness.cli builds the parser from them."""

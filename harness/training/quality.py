@@ -1,0 +1,466 @@
+"""The quality matrix (`lstmbench run --matrix quality`): train every backend the same way
+and record how fast each reaches a target validation loss, and how good it ends.
+
+Per backend, in a fresh process of its own environment (`lstmbench train` in the backend's
+interpreter, so the same code path as the `train` command): the same seeded initial
+parameters, the same batches in the same order, the preset's optimiser as the framework ships
+it, a fixed step budget, the validation loss every `eval_every` steps on the same validation
+characters.
+
+Recorded per backend: steps to the target (the first evaluation at or under it: exact and
+free of timing noise, resolution `eval_every`), seconds to the target, the loss against
+steps and against seconds, the final validation loss, a sample, the native optimiser's
+documented deviation from docs/SPEC.md §4 where it has one, and where and beside what it ran
+(`lane`, `start_s`/`end_s`, `concurrent_with`).
+
+Lanes: `--jobs N` lanes (default cores // threads; the quality matrices default to one
+thread per backend, so one lane per core) pull backends from one queue, slowest expected
+first, each training its backend in a child process of its own process group. Ctrl-C or
+SIGTERM stops every lane's child (SIGTERM to the group, SIGKILL after a grace period).
+
+Noise: seconds count only training steps (tokens copied in, the step, the loss fetched to the
+host, which waits for the device); evaluation, start-up and compilation outside the first
+step are not counted. With two lanes every backend's seconds were measured while another
+backend trained on the other core (memory bandwidth and caches are shared, so they are
+slower than on an idle machine); `estimate_s_to_target` = steps to target x the median step
+time, which a few slow steps do not move. Steps to target are unaffected by any of it.
+
+Durability: each finished backend is appended (flushed and fsynced) to a journal beside the
+target file (harness.engine.journal), so a finished backend survives any interruption, even SIGKILL
+of this process; `run --resume JOURNAL` trains only the missing ones. The results are JSON
+(`schema` lstmbench.quality), written atomically from the journal at the end and never over
+an existing file; the journal is removed once they are."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from impls import registry
+from impls.config import get_preset
+
+from ..engine.envs import child_vars, harness_command, interpreter_for, worker_env
+from ..engine.host import default_jobs, git_info, lane_cpus, machine_info
+from ..engine.journal import Journal, claim, finalize, resume_journal, target_of
+from ..engine.lanes import Children, Slot, Stopped, run_lanes
+from ..engine.signals import interruptible
+from ..engine.workers import killpg
+from ..errors import UsageError
+from ..results.schema import QUALITY_SCHEMA as SCHEMA, QUALITY_VERSIONS
+from ..results.store import check_writable, default_path
+from .corpus import prepare
+from .loop import _CHILD
+
+SCHEMA_VERSION = QUALITY_VERSIONS[-1]
+REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    name: str  # matrix name, in the results file's name
+    preset: str  # sizes and optimiser (impls.config)
+    corpus: str  # harness.training.corpus corpus
+    steps: int  # step budget per backend
+    eval_every: int  # validation every K steps (the resolution of steps-to-target)
+    target_loss: float  # validation loss (nats/char) to reach
+    seed: int = 0  # initial parameters, dropout masks, the sample's uniforms
+    val_chars: int = 50_000  # validation characters per evaluation
+    timeout_s: float = 1500.0  # per backend
+    optimizer_from: str | None = None  # another preset whose optimiser and clip replace the preset's
+
+
+# Calibrated on the project's 2-core machine (docs/quality.md): numpy-f32 passes 1.9 nats
+# at step 1000 of 1500 (1.93 at step 900, 1.89 at 1000; 1.81 at 1500); tensorflow and
+# tensorflow-xla (Keras RMSprop, eps inside the root) only at step 1300, so a budget under 1300
+# would hide that finding. The budget, 1500 steps, fits the 30 minutes of the whole run in two lanes:
+# median step times at 1 thread (30-step probes, 2 December 2026, while two other jobs shared
+# the cores, load 3.5-4.5) sum to 1.84 s over the 11 trainable backends (chainer 0.37,
+# keras-torch 0.32, jax 0.16, keras-jax 0.15, flax, torch-cell, numpy-f32 0.14, tensorflow
+# 0.13, tensorflow-xla 0.12, torch-compile 0.10 + 15 s compiling, torch 0.09). x 1500 steps
+# x 1.07 (16 evaluations of 20 windows) + ~150 s of start-ups = 3100 s of lane time; in two
+# lanes, slowest first, the longer lane ends at ~1620 s = 27 minutes at that contention. On a
+# quiet machine (numpy-f32 runs at 0.057 s a step, 2.4x faster than in the probe) about
+# 13-15 minutes. Chainer, the longest single backend, needs ~590 s at the probe's speed, well
+# inside the per-backend timeout (1500 s).
+MATRICES: dict[str, QualityConfig] = {
+    "quality": QualityConfig("quality", "char-rnn", "shakespeare", steps=1500, eval_every=100,
+                             target_loss=1.9),
+    # char-rnn sizes with the tutorial's Adam (lr 1e-3, norm clip 5): where Keras and Chainer
+    # place Adam's epsilon differently from docs/SPEC.md §4. Target from the 2 December run
+    # (results/amd-epyc-2c/quality/20261202T154212Z-quality-adam-cpu.json, recorded with 2.1,
+    # which no backend reached): numpy-f32, torch, jax, chainer and tensorflow were at
+    # 2.280-2.286 at step 800 and 2.312-2.317 at 700, so 2.3 is passed at step 800; 2.21 at 1000
+    "quality-adam": QualityConfig("quality-adam", "char-rnn", "shakespeare", steps=1000,
+                                  eval_every=100, target_loss=2.3, optimizer_from="tutorial"),
+    # seconds, for a smoke test: the tiny preset on the interpreter's own library source
+    "quality-tiny": QualityConfig("quality-tiny", "tiny", "python-stdlib", steps=30, eval_every=10,
+                                  target_loss=4.2, val_chars=2000, timeout_s=300.0),
+}
+
+
+# The lanes' queue order: the slowest first (longest-processing-time first), so that no lane is
+# left with a long backend while the other idles at the end; by the probes' median step time
+# above (ties and the backends not named keep the order given).
+SLOWEST_FIRST: tuple[str, ...] = ("chainer", "keras-torch", "jax", "keras-jax", "flax", "torch-cell",
+                                   "numpy-f32", "tensorflow", "tensorflow-xla", "torch-compile", "torch")
+
+
+def steps_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first evaluation record at or under the target, or None."""
+    for rec in evals:
+        if rec["val_loss"] <= target:
+            return rec
+    return None
+
+
+def summarize_run(run: dict[str, Any], target: float) -> dict[str, Any]:
+    """What the matrix keeps of one backend's run.json."""
+    evals = run["evals"]
+    hit = steps_to_target(evals, target)
+    step_s = np.asarray(run.get("step_seconds") or [np.nan], float)
+    median = float(np.median(step_s[1:])) if step_s.size > 1 else float(step_s[0])  # the first step compiles
+    out = {
+        "status": "ok", "steps": run["steps"], "train_seconds": run["train_seconds"],
+        "first_step_s": float(step_s[0]), "median_step_s": median,
+        "chars_per_s": run["batch_size"] * run["seq_len"] / median if median > 0 else None,
+        "steps_to_target": hit["step"] if hit else None,
+        "seconds_to_target": hit["seconds"] if hit else None,
+        "estimate_s_to_target": hit["step"] * median if hit else None,
+        "final_val_loss": run["final_val_loss"], "final_val_bpc": run.get("final_val_bpc"),
+        "best_val_loss": min(r["val_loss"] for r in evals),
+        "curve": [{k: r[k] for k in ("step", "seconds", "train_loss", "val_loss")} for r in evals],
+        "train_losses": [round(x, 6) for x in run["train_losses"]],
+        "sample": run.get("sample"),
+    }
+    return out
+
+
+def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
+             overrides: dict[str, str], log: Callable[[str], None],
+             children: Children | None = None, cpus: list[int] | None = None) -> dict[str, Any]:
+    """One backend's training in its own process (group), pinned to `cpus` where given (its
+    lane's, lane_cpus); its summary, or a failure record. The process is registered in
+    `children` while it runs, so an interruption can stop it."""
+    registry.get_spec(backend)  # an unknown name fails here, before any process starts
+    try:
+        python = interpreter_for(backend, overrides)
+    except registry.BackendError as e:
+        return {"status": "unavailable", "error": str(e)}
+    env = worker_env(threads, backend=backend)  # the spec's env_vars included
+    env[_CHILD] = "1"
+    env.update(child_vars(os.getpid(), cpus))  # pinned, and killed with us (its boot code)
+    # harness_command, not `python -m harness`: another environment's interpreter (chainer's)
+    # has no lstmbench installed, and a non-editable install's code is not on its path
+    cmd = harness_command(python, "train", "--backend", backend, "--preset", cfg.preset,
+                          "--corpus", cfg.corpus, "--out", str(out), "--steps", str(cfg.steps),
+                          "--eval-every", str(cfg.eval_every), "--seed", str(cfg.seed),
+                          "--val-chars", str(cfg.val_chars), "--no-progress")
+    if cfg.optimizer_from:
+        cmd += ["--optimizer-from", cfg.optimizer_from]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t0 = time.perf_counter()
+    # its own session: Ctrl-C reaches only us, and we stop its whole group; PR_SET_PDEATHSIG
+    # (child_vars): killed with us even by SIGKILL, never left training as an orphan
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    if children is not None:
+        children.add(proc)
+    tail: deque[str] = deque(maxlen=5)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        killpg(proc, signal.SIGKILL)
+
+    timer = threading.Timer(cfg.timeout_s, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line.startswith("step "):
+                log(f"  {backend}: {line}")
+            elif line:
+                tail.append(line)
+        code = proc.wait()
+    except KeyboardInterrupt:  # only where called in the main thread (lanes run in threads)
+        killpg(proc, signal.SIGTERM)  # the child saves its checkpoint and log
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+        if children is not None:
+            children.discard(proc)
+    wall = time.perf_counter() - t0
+    run_json = out / "run.json"
+    if timed_out.is_set():
+        return {"status": "timeout", "error": f"no result within {cfg.timeout_s:.0f} s", "wall_s": wall}
+    if code != 0 or not run_json.is_file():
+        msg = next((t for t in reversed(tail) if "error" in t.lower()), tail[-1] if tail else "")
+        status = "unavailable" if "unavailable" in msg or "cannot run" in msg else "error"
+        return {"status": status, "error": f"exit status {code}: {msg}"[:500], "wall_s": wall}
+    res = summarize_run(json.loads(run_json.read_text()), cfg.target_loss)
+    res["wall_s"] = wall
+    return res
+
+
+def _cannot_train(backend: str) -> str | None:
+    """Why `backend` cannot train, where the registry says so."""
+    return registry.unsupported(backend, mode="train")
+
+
+def schedule_order(backends: list[str]) -> list[str]:
+    """The queue's order: the slowest expected first (longest-processing-time first keeps the
+    lanes' finishing times close), the rest as given."""
+    rank = {b: i for i, b in enumerate(SLOWEST_FIRST)}
+    return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
+
+
+def train_in_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
+                   record: Callable[[str, dict[str, Any]], None], *, children: Children,
+                   clock: Callable[[], float] = time.monotonic, grace_s: float = 5.0) -> None:
+    """Train `backends` in `jobs` lanes pulling from one queue (harness.engine.lanes, in the
+    order given); each finished backend goes to `record` at once, its result with `lane`
+    (1..jobs), `start_s`/`end_s` (monotonic seconds since the lanes started) and
+    `concurrent_with` (the backends that trained at any moment of its run). A trainer that
+    raises is that backend's error record; an interruption stops every lane's child."""
+    def with_slot(b: str, res: dict[str, Any], slot: Slot) -> None:
+        res.update(lane=slot.lane, start_s=slot.start_s, end_s=slot.end_s, concurrent_with=slot.beside)
+        record(b, res)
+
+    def failed(b: str, e: Exception) -> dict[str, Any]:  # one backend's harness failure, not the run's
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
+
+    run_lanes(backends, jobs, train_one, with_slot, failed, children=children, name="quality lane",
+              clock=clock, grace_s=grace_s)
+
+
+def noise_statement(threads: int | None, jobs: int, cores: int) -> str:
+    """What the seconds of this run mean, in words (the document's "noise" field)."""
+    per = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "the default threads"
+    if jobs > 1:
+        beside = (f"{jobs} lanes on {cores} cores: each backend was measured with {per}, on "
+                  "its lane's own CPUs where they fit (see each backend's cpus), while "
+                  f"up to {jobs - 1} other backend(s) trained in the other lane(s) (see each "
+                  "backend's lane and concurrent_with); caches and memory bandwidth were shared, "
+                  "so seconds are slower than on an idle machine and depend on the neighbour")
+    else:
+        beside = f"one lane: backends ran one at a time, each with {per}"
+    return ("steps_to_target is exact (deterministic data order and initial parameters; "
+            "resolution eval_every) and unaffected by the lanes; seconds count training steps "
+            "only, each ending with the loss fetched to the host; " + beside + "; "
+            "estimate_s_to_target = steps_to_target x median step time resists a few slow steps")
+
+
+def _is_backend_record(obj: dict[str, Any]) -> bool:
+    return isinstance(obj.get("backend"), str) and isinstance(obj.get("result"), dict)
+
+
+def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[str, Any]],
+                                     dict[int, dict[str, Any]]]:
+    """(journal, target, header, finished results by backend, sessions by index) of an
+    interrupted quality run; UsageError (one line) where `path` is neither such a journal nor
+    its target file."""
+    journal_file = resume_journal(path)
+    header, records = Journal.read(journal_file, _is_backend_record)
+    if header.get("schema") != SCHEMA:
+        raise UsageError(f"--resume {path}: {journal_file} is not a quality run's journal "
+                         f"(no {SCHEMA} header)")
+    try:
+        QualityConfig(**header["matrix"])
+        list(header["requested_backends"])
+    except (KeyError, TypeError) as e:
+        raise UsageError(f"--resume {path}: {journal_file}'s header lacks the run's settings ({e})") from None
+    done: dict[str, dict[str, Any]] = {}
+    sessions: dict[int, dict[str, Any]] = {}
+    for rec in records:  # a backend journaled twice (never by this code): the last one counts
+        done[rec["backend"]] = rec["result"]
+        if isinstance(rec.get("session"), dict):
+            sessions[int(rec["session"].get("index", 0))] = rec["session"]
+    target = Path(header.get("target") or target_of(journal_file))
+    return journal_file, target, header, done, sessions
+
+
+def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threads: int | None = None,
+                jobs: int | None = None, overrides: dict[str, str] | None = None,
+                command: list[str] | None = None, resume: Path | None = None,
+                log: Callable[[str], None] = print) -> Path:
+    """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
+    then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path."""
+    overrides = overrides or {}
+    done: dict[str, dict[str, Any]] = {}
+    sessions: dict[int, dict[str, Any]] = {}
+    if resume is not None:
+        journal_file, target, header, done, sessions = load_resume(resume)
+        cfg = QualityConfig(**header["matrix"])
+        backends, threads = list(header["requested_backends"]), header.get("threads")
+        doc = {k: v for k, v in header.items() if k != "target"}
+    else:
+        check_writable(out_dir)  # before the corpus is fetched and anything trains
+    backends = list(dict.fromkeys(backends))  # each once: a backend is one record
+    jobs = jobs or default_jobs(threads)
+    cores = os.cpu_count() or 1
+    preset = get_preset(cfg.preset)
+    if cfg.optimizer_from:
+        preset = replace(preset, train=get_preset(cfg.optimizer_from).train)
+    corpus = prepare(cfg.corpus)  # fetched and cached once, before any backend starts
+    if resume is None:
+        doc = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "machine": machine_info(), "git": git_info(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
+            "threads": threads, "jobs": jobs, "cores": cores, "python": sys.version.split()[0],
+            "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
+            "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
+                      "optimizer": preset.train.optimizer.to_json(), "clip": asdict(preset.train.clip),
+                      **{k: v for k, v in asdict(preset.model).items() if k != "vocab_size"},
+                      "vocab_size": corpus.vocab_size},
+            "reference": REFERENCE, "requested_backends": list(backends),
+            "noise": noise_statement(threads, jobs, cores), "interrupted": False}
+        target, journal_file = claim(default_path(out_dir, doc))  # a name of its own (journal.claim)
+        Journal(journal_file).write_header({**doc, "target": str(target)})
+    elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
+        raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "
+                         f"on (sha256 {corpus.sha256[:12]}, the journal's "
+                         f"{str((doc.get('corpus') or {}).get('sha256'))[:12]}); resume it where it started")
+    journal = Journal(journal_file)
+    # a session: one process's part of the run (the first, then each --resume); start_s/end_s
+    # and concurrent_with compare backends of the same session only
+    session = 0 if resume is None else 1 + max([0, *sessions, *(r.get("session", 0) for r in done.values())])
+    session_info = {"index": session, "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "jobs": jobs, "threads": threads, "cores": cores}
+    results: dict[str, dict[str, Any]] = dict(done)
+    say_lock = threading.Lock()  # lanes log from their threads: whole lines, never interleaved
+
+    def say(line: str) -> None:
+        with say_lock:
+            log(line)
+
+    def record(b: str, res: dict[str, Any]) -> None:
+        dev = registry.get_spec(b).deviations.get(preset.train.optimizer.name)
+        res["optimizer_deviation"] = dev.cause if dev else None
+        res["session"] = session
+        journal.append({"backend": b, "result": res, "session": session_info})
+        results[b] = res
+        lane = f" [lane {res['lane']}]" if res.get("lane") else ""
+        say(_line(b, res) + lane)
+
+    todo = [b for b in backends if b not in done]
+    trainable = [b for b in schedule_order(todo) if not _cannot_train(b)]
+    lanes_used = min(jobs, len(trainable))
+    if resume is not None:
+        say(f"resuming {journal_file}: {len(done)} of {len(backends)} backends already finished "
+            f"({', '.join(done) or 'none'})")
+    say(f"quality matrix {cfg.name}: {preset.name} on {cfg.corpus} ({corpus.summary()['chars']:,} "
+        f"characters, V={corpus.vocab_size}), {cfg.steps} steps per backend, target "
+        f"{cfg.target_loss} nats, validation every {cfg.eval_every} steps; {len(trainable)} to train "
+        f"in {lanes_used} lane(s) x {threads or 'default'} thread(s) on {cores} cores")
+    if threads and lanes_used * threads > cores:
+        say(f"note: {lanes_used} lanes x {threads} threads exceed the {cores} cores: the lanes "
+            "will slow each other down")
+    t0 = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        with interruptible():
+            for b in todo:
+                why = _cannot_train(b)
+                if why:
+                    record(b, {"status": "unsupported", "error": why, "lane": None})
+            with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
+                children = Children()
+
+                def train_one(b: str, lane: int) -> dict[str, Any]:
+                    cpus = lane_cpus(lane, threads, jobs) if jobs > 1 else None
+                    say(f"{b}: training in lane {lane}"
+                        + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
+                    res = _run_one(b, cfg, Path(tmp) / b, threads, overrides, say,
+                                   children=children, cpus=cpus)
+                    if children.closed and res.get("status") != "ok":
+                        raise Stopped  # cut short by the interruption: not a finished backend
+                    res["cpus"] = cpus
+                    return res
+
+                train_in_lanes(trainable, jobs, train_one, record, children=children)
+    except KeyboardInterrupt as e:
+        interrupted = e
+    wall = time.perf_counter() - t0
+    if interrupted is not None:
+        left = [b for b in backends if b not in results]
+        say(f"interrupted: {len(results)} finished backends kept in {journal_file} "
+            f"({len(left)} left: {', '.join(left)}); continue with: lstmbench run --resume {journal_file}")
+        raise interrupted
+    doc["backends"] = {b: results[b] for b in backends if b in results}  # the requested order
+    sessions[session] = {**session_info, "wall_s": wall}
+    doc["sessions"] = [sessions[k] for k in sorted(sessions)]
+    doc["jobs"] = jobs  # this session's; each session's own are in "sessions"
+    doc["noise"] = noise_statement(threads, max(int(x.get("jobs") or 1) for x in doc["sessions"]), cores)
+    doc["resumed"] = resume is not None
+    doc["wall_s"] = wall  # this session's; a resumed run's earlier sessions are in "sessions"
+    doc["comparison"] = compare(doc["backends"])
+    written = finalize(journal_file, target, doc)
+    log(table(doc))
+    log(f"wrote {written}")
+    return written
+
+
+def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Do native optimiser formulas change the final quality? The spread of the final
+    validation loss over the backends that follow docs/SPEC.md §4 (float32 trajectories part after
+    a few hundred steps, so they differ too) is the band a deviating backend is held to."""
+    ok = {b: r for b, r in results.items() if r.get("status") == "ok"}
+    spec_like = {b: r["final_val_loss"] for b, r in ok.items() if not r.get("optimizer_deviation")}
+    out: dict[str, Any] = {"spec_backends": sorted(spec_like)}
+    if spec_like:
+        lo, hi = min(spec_like.values()), max(spec_like.values())
+        out["spec_band"] = [lo, hi]
+        out["deviating"] = {
+            b: {"final_val_loss": r["final_val_loss"],
+                "outside_band_by": max(0.0, lo - r["final_val_loss"], r["final_val_loss"] - hi),
+                "cause": r["optimizer_deviation"]}
+            for b, r in ok.items() if r.get("optimizer_deviation")}
+    return out
+
+
+def _line(b: str, r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"{b}: {r.get('status')}: {r.get('error')}"
+    hit = (f"target at step {r['steps_to_target']} ({r['seconds_to_target']:.1f} s, estimate "
+           f"{r['estimate_s_to_target']:.1f} s)" if r["steps_to_target"] is not None else "target not reached")
+    return f"{b}: {hit}; final validation {r['final_val_loss']:.4f} nats after {r['steps']} steps"
+
+
+def table(doc: dict[str, Any]) -> str:
+    t = doc["matrix"]["target_loss"]
+    rows = [f"{'backend':15} {'status':8} {'steps to ' + str(t):>14} {'s to target':>12} "
+            f"{'est. s':>8} {'chars/s':>9} {'final val':>10} {'bits/char':>9} {'lane':>4}  optimiser"]
+    for b, r in doc["backends"].items():
+        if r.get("status") != "ok":
+            rows.append(f"{b:15} {r.get('status', '?'):8} {r.get('error', '')[:70]}")
+            continue
+        f = (lambda v, spec: format(v, spec) if v is not None else "-")
+        rows.append(f"{b:15} {'ok':8} {f(r['steps_to_target'], 'd'):>14} "
+                    f"{f(r['seconds_to_target'], '.1f'):>12} {f(r['estimate_s_to_target'], '.1f'):>8} "
+                    f"{f(r['chars_per_s'], ',.0f'):>9} {r['final_val_loss']:10.4f} "
+                    f"{r['final_val_bpc']:9.3f} {f(r.get('lane'), 'd'):>4}  {'native: ' + r['optimizer_deviation'][:40] if r['optimizer_deviation'] else 'docs/SPEC.md §4'}")
+    c = doc.get("comparison", {})
+    if c.get("spec_band"):
+        lo, hi = c["spec_band"]
+        rows.append(f"final validation loss of the docs/SPEC.md §4 backends: {lo:.4f} .. {hi:.4f}")
+        for b, d in c.get("deviating", {}).items():
+            rows.append(f"{b} (native formula): {d['final_val_loss']:.4f}, "
+                        + ("inside that band" if d["outside_band_by"] == 0 else
+                           f"outside it by {d['outside_band_by']:.4f}"))
+    return "\n".join(rows)

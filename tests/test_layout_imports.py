@@ -1,0 +1,146 @@
+"""The shape of harness/: no import circles between its modules, no module a reader must hold
+more than MAX_LINES of, and a worker side (what runs in other interpreters: chainer's NumPy < 2
+environment, an older source tree of a variant) that imports nothing but the standard library,
+NumPy, impls and itself.
+
+The import graph is read from the source with ast, every import counted wherever it stands (a
+function-level import is a circle all the same, only a later one): `import a.b.c` and
+`from a.b import c` are edges to the module they name and to every package on the way there
+that the importer is not itself inside (importing harness.results.model runs
+harness/results/__init__.py first)."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "harness"
+MAX_LINES = 600
+# the worker side: what harness.engine.workers' bootstrap imports in the backend's interpreter
+# (the packages, then the worker's module) and what they import
+WORKER_ENTRY = ("harness", "harness.engine", "harness.engine.worker")
+OPTIONAL = {"threadpoolctl"}  # bench.blas_name asks it where installed, and does without
+WORKER_SIDE = {"harness", "harness.engine", "harness.engine.worker", "harness.engine.bench",
+               "harness.engine.failures", "harness.engine.participants"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(HARNESS.rglob("*.py")):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def _is_package(name: str, mods: dict[str, Path]) -> bool:
+    return name in mods and mods[name].name == "__init__.py"
+
+
+def imports(name: str, path: Path, mods: dict[str, Path]) -> tuple[set[str], set[str]]:
+    """(harness modules `name` imports, top-level names of everything else it imports)."""
+    package = name if _is_package(name, mods) else name.rpartition(".")[0]
+    inside, outside = set(), set()
+
+    def target(dotted: str) -> None:
+        if dotted.split(".")[0] != "harness":
+            outside.add(dotted.split(".")[0])
+            return
+        parts = dotted.split(".")
+        for i in range(1, len(parts) + 1):  # the packages on the way, then the module itself
+            prefix = ".".join(parts[:i])
+            if prefix in mods and not (package == prefix or package.startswith(prefix + ".")):
+                inside.add(prefix)
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                target(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:  # `from pkg import sub` imports the submodule
+                sub = f"{mod}.{a.name}"
+                target(sub if sub in mods else mod)
+    inside.discard(name)
+    return inside, outside
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, mods)[0] for name, path in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checker_finds_a_circle_and_the_packages_on_the_way():
+    """The check itself: a circle through a package's __init__ is found, a chain is not."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    mods = modules()
+    inside, _ = imports("harness.engine.journal", mods["harness.engine.journal"], mods)
+    assert {"harness.results", "harness.results.schema", "harness.errors"} <= inside
+    assert "harness.engine" not in inside  # its own package is initialised already
+
+
+def test_no_import_circles():
+    found = cycles(graph())
+    assert found == [], "import circles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+def test_no_module_over_max_lines():
+    long = {name: n for name, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_worker_side_imports_only_the_standard_library_numpy_and_impls():
+    mods = modules()
+    seen, todo, outside = set(), list(WORKER_ENTRY), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        inside, out = imports(name, mods[name], mods)
+        outside |= out
+        todo.extend(inside)
+    assert seen == WORKER_SIDE, sorted(seen)
+    assert outside - set(sys.stdlib_module_names) - {"__future__"} - OPTIONAL <= {"numpy", "impls"}, sorted(outside)
