@@ -24,16 +24,17 @@ from ..engine.workers import Worker, WorkerFailed
 from ..errors import UsageError
 from ..results.schema import CHECK_QUANTITIES as QUANTITIES, check_worst
 from .check_cases import CROSS_CASES
-from .options import BENCH_BACKENDS, add_python, add_threads, backend_list, positive_threads
+from .options import BENCH_BACKENDS, add_cluster_options, add_python, add_threads, backend_list, positive_threads
 
 
 def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
               precision: str = "float32", json_path: Path | None = None, jobs: int = 1,
-              log: Callable[[str], None] = print, device: str = "cpu") -> int:
+              log: Callable[[str], None] = print, device: str = "cpu", lanes: Any = None) -> int:
     """Returns the exit status: 0 when every backend passes every quantity, else 1. `jobs`
     backends are checked side by side, each in its own worker (the results do not depend on
     it: each case is computed in one process, with `threads` threads, whatever runs beside).
-    `device` is where the backends compute (the CLI refuses gpu on a machine without one)."""
+    `device` is where the backends compute (the CLI refuses gpu on a machine without one).
+    `lanes` (harness.engine.cluster.Lanes): each backend's check runs on a cluster's node."""
     if json_path is not None and (json_path.exists() or json_path.is_symlink()):
         raise UsageError(f"--json {json_path} exists; choose another name (reports are never overwritten)")
     if not backends:
@@ -42,7 +43,29 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
         raise UsageError(f"--jobs must be an integer >= 1, got {jobs}")
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         return _run_check(Path(d), backends, overrides=overrides, threads=threads,
-                          precision=precision, json_path=json_path, jobs=jobs, log=log, device=device)
+                          precision=precision, json_path=json_path, jobs=jobs, log=log, device=device,
+                          lanes=lanes)
+
+
+def check_on_node(name: str, overrides: dict[str, str], threads: int | None, precision: str,
+                  device: str) -> dict[str, Any]:
+    """One backend's check where a cluster's task runs it (harness.engine.cluster.Lanes): the
+    same cases (they are seeded), built and referenced on that node."""
+    with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
+        cases, references = _cases(Path(d))
+        return _check_backend(name, cases, references, Path(d), overrides=overrides, threads=threads,
+                              precision=precision, children=Children(), log=print, device=device)
+
+
+def _cases(tmp: Path) -> tuple[list[tuple[str, Any, Path]], dict[str, dict[str, dict]]]:
+    """The cross-check cases, saved in `tmp`, and an empty reference cache for each."""
+    cases = []
+    references: dict[str, dict[str, dict]] = {}  # case id -> eps form -> reference outputs
+    for cc in CROSS_CASES:
+        case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
+        cases.append((cc.id, case, save_case(case, tmp / f"{cc.id}.npz")))
+        references[cc.id] = {}
+    return cases, references
 
 
 _REFERENCE_LOCK = threading.Lock()  # the lanes share the reference outputs' cache
@@ -118,13 +141,8 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
 
 def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], threads: int | None,
                precision: str, json_path: Path | None, jobs: int, log: Callable[[str], None],
-               device: str = "cpu") -> int:
-    cases = []
-    references: dict[str, dict[str, dict]] = {}  # case id -> eps form -> reference outputs
-    for cc in CROSS_CASES:
-        case = make_case(cc.spec, cc.seed, cc.batch, cc.seq_len, zero_state=cc.zero_state)
-        cases.append((cc.id, case, save_case(case, tmp / f"{cc.id}.npz")))
-        references[cc.id] = {}
+               device: str = "cpu", lanes: Any = None) -> int:
+    cases, references = _cases(tmp)
     report: dict[str, Any] = {"precision": precision, "device": device, "cases": [c[0] for c in cases],
                               "jobs": jobs,
                               "backends": {name: None for name in backends}}  # the given order
@@ -133,6 +151,10 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
     children = Children()
 
     def check_one(name: str, lane: int) -> dict[str, Any]:
+        if lanes is not None:  # on a cluster's node
+            return lanes.call("harness.commands.check:check_on_node",
+                              {"name": name, "overrides": overrides, "threads": threads,
+                               "precision": precision, "device": device}, children, log, name)
         return _check_backend(name, cases, references, tmp, overrides=overrides, threads=threads,
                               precision=precision, children=children, log=log, device=device)
 
@@ -160,7 +182,8 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
 
 
 def _line(name: str, entry: dict[str, Any]) -> str:
-    return f"{name}: {entry['status']} ({entry.get('seconds', 0)} s)"
+    where = f" on node {entry['node']}" if entry.get("node") else ""
+    return f"{name}: {entry['status']} ({entry.get('seconds', 0)} s{where})"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -190,13 +213,19 @@ def cmd_check(a: argparse.Namespace) -> int:
     if not backends:
         raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
     positive_threads(a.threads)
-    require_device(a.device, a.precision, backends)
+    require_device(a.device, a.precision, backends, here=not a.cluster)
+    if a.on and not a.cluster:
+        raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
     if a.json:
         check_new_path(a.json, "--json")  # fail now, not after minutes of checking
-    jobs = default_jobs(a.threads) if a.jobs is None else a.jobs
+    lanes = None
+    if a.cluster:  # Ray only here, and only with --cluster
+        from ..engine.cluster import lanes_on
+        lanes = lanes_on(a.cluster, a.on, a.device, a.threads, print)
+    jobs = (lanes.jobs if lanes else default_jobs(a.threads)) if a.jobs is None else a.jobs
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
                      precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs,
-                     device=a.device)
+                     device=a.device, lanes=lanes)
 
 
 def add_parser(sub: Any) -> None:
@@ -211,4 +240,5 @@ def add_parser(sub: Any) -> None:
                    help="backends checked side by side, each in its own worker (default: the "
                         "cores // --threads)")
     add_python(p), add_threads(p)
+    add_cluster_options(p, "each backend's check (they pack the nodes)")
     p.set_defaults(fn=cmd_check)

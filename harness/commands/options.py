@@ -47,3 +47,14 @@ def percent(text: str) -> float:
     if not 0 <= v < 10:
         raise UsageError(f"--threshold must be between 0% and 1000%, got {text!r}")
     return v
+
+
+def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--cluster and --on (run, check, quality): where on a Ray cluster the work goes."""
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help=f"run {what} on a Ray cluster: its head's HOST:PORT, or auto (needs "
+                        "pip install 'lstmbench[cluster]'; README, \"Running on a Ray cluster\")")
+    p.add_argument("--on", metavar="KIND[,KIND]",
+                   help="with --cluster: the machine kinds (node label lstmbench/kind) that take the work "
+                        "(default: every kind, one results file each)")
+

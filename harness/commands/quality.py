@@ -56,6 +56,7 @@ def cmd_quality(a: Any) -> int:
     if getattr(a, "device", "cpu") != "cpu" or getattr(a, "precision", "float32") != "float32":
         raise UsageError("the quality matrix runs on the CPU in float32 only; drop --device/--precision")
     resume = Path(a.resume) if getattr(a, "resume", None) else None
+    header: dict[str, Any] = {}
     if resume is not None:  # the interrupted run's settings, from its journal's header
         _, _, header, _, _ = load_resume(resume)
         name, backends, threads = header["matrix"]["name"], list(header["requested_backends"]), header.get("threads")
@@ -82,7 +83,18 @@ def cmd_quality(a: Any) -> int:
             backends = [b for b in registry.BACKENDS if b != "numpy"]  # the float64 oracle is slow
         if not backends:
             raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
+    lanes = None
+    address, on = getattr(a, "cluster", None), getattr(a, "on", None)
+    if on and not address:
+        raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
+    if resume is not None and isinstance(header.get("cluster"), dict):  # it goes on where it ran
+        address = address or header["cluster"].get("address")
+        on = on or ",".join(header["cluster"].get("kinds") or []) or None
+    if address:  # Ray only here, and only with --cluster
+        from ..engine.cluster import lanes_on
+        lanes = lanes_on(address, on, "cpu", threads, print,
+                         one_kind="a quality run keeps its wall times")
     run_quality(cfg, backends, Path(a.out), threads=threads, jobs=jobs,
                 overrides=parse_python_overrides(getattr(a, "python", None)),
-                command=["lstmbench", *sys.argv[1:]], resume=resume)
+                command=["lstmbench", *sys.argv[1:]], resume=resume, lanes=lanes)
     return 0

@@ -18,7 +18,7 @@ from ..engine.variants import check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
 from ..training.quality import MATRICES as QUALITY
-from .options import BENCH_BACKENDS, DEFAULT_THREADS, backend_list, positive_threads
+from .options import BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, backend_list, positive_threads
 from .quality import cmd_quality, is_quality_journal
 
 
@@ -36,8 +36,19 @@ def cmd_run(a: argparse.Namespace) -> int:
     variants = parse_variants(a.variant)
     if variants and a.resume:
         raise UsageError("--resume continues the journal's variants; leave --variant out")
-    run_matrix(**run_options(a, default_matrix="default", variants=variants),
-               command=["lstmbench", *sys.argv[1:]], reporter=RunConsole())
+    if a.on and not a.cluster:
+        raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
+    opts = run_options(a, default_matrix="default", variants=variants)
+    on_cluster = a.cluster or (opts["resume"] is not None and load_resume(opts["resume"])[2].get("cluster"))
+    if on_cluster:  # Ray only here (harness.engine.cluster_run), and only with --cluster
+        from ..engine.cluster_run import run_cluster
+        if opts["resume"] is not None:  # the interrupted run's variants (python=, env=), from its header
+            header = load_resume(opts["resume"])[2]
+            opts["variants"] = parse_variants([d["text"] for d in (header.get("variants") or {}).values()]) or None
+        run_cluster(**opts, address=a.cluster, on=a.on, command=["lstmbench", *sys.argv[1:]],
+                    reporter=RunConsole())
+        return 0
+    run_matrix(**opts, command=["lstmbench", *sys.argv[1:]], reporter=RunConsole())
     return 0
 
 
@@ -71,7 +82,7 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
                    if a.device in registry.BACKENDS[b].devices]
         backends = backend_list(a.backends, default)
         a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
-    require_device(a.device, a.precision, backends)
+    require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
     for v in variants or []:
         if v.src is not None:
             check_src(v.src, f"--variant {v.name}: src")
@@ -109,6 +120,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run a benchmark matrix")
     add_run_options(p, default_matrix="default")
+    add_cluster_options(p, "the workloads (one per node at a time), or a quality matrix's training")
     p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="measure every backend once per variant, interleaved (repeatable, two or more): "
                         "keys python=PATH, python.BACKEND=PATH, src=DIR|REV, env.VAR=VALUE, threads=N "

@@ -79,15 +79,17 @@ def gpu_present() -> bool:
     return r.returncode == 0 and "GPU" in r.stdout
 
 
-def require_device(device: str, precision: str, backends: "list[str] | tuple[str, ...]" = ()) -> None:
+def require_device(device: str, precision: str, backends: "list[str] | tuple[str, ...]" = (),
+                   here: bool = True) -> None:
     """Refuse, before any worker starts, what cannot run here (`run` and `check` alike): a
-    backend whose spec lacks the device, tf32 off a GPU, --device gpu on a machine without one."""
+    backend whose spec lacks the device, tf32 off a GPU, --device gpu on a machine without one
+    (where the work runs `here`; a cluster's nodes are chosen by harness.engine.cluster)."""
     for b in backends:
         if device not in get_spec(b).devices:
             raise UsageError(f"backend {b} does not run on {device}")
     if precision == "tf32" and device != "gpu":
         raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
-    if device == "gpu" and not gpu_present():
+    if device == "gpu" and here and not gpu_present():
         raise UsageError("--device gpu: this machine has no GPU (no NVIDIA or ROCm driver found); "
                          "run on the CPU (--device cpu), or set LSTMBENCH_GPU=1 if it has one "
                          "this check misses")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .signals import on_second_signal
 from .workers import killpg
@@ -31,8 +31,9 @@ class Stopped(Exception):
 
 
 class Children:
-    """The lanes' live child processes (each the leader of its own process group), so that an
-    interruption can stop every one of them, and so that no lane starts one after it."""
+    """The lanes' live child processes (each the leader of its own process group; or a task on a
+    cluster's node, which has a stop()), so that an interruption can stop every one of them,
+    and so that no lane starts one after it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -45,7 +46,7 @@ class Children:
             if not self.closed:
                 self._procs.append(proc)
                 return True
-        killpg(proc, signal.SIGKILL)
+        _stop(proc, signal.SIGKILL)
         return False
 
     def discard(self, proc: subprocess.Popen) -> None:
@@ -64,7 +65,18 @@ class Children:
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
-            killpg(proc, sig)
+            _stop(proc, sig)
+
+
+def _stop(child: Any, sig: int) -> None:
+    """`sig` to a child process's group; a child elsewhere (a cluster's task,
+    harness.engine.cluster.RemoteTask) stops itself as `sig` asks: SIGTERM gracefully, SIGKILL
+    at once."""
+    stop = getattr(child, "stop", None)
+    if stop is not None:
+        stop(sig)
+    else:
+        killpg(child, sig)
 
 
 @dataclass(frozen=True)

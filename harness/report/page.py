@@ -29,7 +29,7 @@ from .entries import Entry, entries
 from .plots import figures
 from .quality import sections as quality_sections, split_inputs
 from .tables import (Table, backends_table, equivalence_table, failures_table, header_table, noise_table,
-                     ratio_tables, results_tables)
+                     kinds_tables, ratio_tables, results_tables)
 
 MANIFEST = ".lstmbench-report.json"  # what a report wrote into its folder (name -> sha256)
 
@@ -215,6 +215,15 @@ def _benchmark_sections(runs: list[tuple[Run, list[RunCell]]], docs: list[dict[s
         for wid, t in tables:
             ratio_items += [("h4", wid), ("table", t)]
     sections.append(("Backends against the fastest, per workload", ratio_items))
+    sources, side = kinds_tables(runs)
+    if side:  # several machines (a cluster run's kinds): the same workload on each, side by side
+        kind_items: list[tuple[str, Any]] = [
+            ("note", "Each workload's backends on each machine kind: the time ratio to the fastest "
+                     "backend of that kind's run (paired rounds, 95% interval) and chars/s, from "
+                     "each kind's latest run in this report:"), ("list", sources)]
+        for wid, t in side:
+            kind_items += [("h4", wid), ("table", t)]
+        sections.append(("Machine kinds side by side", kind_items))
     noise_items: list[tuple[str, Any]] = [
         ("note", f"How fast and how steady the machine was: the noise probe's GFLOP/s, the share of "
                  f"rounds whose probe ran slower than {CLEAN_FACTOR}x its best (not clean), "

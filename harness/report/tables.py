@@ -233,6 +233,35 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]]) -> list[tuple[str, list[
     return out
 
 
+def kinds_tables(runs: list[tuple[Run, list[RunCell]]]) -> tuple[list[str], list[tuple[str, Table]]]:
+    """Where the runs are of several machines (a cluster run's kinds, or any machines): per
+    workload, each backend's ratio to the fastest and chars/s on each machine, side by side,
+    from each machine's latest run; and the files those columns come from. Empty where the
+    runs are of one machine."""
+    latest: dict[str, tuple[Run, list[RunCell]]] = {}
+    for run, rcs in runs:  # runs come in date order: the last of a machine wins
+        latest[run.machine] = (run, rcs)
+    if len(latest) < 2:
+        return [], []
+    kinds = list(latest)
+    per_kind = {k: dict(ratio_tables([latest[k]])[0][1]) for k in kinds}
+    wids: list[str] = []
+    for k in kinds:
+        wids += [w for w in per_kind[k] if w not in wids]
+    out = []
+    for wid in wids:
+        cells: dict[str, dict[str, list[str]]] = {}  # backend -> kind -> [ratio, chars/s]
+        for k in kinds:
+            t = per_kind[k].get(wid)
+            for r in (t.rows if t else []):
+                cells.setdefault(r[0], {})[k] = r[1:]
+        order = sorted(cells, key=lambda b: min(_ratio_key(v[0]) for v in cells[b].values()))
+        rows = [[b, *[x for k in kinds for x in cells[b].get(k, ["-", "-"])]] for b in order]
+        head = ["backend", *[x for k in kinds for x in (f"{k}: ratio [95% CI]", f"{k}: chars/s")]]
+        out.append((wid, Table(head, rows, set(range(1, len(head))))))
+    return [f"{k}: {run_name(latest[k][0].doc)}" for k in kinds], out
+
+
 def _ratio_key(text: str) -> float:
     """Sort key of a ratio cell: its number (the fastest is 1), a cell that did not run last."""
     head = text.split()[0] if text else ""

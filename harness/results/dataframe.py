@@ -19,7 +19,11 @@ def cell_rows(run: Run, cells: list[RunCell]) -> list[dict[str, Any]]:
     """One flat dict per cell: sizes, status, the estimate and its interval, stats and derived
     numbers (no raw samples). chars_per_s follows estimate_s (v2's headline) where present."""
     rows = []
-    machine = run.doc["machine"]
+    nodes = {}  # workload id -> the cluster node that measured it (--cluster runs)
+    for w in run.doc.get("workloads") or []:
+        node = w.get("node") if isinstance(w, dict) else None
+        if isinstance(node, dict) and isinstance(node.get("node"), str):
+            nodes[w.get("id")] = node["node"]
     for rc in cells:
         cell, res = rc.record, rc.result
         m = cell.get("model") or {}
@@ -31,7 +35,8 @@ def cell_rows(run: Run, cells: list[RunCell]) -> list[dict[str, Any]]:
         if est and est > 0 and is_number(B) and is_number(T) and cell.get("mode") != "generate":
             cps = B * T / est
         rows.append({
-            "file": run.doc.get("_path"), "run": run.doc.get("created"), "machine": machine.get("slug"),
+            "file": run.doc.get("_path"), "run": run.doc.get("created"), "machine": run.machine,
+            "node": nodes.get(rc.workload),
             "device": cell.get("device"), "precision": cell.get("precision"), "backend": cell.get("backend"),
             "mode": cell.get("mode"), "preset": cell.get("preset"), "batch": B, "seq_len": T,
             "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
@@ -52,8 +57,9 @@ def cell_rows(run: Run, cells: list[RunCell]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_dataframe(paths: Iterable[str | os.PathLike[str]]) -> Any:
-    """A tidy pandas DataFrame of every cell in the given result files or folders."""
+def load_dataframe(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Any:
+    """A tidy pandas DataFrame of every cell in the given result files or folders (one path,
+    or several)."""
     import pandas as pd
     rows: list[dict[str, Any]] = []
     for run, cells in read_runs(paths, strict=False):  # a row needs the stored record, not a Cell

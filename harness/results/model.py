@@ -135,7 +135,8 @@ def read_run(path: PathLike, *, strict: bool = True) -> tuple[Run, list[RunCell]
     noise = doc.get("noise") if isinstance(doc.get("noise"), dict) else {}
     contended = noise.get("contended_fraction")
     contended = float(contended) if is_number(contended) else sig.contended_share(probe_s)
-    run = Run(str(p), str(machine.get("slug", "?")), version,
+    kind = machine.get("kind")  # a cluster run's machine kind names it; else the machine's slug
+    run = Run(str(p), kind if isinstance(kind, str) and kind else str(machine.get("slug", "?")), version,
               est if isinstance(est, str) and est in stats.ESTIMATORS else "median",
               doc.get("threads"), probe_s, best, sig.noise_floor(probe_s, _probe_blocks(doc)), contended,
               noise.get("verdict") if isinstance(noise.get("verdict"), str) else None, doc,
@@ -168,7 +169,7 @@ def read_run(path: PathLike, *, strict: bool = True) -> tuple[Run, list[RunCell]
     return run, cells
 
 
-def read_runs(paths: Iterable[PathLike], *, strict: bool = True) -> list[tuple[Run, list[RunCell]]]:
+def read_runs(paths: PathLike | Iterable[PathLike], *, strict: bool = True) -> list[tuple[Run, list[RunCell]]]:
     """Every results file of `paths` (files, or folders searched: store.expand_paths) read and
     checked (read_run): a bad one fails here, before anything is written."""
     return [read_run(p, strict=strict) for p in expand_paths(paths)]

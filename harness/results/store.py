@@ -91,10 +91,12 @@ def _regular(q: Path) -> bool:
     return False
 
 
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def expand_paths(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files as given; folders searched recursively for results files (other JSON in a
     folder, such as a `check --json` report, is passed over, and so is whatever is not a
-    regular file)."""
+    regular file). One path alone is one path, not its characters."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():

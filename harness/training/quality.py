@@ -217,6 +217,17 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
     return res
 
 
+def train_on_node(backend: str, cfg: dict[str, Any], threads: int | None,
+                  overrides: dict[str, str]) -> dict[str, Any]:
+    """One backend's training where a cluster's task runs it (harness.engine.cluster.Lanes):
+    the corpus fetched (and cached) on that node, the training in a process of its own there."""
+    config = QualityConfig(**cfg)
+    prepare(config.corpus)
+    with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
+        return _run_one(backend, config, Path(tmp) / backend, threads, overrides, print,
+                        children=Children())
+
+
 def _cannot_train(backend: str) -> str | None:
     """Why `backend` cannot train, where the registry says so."""
     return registry.unsupported(backend, mode="train")
@@ -297,9 +308,10 @@ def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[
 def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threads: int | None = None,
                 jobs: int | None = None, overrides: dict[str, str] | None = None,
                 command: list[str] | None = None, resume: Path | None = None,
-                log: Callable[[str], None] = print) -> Path:
+                log: Callable[[str], None] = print, lanes: Any = None) -> Path:
     """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
-    then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path."""
+    then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path.
+    `lanes` (harness.engine.cluster.Lanes): each backend trains on a cluster's node."""
     overrides = overrides or {}
     done: dict[str, dict[str, Any]] = {}
     sessions: dict[int, dict[str, Any]] = {}
@@ -311,7 +323,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
     else:
         check_writable(out_dir)  # before the corpus is fetched and anything trains
     backends = list(dict.fromkeys(backends))  # each once: a backend is one record
-    jobs = jobs or default_jobs(threads)
+    jobs = jobs or (lanes.jobs if lanes is not None else default_jobs(threads))
     cores = os.cpu_count() or 1
     preset = get_preset(cfg.preset)
     if cfg.optimizer_from:
@@ -330,6 +342,8 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                       "vocab_size": corpus.vocab_size},
             "reference": REFERENCE, "requested_backends": list(backends),
             "noise": noise_statement(threads, jobs, cores), "interrupted": False}
+        if lanes is not None:  # where it trained: the cluster's nodes, and their machine (one kind)
+            doc.update(lanes.record())
         target, journal_file = claim(default_path(out_dir, doc))  # a name of its own (journal.claim)
         Journal(journal_file).write_header({**doc, "target": str(target)})
     elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
@@ -355,7 +369,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
         res["session"] = session
         journal.append({"backend": b, "result": res, "session": session_info})
         results[b] = res
-        lane = f" [lane {res['lane']}]" if res.get("lane") else ""
+        lane = f" [node {res['node']}]" if res.get("node") else (f" [lane {res['lane']}]" if res.get("lane") else "")
         say(_line(b, res) + lane)
 
     todo = [b for b in backends if b not in done]
@@ -383,6 +397,11 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                 children = Children()
 
                 def train_one(b: str, lane: int) -> dict[str, Any]:
+                    if lanes is not None:  # on a cluster's node (the lane's CPUs are Ray's to give)
+                        say(f"{b}: training on the cluster ...")
+                        return lanes.call("harness.training.quality:train_on_node",
+                                          {"backend": b, "cfg": asdict(cfg), "threads": threads,
+                                           "overrides": overrides}, children, say, b)
                     cpus = lane_cpus(lane, threads, jobs) if jobs > 1 else None
                     say(f"{b}: training in lane {lane}"
                         + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
