@@ -181,6 +181,7 @@ def test_workloads_spread_over_nodes_one_at_a_time_one_file_per_kind(cluster, tm
         _once_each(doc)
         for w in doc["workloads"]:
             assert w["node"]["kind"] == kind and [t["outcome"] for t in w["tries"]] == ["ok"]
+            assert w["machine"]["cores"] == os.cpu_count() and w["machine"]["cpu"] == doc["machine"]["cpu"]
             spans.setdefault(w["node"]["node"], []).append(tuple(w["ran"]))
         assert f"done on node {doc['workloads'][0]['node']['node']}" in r.stdout
     assert set(spans) == {"a0", "a1", "b0"}  # kind a's four workloads went to both of its nodes

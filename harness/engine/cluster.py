@@ -262,6 +262,8 @@ def workload_task(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     t_end = time.time()
     rec["workload"]["node"] = {k: where[k] for k in ("node", "node_id", "kind")}
     rec["workload"]["host"] = where["machine"].get("hostname")
+    rec["workload"]["machine"] = {k: where["machine"].get(k)  # the node's own (a kind's may vary)
+                                  for k in ("cpu", "cores", "memory_bytes", "gpu", "slug")}
     rec["workload"]["ran"] = [round(where["t"], 3), round(t_end, 3)]  # the node's clock, epoch s
     import sys
     yield {"event": "done", **where, "t_end": t_end, "record": rec, "info": info,
