@@ -149,6 +149,17 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
                 baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
+    BackendSpec("torch-genloop", "impls.torch_impl", "TorchGenLoopBackend", "torch", "main",
+                "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
+                "torch.compile'd program: two torch while_loops over the LSTM step written as "
+                "tensor ops on the nn.LSTM's weights, pre-transposed; inductor's C++ wrapper; "
+                "on a GPU one CUDA graph per (prefix, n) (written, not measured here); eval is "
+                "torch's own nn.LSTM step; no train mode",
+                devices=_GPU, precisions=_TF32, modes=("eval", "generate"),
+                baseline="torch",
+                baseline_note="its compiled generation loop against the plain PyTorch loop a "
+                              "user writes (one nn.LSTM call and one torch.multinomial per "
+                              "character); its eval step is torch's own, and it has no train mode"),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
                 "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
@@ -172,7 +183,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)"),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
-                "step under nnx.jit; generation a jitted one-token step per token",
+                "step under nnx.jit; generation one compiled program (nnx.split, then nnx.merge "
+                "and lax.scan over the cells inside jax.jit)",
                 deviations={"adagrad": Deviation(
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
                                   "(no option to move it out)")},
