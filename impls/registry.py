@@ -162,8 +162,9 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                               "character); its eval step is torch's own, and it has no train mode"),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
-                "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
-                "token, drawn on the host", modes=("eval", "generate"),
+                "i,o,f,c) run by ONNX Runtime's CPU provider; generation one graph (the prefix, "
+                "then a Loop drawing each token in float64 ONNX ops and feeding it back)",
+                modes=("eval", "generate"),
                 baseline=None,
                 baseline_note="the exported graph is what a user runs; no train mode"),
     BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
@@ -192,7 +193,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
-                "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
+                "tf.function (tf.while_loop) compiled by XLA (jit_compile=True on that function); "
+                "eval is tensorflow's own step; no train mode",
                 modes=("eval", "generate"),
                 baseline="tensorflow",
                 baseline_note="its compiled generation loop against the plain Keras loop a user "

@@ -103,11 +103,14 @@ def kernel_info(backend_name: str, device: str) -> dict[str, str]:
     kwargs) is compiled whole by XLA; the others run Keras' cuDNN LSTM on a GPU and the
     tf.while_loop cell (oneDNN or Eigen matmuls) on the CPU."""
     from .registry import get_spec
-    if get_spec(backend_name).kwargs.get("jit_compile"):
-        return {"kernel": "XLA:GPU" if device == "gpu" else "XLA:CPU"}
-    if device == "gpu":
-        return {"kernel": "cuDNN"}
-    return {"kernel": "oneDNN" if _onednn_enabled() else "Eigen"}
+    spec = get_spec(backend_name)
+    xla = "XLA:GPU" if device == "gpu" else "XLA:CPU"
+    if spec.kwargs.get("jit_compile"):
+        return {"kernel": xla}
+    own = "cuDNN" if device == "gpu" else "oneDNN" if _onednn_enabled() else "Eigen"
+    if spec.cls == "TensorflowGenLoopBackend" and spec.kwargs.get("jit_loop", True):
+        return {"kernel": f"{xla} (the generation loop); eval: {own}"}
+    return {"kernel": own}
 
 
 def device_peak_memory(device: str, reset: bool) -> int | None:
@@ -367,20 +370,25 @@ def _check_xla(device: str) -> None:
 class TensorflowGenLoopBackend(TensorflowBackend):
     """`tensorflow` with generation compiled whole: the prefix, every step and every draw
     (the same `_gen_step_impl` body as the per-token variant) inside one `tf.function`, the
-    loops autograph-converted to `tf.while_loop`s, so one call returns all n tokens. This is
-    what `jax` does with `lax.scan`; the per-token `tensorflow` variant pays one function call
-    and its Python dispatch per token instead. Registry modes=("eval", "generate"): its eval
+    loops autograph-converted to `tf.while_loop`s, compiled by XLA (`jit_compile=True` on that
+    function alone: `jit_loop`), so one call returns all n tokens. This is what `jax` does with
+    `lax.scan`; the per-token `tensorflow` variant pays one function call and its Python
+    dispatch per token instead. Measured at char-rnn's sizes, one thread (docs/speed.md): 20 us
+    a character under XLA, 90 without it (TF's executor runs the while loop's ops one by one),
+    530 per token. Registry modes=("eval", "generate"): its eval
     step is the `tensorflow` backend's own (kept so that the conformance suite, whose
     no-train path needs eval, checks it whole; matrices need only its generate cells); train
     raises NotImplementedError."""
 
-    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, **kw: Any) -> None:
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 jit_loop: bool = True, **kw: Any) -> None:
         super().__init__(model, train, params, **kw)
-        # any prefix length and n: one trace per backend object
+        # any prefix length and n: one trace per backend object; XLA compiles per shape
         sig = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float64),
                tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int32)]
+        self.jit_loop = bool(jit_loop or self.jit_compile)
         self._gen_loop_fn = tf.function(self._gen_loop_impl, input_signature=sig,
-                                        jit_compile=bool(self.jit_compile))
+                                        jit_compile=self.jit_loop)
 
     def _gen_loop_impl(self, prefix, uniforms, temperature, top_k):  # type: ignore[no-untyped-def]
         """prefix (P,) int32 with P >= 1, uniforms (n,) float64 with n >= 1 -> (n,) int32."""
