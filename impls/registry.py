@@ -169,7 +169,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline_note="the exported graph is what a user runs; no train mode"),
     BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the JAX engine: stateless_call + "
-                "jax.grad + optimizer.stateless_apply, the step under jax.jit",
+                "jax.grad + optimizer.stateless_apply, the step under jax.jit; generation one "
+                "jitted program (lax.scan of one-token stateless_calls)",
                 env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
@@ -177,7 +178,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
                 "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
-                "projection one matmul per window, the recurrent step a loop of torch ops",
+                "projection one matmul per window, the recurrent step a loop of torch ops; "
+                "generation the layers' LSTMCells per token, eager",
                 env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
