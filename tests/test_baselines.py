@@ -252,6 +252,21 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert set(w["participants"]) == {"torch", "baseline:torch"}
         assert all(p["result"]["status"] == "ok" for p in w["participants"].values())
     assert "| tiny | train | torch | torch |" in cap.out
+    # v3: each workload's backends to their fastest (baselines are no backend), the peak GEMM and
+    # every result's efficiency against it, the frontier line per workload; and the file reads as
+    # a run of its backends (report, compare, load_dataframe)
+    assert doc["schema_version"] == 3 and doc["peak"]["gflops"] > 0
+    assert doc["peak"]["gflops"] == max(doc["peak"]["probe_gflops"], doc["peak"]["gemm_gflops"])
+    for w in doc["workloads"]:
+        assert set(w["ratios"]) == {"torch"} and w["ratios"]["torch"]["ratio"] == 1.0
+        for p in w["participants"].values():
+            assert p["result"]["efficiency"] == pytest.approx(p["result"]["gflops"] / doc["peak"]["gflops"])
+    assert cap.out.count("each framework at its fastest: torch 1.00") == 2
+    from harness.results.model import read_run
+    run, cells = read_run(out)
+    assert [(c.cell.backend, c.cell.mode) for c in cells] == [("torch", "train"), ("torch", "eval")]
+    assert run.doc["converted_from"] == baselines.SCHEMA and all(c.measured for c in cells)
+    assert {c.workload for c in cells} == {w["id"] for w in doc["workloads"]}
     with pytest.raises(FileExistsError):  # never overwritten: --out refused before measuring
         baselines.cmd_baselines(baselines_args(out=str(out)))
 

@@ -40,17 +40,18 @@ import numpy as np
 
 from impls.case import check_new_path
 
-from ..engine import duet, stats
-from ..engine.bench import Cell
+from ..engine import duet, explain, stats
+from ..engine.bench import PEAK_N, Cell
 from ..engine.envs import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
 from ..engine.executor import participant_info
 from ..engine.host import worker_cpus
-from ..engine.participants import KINDS, PROBE
+from ..engine.participants import KINDS, PROBE, PROBE_N, ParticipantFailed
 from ..engine.scheduler import ProbeState, Schedule, measure_workload
-from ..engine.assemble import cell_result
-from ..engine.workers import Launcher, WorkerParticipant, Workers
+from ..engine.assemble import cell_result, workload_ratios
+from ..engine.workers import Launcher, WorkerFailed, WorkerParticipant, Workers, answer
 from ..errors import UsageError
 from ..report.console import describe
+from ..report.frontier import frontier, summary_line
 from ..results.store import check_writable, default_path, new_document, write_results
 from .options import positive_threads
 
@@ -58,7 +59,10 @@ THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fix
 MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-SCHEMA_VERSION = 2  # 2: rows judged by harness.engine.duet (marks faster|slower|unchanged|inconclusive|failed)
+# 2: rows judged by harness.engine.duet (marks faster|slower|unchanged|inconclusive|failed);
+# 3: workloads carry `ratios` (each backend to the fastest backend, paired rounds), the run a
+# `peak` GEMM and every result its `efficiency`: `lstmbench report` reads the file as a run
+SCHEMA_VERSION = 3
 
 
 def baseline_file(name: str) -> str:
@@ -228,6 +232,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
         except Exception as e:  # noqa: BLE001 - go on without the probe, as run does
             log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
             probe.participant = None
+        big = [_gemm_peak(workers)]  # the larger GEMM at the start and the end, as run times it
         plan = [(p, m) for p in presets for m in modes]
         for i, (pname, mode) in enumerate(plan, 1):
             preset = get_preset(pname)
@@ -251,6 +256,8 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
 
             wd = measure_workload(parts, make, probe, sched, rng, log)
             res = {n: cell_result(cells[n], wd.backends[n], sched, seed=0) for n in parts}
+            # each backend's time ratio to the fastest backend (baselines are no backend)
+            ratios = workload_ratios({b: res[b] for b in bes})
             for n in parts:
                 log(f"      {n:34} " + describe(res[n]))
             for b in bes:
@@ -259,10 +266,19 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                               "seq_len": c0.seq_len, "rounds": wd.rounds,
                               "remeasured_rounds": wd.remeasured, "cut_short": wd.short,
                               "order": wd.order, "probe_s": wd.probe_s, "probe_best_s": probe.best_s,
-                              "participants": {n: {"cell": cells[n].to_dict(), "result": res[n]}
+                              "ratios": ratios, "participants": {n: {"cell": cells[n].to_dict(), "result": res[n]}
                                                for n in parts}})
+        big.append(_gemm_peak(workers))
     finally:
         workers.close()
+    probe_best = probe.flop / probe.best_s / 1e9 if probe.best_s else None
+    gemm = max([g for g in big if g], default=None)
+    peak = explain.peak_of("cpu", probe_best, gemm)
+    for w in workloads:  # efficiency against the run's peak GEMM, as run gives it
+        for part in w["participants"].values():
+            r = part["result"]
+            if r.get("status") == "ok" and r.get("gflops"):
+                r["efficiency"] = r["gflops"] / peak if peak else None
     # one comparison over the run's cells: the between-process variance pooled over all of them
     pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
     rows: list[dict[str, Any]] = []
@@ -292,11 +308,35 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                        mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},
                        noise={"contended_fraction": frac, "verdict": verdict,
                               "between_process_sd": None if pool.tau2 is None else pool.tau2 ** 0.5},
+                       peak={"gflops": peak, "via": "numpy BLAS (the noise probe's worker)",
+                             "dtype": "float32", "probe_gflops": probe_best, "probe_n": PROBE_N,
+                             "gemm_gflops": gemm, "gemm_n": PEAK_N, "threads": threads},
                        wall_s=round(time.monotonic() - t_start, 1))
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     doc["workloads"], doc["rows"] = workloads, rows
     target = out if out is not None else default_path(Path("results"), doc)
     return write_results(doc, target), doc
+
+
+def _gemm_peak(workers: Workers) -> float | None:
+    """The larger GEMM's best GFLOP/s now, in the noise probe's worker (NumPy's BLAS, the run's
+    threads and CPUs); None where the probe is unavailable."""
+    try:
+        return answer(workers.healthy(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
+    except (WorkerFailed, ParticipantFailed, OSError):
+        workers.drop(PROBE)
+        return None
+
+
+def frontier_lines(doc: dict[str, Any]) -> list[str]:
+    """Per workload, each framework at its fastest (harness.report.frontier), as `run` says it."""
+    out = []
+    for w in doc.get("workloads") or []:
+        cells = [(n, p["result"]) for n, p in w["participants"].items()]
+        rows = frontier(cells, w.get("ratios"), (doc.get("peak") or {}).get("gflops"))
+        if rows:
+            out.append(f"{w['id']}: each framework at its fastest: {summary_line(rows)}")
+    return out
 
 
 def _ms(s: Any) -> str:
@@ -345,6 +385,8 @@ def cmd_baselines(a: argparse.Namespace) -> int:
                               overrides=parse_python_overrides(a.python),
                               command=["lstmbench", *sys.argv[1:]])
     print(markdown_table(doc["rows"]))
+    print("")
+    print("\n".join(frontier_lines(doc)))
     print(f"\nmachine noise: {doc['noise']['verdict']}; results: {path}", file=sys.stderr)
     return 0
 
