@@ -5,6 +5,7 @@ or an interrupted quality run's journal) go to harness.commands.quality. The opt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
         backends = backend_list(a.backends, default)
+        if a.backends and matrix.mode_backends:  # named backends: each runs in every mode
+            matrix = dataclasses.replace(matrix, mode_backends={})
         a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
     require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
     for v in variants or []:
