@@ -86,6 +86,12 @@ BASELINES: dict[str, Entry] = {b: Entry(s.baseline, s.baseline_note)
 REASONS: dict[tuple[str, str], str] = {
     ("torch-cell", "*"): ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
                           "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"),
+    ("torch-compile", "generate"): ("Dynamo graph-breaks at nn.LSTM, so each token runs the "
+                                    "compiled step as three frames around the eager LSTM: three "
+                                    "guard checks and ~70 us of compiled-region overhead a token "
+                                    "(torch.profiler, char-rnn sizes: 16% of the loop) where the "
+                                    "baseline makes one eager call; the loop compiled whole is "
+                                    "torch-genloop (docs/speed.md)"),
     ("tensorflow-xla", "train"): ("jit_compile=True by design: XLA:CPU's compiled while-loop LSTM "
                                   "and its gradient are slower here than TF's oneDNN graph kernels; "
                                   "the same step without XLA (tensorflow) matches the baseline"),
