@@ -144,7 +144,7 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 deviations=CHAINER_DEVIATIONS,
                 baseline="chainer",
                 baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
-    BackendSpec("torch-compile", "impls.torch_impl", "TorchCompileBackend", "torch", "main",
+    BackendSpec("torch-compile", "impls.torch_compile_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",

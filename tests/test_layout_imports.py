@@ -1,5 +1,6 @@
-"""The shape of harness/: no import circles between its modules, no module a reader must hold
-more than MAX_LINES of, and a worker side (what runs in other interpreters: chainer's NumPy < 2
+"""The shape of the code: no import circles between harness/'s modules, no module of harness/ or
+impls/ a reader must hold more than MAX_LINES of, every test file run by some tox environment
+(so CI runs it), and a worker side (what runs in other interpreters: chainer's NumPy < 2
 environment, an older source tree of a variant) that imports nothing but the standard library,
 NumPy, impls and itself.
 
@@ -11,11 +12,14 @@ harness/results/__init__.py first)."""
 from __future__ import annotations
 
 import ast
+import configparser
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
+IMPLS = ROOT / "impls"
 MAX_LINES = 600
 # the worker side: what harness.engine.workers' bootstrap imports in the backend's interpreter
 # (the packages, then the worker's module) and what they import
@@ -127,8 +131,35 @@ def test_no_import_circles():
 
 
 def test_no_module_over_max_lines():
-    long = {name: n for name, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    files = [*modules().values(), *sorted(IMPLS.rglob("*.py"))]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def tox_test_files(text: str) -> dict[str, set[str]]:
+    """tox.ini's environments -> the test files their commands name (tests/test_*.py)."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(text)
+    out: dict[str, set[str]] = {}
+    for section in cfg.sections():
+        if section == "testenv" or section.startswith("testenv:"):
+            out[section] = set(re.findall(r"tests/test_\w+\.py", cfg[section].get("commands", "")))
+    return out
+
+
+def test_every_test_file_runs_in_a_tox_environment():
+    """CI runs `tox` (.ci/run): a test file no environment names never runs there."""
+    named = set().union(*tox_test_files((ROOT / "tox.ini").read_text()).values())
+    files = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
+    assert files - named == set(), f"in no tox environment: {sorted(files - named)}"
+    assert named - files == set(), f"tox names test files that do not exist: {sorted(named - files)}"
+
+
+def test_the_tox_check_sees_a_missing_file():
+    """The check itself: a file named nowhere is missing from what tox_test_files finds."""
+    envs = tox_test_files("[testenv:a]\ncommands =\n    pytest tests/test_x.py tests/test_y.py\n"
+                          "[testenv:b]\ncommands = pytest tests/test_z.py\n[other]\ncommands = tests/test_w.py\n")
+    assert envs == {"testenv:a": {"tests/test_x.py", "tests/test_y.py"}, "testenv:b": {"tests/test_z.py"}}
 
 
 def test_the_worker_side_imports_only_the_standard_library_numpy_and_impls():

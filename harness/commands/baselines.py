@@ -153,6 +153,43 @@ def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
     return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
 
 
+Measured = tuple[str, str, str, str, dict[str, Any], dict[str, Any]]  # preset, mode, workload, backend, results
+
+
+def judge_rows(measured: list[Measured]) -> tuple[duet.Pool, list[dict[str, Any]]]:
+    """Every (backend, baseline) pair judged in one comparison over the run's cells (the
+    between-process variance pooled over all of them); a row per pair, with the reason of a
+    backend more than the threshold slower."""
+    pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
+    rows: list[dict[str, Any]] = []
+    for pname, mode, wid, b, rb, rq in measured:
+        j = judge(rb, rq, pool)
+        slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
+        why = reason_for(b, mode) if slow else None
+        if j.mark == "failed":
+            why = j.reason
+        elif slow and why is None:
+            why = ("no measured reason yet: to be investigated or fixed" if j.mark == "slower"
+                   else "not shown to be slower: re-measure with more rounds")
+        rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
+                     "baseline": baseline_label(b), "participant": participant_name(b),
+                     "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
+                     "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
+    return pool, rows
+
+
+def rejudge(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A baselines file's rows judged again from the rounds its workloads keep."""
+    measured: list[Measured] = []
+    for w in doc["workloads"]:
+        parts = w["participants"]
+        for b in parts:
+            if b in registry.BACKENDS:
+                measured.append((w["preset"], w["mode"], w["id"], b, parts[b]["result"],
+                                 parts[participant_name(b)]["result"]))
+    return judge_rows(measured)[1]
+
+
 # ---- the command ----------------------------------------------------------------------------
 
 def _split(text: str | None, default: tuple[str, ...] | list[str]) -> list[str]:
@@ -263,22 +300,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                                                for n in parts}})
     finally:
         workers.close()
-    # one comparison over the run's cells: the between-process variance pooled over all of them
-    pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
-    rows: list[dict[str, Any]] = []
-    for pname, mode, wid, b, rb, rq in measured:
-        j = judge(rb, rq, pool)
-        slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
-        why = reason_for(b, mode) if slow else None
-        if j.mark == "failed":
-            why = j.reason
-        elif slow and why is None:
-            why = ("no measured reason yet: to be investigated or fixed" if j.mark == "slower"
-                   else "not shown to be slower: re-measure with more rounds")
-        rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
-                     "baseline": baseline_label(b), "participant": participant_name(b),
-                     "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
-                     "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
+    pool, rows = judge_rows(measured)
     probes = [s for s in probe.rounds_s if s]
     frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
