@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.engine import stats  # noqa: E402
+from impls.files import write_atomic  # noqa: E402
 from harness.engine.matrix import SMOKE_SIZES, Matrix  # noqa: E402
 from harness.engine.assemble import group_workloads  # noqa: E402
 from harness.engine.participants import KINDS, PROBE  # noqa: E402
@@ -141,9 +142,9 @@ def main() -> None:
     for name, med, worst, rmed, _ in rows:
         print(f"{name:26} {100 * med:19.1f}% {100 * worst:7.1f}% {100 * rmed:21.1f}%")
     if a.json:
-        Path(a.json).write_text(json.dumps({"repeats": repeats, "table": {
+        write_atomic(a.json, json.dumps({"repeats": repeats, "table": {
             r[0]: {k: {"values": table[r[0]][k], "spread": v[0], "cv": v[1]} for k, v in r[4].items()}
-            for r in rows}}, indent=1))
+            for r in rows}}, indent=1).encode())
         print(f"raw data: {a.json}")
 
 

@@ -25,6 +25,7 @@ import pytest
 from harness.commands import baselines
 from harness.engine import envs
 from harness.cli import main
+from harness.errors import UsageError
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,11 +229,11 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     if not ok:
         _unavailable(f"torch is unavailable: {why}")
     monkeypatch.chdir(ROOT)  # --dir found from the working directory, as tox runs it
-    out = tmp_path / "b.json"
     rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--rounds", "3",
-               "--modes", "train,eval", "--threads", "1", "--seed", "3", "--out", str(out)])
+               "--modes", "train,eval", "--threads", "1", "--seed", "3", "--out", str(tmp_path / "res")])
     cap = capsys.readouterr()
     assert rc == 0, cap.err[-3000:]
+    out, = (tmp_path / "res").glob("*/*-baselines-cpu.json")  # FOLDER/<machine>/<time>-baselines-cpu.json
     doc = json.loads(out.read_text())
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
@@ -252,13 +253,13 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert set(w["participants"]) == {"torch", "baseline:torch"}
         assert all(p["result"]["status"] == "ok" for p in w["participants"].values())
     assert "| tiny | train | torch | torch |" in cap.out
-    with pytest.raises(FileExistsError):  # never overwritten: --out refused before measuring
+    with pytest.raises(UsageError, match="give a folder"):  # a file's name: refused before measuring
         baselines.cmd_baselines(baselines_args(out=str(out)))
 
 
 def baselines_args(**kw: str) -> object:
     import argparse
-    ns = dict(presets="tiny", backends="torch", modes="train", threads=1, out=None, dir=None,
+    ns = dict(presets="tiny", backends="torch", modes="train", threads=1, out="results", dir=None,
               seed=0, rounds=3, processes=1, workload_time=10.0, python=None)
     ns.update(kw)
     return argparse.Namespace(**ns)

@@ -286,9 +286,9 @@ def test_same_noise_distribution_is_never_faster_or_slower(tmp_path):
 def test_contended_run_against_clean_is_at_most_inconclusive(tmp_path):
     clean = save(synth_v2(seed=1), tmp_path / "clean.json")
     busy = save(synth_v2(seed=2, contended=0.6), tmp_path / "busy.json")
-    for a, b in ((clean, busy), (busy, clean)):
-        rc, out = compare(a, b, fail=False, json_path=tmp_path / "c.json")
-        cells = json.loads((tmp_path / "c.json").read_text())["cells"]
+    for i, (a, b) in enumerate(((clean, busy), (busy, clean))):
+        rc, out = compare(a, b, fail=False, json_path=tmp_path / f"c{i}.json")  # never over a file
+        cells = json.loads((tmp_path / f"c{i}.json").read_text())["cells"]
         assert all(c["mark"] in ("unchanged", "inconclusive") for c in cells), out
         assert any(c["mark"] == "inconclusive" and "contended" in c["reason"] for c in cells), out
         most = sum(c["mark"] == "inconclusive" for c in cells) > len(cells) / 2
@@ -454,6 +454,19 @@ def test_json_into_a_folder_is_refused(tmp_path):
     (tmp_path / "d").mkdir()
     r = lstmbench("compare", str(p), str(p), "--json", "d", cwd=tmp_path)
     assert r.returncode == 2 and "is a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_follows_the_one_convention(tmp_path):
+    """--json PATH never over a file (refused before anything is read), as every verb's; `-`
+    puts the document on stdout and the text on stderr."""
+    p = save(synth_v2(["numpy-f32"]), tmp_path / "a.json")
+    (tmp_path / "mine.json").write_text("keep")
+    r = lstmbench("compare", str(p), str(p), "--json", "mine.json", cwd=tmp_path)
+    assert r.returncode == 2 and "--json mine.json exists" in r.stderr, r.stderr
+    assert (tmp_path / "mine.json").read_text() == "keep"
+    r = lstmbench("compare", str(p), str(p), "--json", "-", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["schema"] == "lstmbench.compare" and "unchanged" in r.stderr
 
 
 def test_folders_pass_over_other_json(tmp_path):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ from impls import registry
 from impls.config import get_preset
 
 import numpy as np
-
-from impls.case import check_new_path
 
 from ..engine import duet, stats
 from ..engine.bench import Cell
@@ -52,7 +49,7 @@ from ..engine.workers import Launcher, WorkerParticipant, Workers
 from ..errors import UsageError
 from ..report.console import describe
 from ..results.store import check_writable, default_path, new_document, write_results
-from .options import positive_threads
+from .options import add_threads, out_folder, positive_threads
 
 THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval", "generate")
@@ -215,7 +212,7 @@ def select_backends(text: str | None) -> list[str] | None:
 
 
 def run_baselines(presets: list[str], modes: list[str], backends: list[str] | None, *,
-                  threads: int | None, base_dir: Path, out: Path | None, seed: int | None,
+                  threads: int | None, base_dir: Path, out: Path = Path("results"), seed: int | None,
                   rounds: int = 30, processes: int = 1, workload_time: float = 120.0,
                   overrides: dict[str, str] | None = None, command: list[str] | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
@@ -229,8 +226,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             raise UsageError(f"{base_dir} has no {baseline_file(f)}; pass --dir with the checkout's "
                              "benchmarks/baselines folder")
     seed = int(time.time_ns() % 2**31) if seed is None else seed
-    if out is None:
-        check_writable(Path("results"))  # before any measurement
+    check_writable(out)  # before any measurement
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
     # pinned as `run` pins (harness.engine.host.worker_cpus): fewer threads than CPUs, the last ones
     cpus = worker_cpus(threads)
@@ -317,7 +313,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                        wall_s=round(time.monotonic() - t_start, 1))
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     doc["workloads"], doc["rows"] = workloads, rows
-    target = out if out is not None else default_path(Path("results"), doc)
+    target = default_path(out, doc)
     return write_results(doc, target), doc
 
 
@@ -358,9 +354,7 @@ def cmd_baselines(a: argparse.Namespace) -> int:
         raise UsageError(f"--workload-time must be a positive number of seconds, got {a.workload_time}")
     backends = select_backends(a.backends)
     base_dir = find_dir(a.dir)
-    out = Path(a.out) if a.out else None
-    if out is not None:
-        check_new_path(out, "--out")  # before any measurement
+    out = out_folder(a.out)  # before any measurement
     path, doc = run_baselines(presets, modes, backends, threads=a.threads, base_dir=base_dir,
                               out=out, seed=a.seed, rounds=a.rounds, processes=a.processes,
                               workload_time=a.workload_time,
@@ -373,16 +367,15 @@ def cmd_baselines(a: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """`lstmbench baselines`: called by harness.cli.build_parser."""
-    threads = os.cpu_count() or 1
     p = sub.add_parser("baselines", help="each backend against the plainest code in its own "
                                          "framework (benchmarks/baselines/), interleaved")
     p.add_argument("--presets", help=f"comma list (default {','.join(DEFAULT_PRESETS)})")
     p.add_argument("--backends", help="comma list (default: every available backend with a baseline)")
     p.add_argument("--modes", help="comma list of train, eval, generate (default all three)")
-    p.add_argument("--threads", type=int, default=threads,
-                   help=f"threads for every framework alike (default {threads}: the cores)")
-    p.add_argument("--out", help="results FILE to write (must not exist; default "
-                                 "results/<machine>/<time>-baselines-cpu.json)")
+    add_threads(p)
+    p.add_argument("--out", default="results", metavar="FOLDER",
+                   help="results folder: the file is FOLDER/<machine>/<time>-baselines-cpu.json "
+                        "(default results/)")
     p.add_argument("--dir", help="the baseline files' folder (default: benchmarks/baselines of "
                                  "the working directory or its checkout)")
     p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")

@@ -131,7 +131,7 @@ def _failed(backend: str, kind: str, message: str) -> str:
 
 
 def _remove_partial(out: Path) -> None:
-    """A worker killed while writing leaves write_new's temporary file: remove it."""
+    """A worker killed while writing leaves impls.files.write_atomic's temporary file: remove it."""
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         try:
             tmp.unlink()

@@ -29,9 +29,8 @@ from ..errors import UsageError
 from ..report.console import fmt_time, text_table
 from ..results.model import PathLike, Pooled, load_side
 from ..results.schema import ResultsError
-from ..results.store import write_json
 from .ab import run_compare_variants
-from .options import percent
+from .options import add_json, json_target, percent, text_log, write_json
 
 
 def _loose_id(p: "Pooled") -> tuple:
@@ -249,14 +248,12 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
             "this size. Measure both versions in ONE run and compare them there: `lstmbench ab OLD NEW` "
             "(git revisions, folders or python:PATH), or `run --variant old:... --variant new:...` then "
             "`compare RESULTS --variants old,new` (docs/measurement.md, \"Duet measurement\")")
-    if json_path is not None:
-        out = write_json(json_path, {
-            "schema": "lstmbench.compare", "schema_version": 1, "old": a.files, "new": b.files,
-            "threshold": threshold, "estimator": estimator, "normalize": normalize,
-            "unit": "round time / probe time" if normalize else "seconds per step",
-            "machines_differ": speeds, "counts": counts,
-            "regressions": regress, "cells": entries})
-        log(f"wrote {out}")
+    write_json(json_path, {
+        "schema": "lstmbench.compare", "schema_version": 1, "old": a.files, "new": b.files,
+        "threshold": threshold, "estimator": estimator, "normalize": normalize,
+        "unit": "round time / probe time" if normalize else "seconds per step",
+        "machines_differ": speeds, "counts": counts,
+        "regressions": regress, "cells": entries}, log)
     if fail_on_regression and regress:
         log(f"regression: {'; '.join(regress[:5])}" + (f" and {len(regress) - 5} more" if len(regress) > 5 else ""))
         return 1
@@ -267,6 +264,8 @@ def run_compare(old: PathLike | Iterable[PathLike], new: PathLike | Iterable[Pat
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    target = json_target(a.json)  # before anything is read
+    log = text_log(target)
     if a.variants is not None or a.new is None:  # one run, two of its variants
         if a.new is not None:
             raise UsageError("--variants compares two variants of ONE run: give one results file "
@@ -275,10 +274,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
             raise UsageError("--normalize is for two runs on different machines; an in-run "
                              "comparison pairs rounds of one run")
         return run_compare_variants(a.old, a.variants, threshold=percent(a.threshold),
-                                    fail_on_regression=a.fail_on_regression, json_path=a.json)
+                                    fail_on_regression=a.fail_on_regression, json_path=target, log=log)
     return run_compare(a.old, a.new, threshold=percent(a.threshold),
                        fail_on_regression=a.fail_on_regression, normalize=a.normalize,
-                       json_path=a.json)
+                       json_path=target, log=log)
 
 
 def add_parser(sub: Any) -> None:
@@ -296,5 +295,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="divide each round's time by the same round's noise-probe time "
                         "(runs on machines of different speed)")
-    p.add_argument("--json", metavar="PATH", help="write one entry per cell here (atomically)")
+    add_json(p, "one entry per cell")
     p.set_defaults(fn=cmd_compare)

@@ -18,7 +18,8 @@ from ..engine.variants import check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
 from ..training.quality import MATRICES as QUALITY
-from .options import BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, backend_list, positive_threads
+from .options import (BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, add_threads, backend_list,
+                      out_folder, positive_threads, threads_for)
 from .quality import cmd_quality, is_quality_journal
 
 
@@ -81,14 +82,14 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
         backends = backend_list(a.backends, default)
-        a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
+        a.threads = threads_for(a.threads, matrix.threads)
     require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
     for v in variants or []:
         if v.src is not None:
             check_src(v.src, f"--variant {v.name}: src")
     processes = a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes)
     return dict(matrix=matrix, backends=backends, device=a.device, precision=a.precision,
-                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=Path(a.out),
+                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=out_folder(a.out),
                 processes=processes, omp_wait_policy=a.omp_wait_policy, seed=a.seed, resume=resume,
                 variants=variants or None)
 
@@ -101,7 +102,9 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
                    help="float32 (strict, default) or tf32 (GPU only)")
-    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--out", default="results", metavar="FOLDER",
+                   help="results folder: files go into FOLDER/<machine>/<time>-<matrix>-<device>.json "
+                        "(default results/)")
     p.add_argument("--processes", type=int, metavar="N",
                    help="fresh worker processes per backend (per variant) and workload (default: "
                         f"{DEFAULT_VARIANT_PROCESSES} per variant with variants; else the matrix's, 1 for "
@@ -109,10 +112,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
     p.add_argument("--omp-wait-policy", choices=["passive", "active"],
                    help="OMP_WAIT_POLICY for every worker (default: unset, the runtime's own)")
     p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"threads for every framework alike (default: the matrix's, 1 for smoke; "
-                        f"else {DEFAULT_THREADS}, the cores; 1 per backend for the quality matrices); "
-                        "fewer than the cores pins the workers to the last CPUs")
+    add_threads(p, matrix=True)
     p.add_argument("--python", action="append", metavar="BACKEND=INTERPRETER",
                    help="run BACKEND with this interpreter (repeatable)")
 

@@ -22,6 +22,7 @@ import sys
 import venv
 from pathlib import Path
 
+from impls.files import write_atomic
 from impls.registry import BACKENDS, BackendError, BackendSpec, get_spec
 
 from ..errors import UsageError
@@ -370,7 +371,7 @@ def _build(env_name: str, steps: list[list[str]], *, log=print, record: dict | N
                              "see pip's output above")
     if record is not None:
         import json
-        (where / "lstmbench-env.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_atomic(where / "lstmbench-env.json", (json.dumps(record, indent=1) + "\n").encode(), replace=True)
         log(f"ready: {py}\n  use it as a variant's interpreter, e.g. "
             f"--variant {env_name}:python={py} (or python.BACKEND={py} for one backend)")
     return py

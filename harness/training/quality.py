@@ -64,6 +64,9 @@ from .loop import _CHILD
 
 SCHEMA_VERSION = QUALITY_VERSIONS[-1]
 REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
+# The quality matrices' threads per backend: the lanes then fill the cores one each, and a
+# framework's thread pool does not spin against a neighbour's (docs/quality.md)
+QUALITY_THREADS = 1
 
 
 @dataclass(frozen=True)
