@@ -198,26 +198,27 @@ def _result(seconds: list[list[float]]) -> dict:
 
 
 def test_marks_are_the_in_run_comparisons() -> None:
-    """A backend against its baseline is judged by harness.engine.duet, as compare --variants judges two
+    """A backend against its baseline is judged by harness.judge.duet, as compare --variants judges two
     variants: the same marks, the baseline as BASE, the backend as NEW."""
-    from harness.engine import duet
     rng = np.random.default_rng(0)
     phase = np.exp(rng.normal(0, 0.2, (3, 40)))  # the host's phases, shared round by round
     base = 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
 
+    def row(rb: dict, rq: dict) -> dict:
+        _, rows = baselines.judge_rows([("tiny", "train", "tiny/train/B2xT4", "torch", rb, rq)])
+        return rows[0]
+
     def judged(factor: float) -> str:
         new = factor * 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
-        rb, rq = _result(new.tolist()), _result(base.tolist())
-        pool = duet.Pool.of([baselines._paired(rb, rq)])
-        j = baselines.judge(rb, rq, pool)
-        assert j.lo <= j.ratio <= j.hi and abs(j.ratio / factor - 1) < 0.02, (factor, j)
-        return j.mark
+        r = row(_result(new.tolist()), _result(base.tolist()))
+        assert r["ci"][0] <= r["ratio"] <= r["ci"][1] and abs(r["ratio"] / factor - 1) < 0.02, (factor, r)
+        assert r["processes"] == 3 and not r["tau_assumed"]
+        return r["mark"]
     assert judged(1.0) == "unchanged"
     assert judged(1.3) == "slower"
     assert judged(0.6) == "faster"
-    failed = baselines.judge({"status": "crash", "error": "worker exited"}, _result(base.tolist()),
-                             duet.Pool(None, 0))
-    assert failed.mark == "failed" and failed.regression and "crash" in failed.reason
+    failed = row({"status": "crash", "error": "worker exited"}, _result(base.tolist()))
+    assert failed["mark"] == "failed" and failed["regression"] and "crash" in failed["reason"]
 
 
 # ---- the command ---------------------------------------------------------------------------

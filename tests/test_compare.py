@@ -480,7 +480,7 @@ def test_folders_pass_over_other_json(tmp_path):
 
 
 def test_noise_floor_is_how_far_the_probe_minimum_moved():
-    from harness.engine import significance as sig
+    from harness.engine import stats as sig  # the noise floor: a run's own figure
     # scattered rounds with a fast one in every block: the minimum did not move
     assert sig.noise_floor([1.0, 2, 3, 4, 1.01, 5, 6], [[1.0, 2, 3, 4], [1.01, 5, 6]]) == pytest.approx(0.01)
     # one workload whose best probe round was 10% off the run's best
@@ -505,7 +505,7 @@ def test_between_run_spread_widens_every_interval(tmp_path):
     +-15% (a machine state lasting a whole workload): no cell may be called faster or slower,
     though each cell's own bootstrap interval alone would call several; a shift every cell
     shares (the 25% copy) is not spread and stays `slower`."""
-    from harness.engine import significance as sig
+    from harness.judge import significance as sig
     assert sig.between_run_spread([0.0] * 10) == 0.0
     assert sig.between_run_spread([0.1] * 7) is None  # too few cells to tell
     assert sig.between_run_spread([-0.1, 0.1] * 5) == pytest.approx(0.14826, rel=1e-4)

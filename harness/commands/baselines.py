@@ -12,7 +12,7 @@ backend module's configure() (thread pools, library flags), so the ratio measure
 code, not process settings.
 
 Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
-two variants of one run (harness.engine.duet: paired rounds, per-process centres, the between-process
+two variants of one run (harness.judge.duet: paired rounds, per-process centres, the between-process
 variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
 `failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
 (measured causes only). Results: one JSON document (schema lstmbench.baselines), written
@@ -37,7 +37,8 @@ from impls.config import get_preset
 
 import numpy as np
 
-from ..engine import duet, stats
+from ..engine import stats
+from ..judge import duet
 from ..engine.bench import Cell
 from ..engine.envs import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
 from ..engine.executor import participant_info
@@ -55,7 +56,7 @@ THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fix
 MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-SCHEMA_VERSION = 2  # 2: rows judged by harness.engine.duet (marks faster|slower|unchanged|inconclusive|failed)
+SCHEMA_VERSION = 2  # 2: rows judged by harness.judge.duet (marks faster|slower|unchanged|inconclusive|failed)
 
 
 def baseline_file(name: str) -> str:
@@ -136,31 +137,17 @@ def find_dir(given: str | None) -> Path:
 
 # ---- ratios and marks -----------------------------------------------------------------------
 
-def judge(res_b: dict[str, Any], res_q: dict[str, Any], pool: Any, threshold: float = THRESHOLD) -> Any:
-    """Backend against baseline from the rounds both ran: the in-run comparison of `compare
-    --variants` (harness.engine.duet: per-process paired log ratios, the between-process variance
-    pooled over the run's cells, the same marks), the baseline as BASE and the backend as NEW.
-    `failed` where either did not measure."""
-    return duet.failed(res_q, res_b) or duet.judge(_paired(res_b, res_q), pool, threshold)
-
-
-def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
-    if res_b.get("status") != "ok" or res_q.get("status") != "ok":
-        return None
-    return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
-
-
 Measured = tuple[str, str, str, str, dict[str, Any], dict[str, Any]]  # preset, mode, workload, backend, results
 
 
-def judge_rows(measured: list[Measured]) -> tuple[duet.Pool, list[dict[str, Any]]]:
-    """Every (backend, baseline) pair judged in one comparison over the run's cells (the
-    between-process variance pooled over all of them); a row per pair, with the reason of a
-    backend more than the threshold slower."""
-    pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
+def judge_rows(measured: list[Measured]) -> tuple[float | None, list[dict[str, Any]]]:
+    """Every backend against its baseline from the rounds both ran, in one in-run comparison
+    over the run's cells (harness.judge.duet.judge_pairs, as `compare --variants` judges two
+    variants: the baseline as BASE, the backend as NEW); (the between-process SD pooled over
+    them, a row per pair, with the reason of a backend more than the threshold slower)."""
+    verdicts, pool = duet.judge_pairs([(rq, rb) for *_, rb, rq in measured])
     rows: list[dict[str, Any]] = []
-    for pname, mode, wid, b, rb, rq in measured:
-        j = judge(rb, rq, pool)
+    for (pname, mode, wid, b, rb, rq), j in zip(measured, verdicts):
         slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
         why = reason_for(b, mode) if slow else None
         if j.mark == "failed":
@@ -172,7 +159,7 @@ def judge_rows(measured: list[Measured]) -> tuple[duet.Pool, list[dict[str, Any]
                      "baseline": baseline_label(b), "participant": participant_name(b),
                      "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
                      "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
-    return pool, rows
+    return (None if pool.tau2 is None else pool.tau2 ** 0.5), rows
 
 
 def rejudge(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -296,12 +283,12 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                                                for n in parts}})
     finally:
         workers.close()
-    pool, rows = judge_rows(measured)
+    between_sd, rows = judge_rows(measured)
     probes = [s for s in probe.rounds_s if s]
     frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
-                       judged_by="harness.engine.duet (the in-run comparison of compare --variants)",
+                       judged_by="harness.judge.duet (the in-run comparison of compare --variants)",
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
                        backends=info, baselines_dir=str(base_dir), cpus=cpus,
                        baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
@@ -309,7 +296,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                                   for q, h in hosts.items()},
                        mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},
                        noise={"contended_fraction": frac, "verdict": verdict,
-                              "between_process_sd": None if pool.tau2 is None else pool.tau2 ** 0.5},
+                              "between_process_sd": between_sd},
                        wall_s=round(time.monotonic() - t_start, 1))
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     doc["workloads"], doc["rows"] = workloads, rows
