@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from harness.commands import baselines
-from harness.engine import envs
+from harness.envs import interpreters as envs
 from harness.cli import main
 from harness.errors import UsageError
 from impls import registry
@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
 
-# The start of a check run in the backend's interpreter (harness.engine.envs.bootstrap_code loads this
+# The start of a check run in the backend's interpreter (harness.envs.interpreters.bootstrap_code loads this
 # checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
 # its framework cannot load there.
 LOAD = r"""
 import json
 try:
-    from harness.engine.participants import load_baseline
+    from harness.engine.kinds.baseline import load_baseline
     mod = load_baseline(sys.argv[1])
 except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
@@ -239,7 +239,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
-    from harness.engine.host import usable_cpus
+    from harness.envs.host import usable_cpus
     cpus = usable_cpus()
     assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}

@@ -1,5 +1,5 @@
 """`lstmbench compare RESULTS --variants BASE,NEW` and `lstmbench ab BASE NEW`: is NEW faster
-than BASE, judged inside one run whose participants were both (harness.engine.variants), from
+than BASE, judged inside one run whose participants were both (harness.envs.variants), from
 their paired rounds (harness.judge.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
 cannot decide what this machine's between-run drift hides; in one run the drift falls on both
 sides alike.
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..judge import duet
-from ..engine.runner import run_matrix
-from ..engine.variants import Variant, check_src, parse_variant
+from ..session.benchmark import run_matrix
+from ..envs.variants import Variant, check_src, parse_variant
 from ..errors import UsageError
 from ..report.console import RunConsole, fmt_time, text_table
 from ..results.model import RunCell, read_run

@@ -8,7 +8,7 @@ from typing import Any
 from impls import registry
 from impls.config import PRESETS, flops_per_char
 
-from ..engine.envs import interpreter_for, parse_python_overrides
+from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.workers import Worker, WorkerFailed
 from .baselines import baseline_file
 from .options import add_json, add_python, add_threads, json_target, positive_threads, text_log, write_json

@@ -40,10 +40,11 @@ import numpy as np
 from ..engine import stats
 from ..judge import duet
 from ..engine.bench import Cell
-from ..engine.envs import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
+from ..envs.interpreters import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
 from ..engine.executor import participant_info
-from ..engine.host import worker_cpus
-from ..engine.participants import KINDS, PROBE
+from ..envs.host import worker_cpus
+from ..engine.kinds import KINDS
+from ..engine.participants import PROBE
 from ..engine.scheduler import ProbeState, Schedule, measure_workload
 from ..engine.assemble import cell_result
 from ..engine.workers import Launcher, WorkerParticipant, Workers
@@ -215,7 +216,7 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
     seed = int(time.time_ns() % 2**31) if seed is None else seed
     check_writable(out)  # before any measurement
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
-    # pinned as `run` pins (harness.engine.host.worker_cpus): fewer threads than CPUs, the last ones
+    # pinned as `run` pins (harness.envs.host.worker_cpus): fewer threads than CPUs, the last ones
     cpus = worker_cpus(threads)
     backend_launch = Launcher(overrides or {}, threads, cpus=cpus)
     # a baseline's worker is its host backend's: same interpreter, env_vars, threads and CPUs

@@ -1,4 +1,4 @@
-"""`lstmbench run`: a benchmark matrix measured by the engine (harness.engine.runner), its
+"""`lstmbench run`: a benchmark matrix measured by the engine (harness.session.benchmark), its
 workloads told by the console reporter (harness.report.console); the quality matrices (by name,
 or an interrupted quality run's journal) go to harness.commands.quality. The options `run` and
 `ab` share are declared and checked here."""
@@ -11,10 +11,11 @@ from typing import Any
 
 from impls import registry
 
-from ..engine.envs import parse_python_overrides, require_device
+from ..envs.host import require_device
+from ..envs.interpreters import parse_python_overrides
 from ..engine.matrix import Matrix, load_matrix
-from ..engine.runner import load_resume, run_matrix
-from ..engine.variants import check_src, parse_variants, split
+from ..session.benchmark import load_resume, run_matrix
+from ..envs.variants import check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
 from ..training.quality import MATRICES as QUALITY
@@ -41,8 +42,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
     opts = run_options(a, default_matrix="default", variants=variants)
     on_cluster = a.cluster or (opts["resume"] is not None and load_resume(opts["resume"])[2].get("cluster"))
-    if on_cluster:  # Ray only here (harness.engine.cluster_run), and only with --cluster
-        from ..engine.cluster_run import run_cluster
+    if on_cluster:  # Ray only here (harness.cluster.executor), and only with --cluster
+        from ..cluster.executor import run_cluster
         if opts["resume"] is not None:  # the interrupted run's variants (python=, env=), from its header
             header = load_resume(opts["resume"])[2]
             opts["variants"] = parse_variants([d["text"] for d in (header.get("variants") or {}).values()]) or None
@@ -124,7 +125,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="measure every backend once per variant, interleaved (repeatable, two or more): "
                         "keys python=PATH, python.BACKEND=PATH, src=DIR|REV, env.VAR=VALUE, threads=N "
-                        "(harness/engine/variants.py); compare them with `compare RESULTS --variants A,B`")
+                        "(harness/envs/variants.py); compare them with `compare RESULTS --variants A,B`")
     p.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted run from its journal (or the journal's target file)")
     p.add_argument("--jobs", metavar="N",

@@ -2,7 +2,7 @@
 summary table (each backend's time ratio to the fastest per workload), the machine's noise
 report; what `compare OLD NEW` says of its two sides and its judgement (harness.judge.crossrun
 judges, this renders); and the plain-text table and time format that compare and ab print. The
-runner (harness.engine.runner) measures; RunConsole, its reporter here, tells."""
+runner (harness.session.benchmark) measures; RunConsole, its reporter here, tells."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..engine import explain, stats
 from ..engine.assemble import workload_id
 from ..engine.bench import Cell
-from ..engine.variants import participant
+from ..envs.variants import participant
 from ..judge.crossrun import Comparison
 from ..judge.marks import pct
 from ..results.model import Side
@@ -24,7 +24,7 @@ def entry_name(c: dict[str, Any]) -> str:
 
 
 class RunConsole:
-    """The run's reporter (harness.engine.runner.Reporter): each workload's cells as they
+    """The run's reporter (harness.session.benchmark.Reporter): each workload's cells as they
     finish, the NOISY rule where it first applies, a busy neighbour; at the end, where
     `summary`, the summary table and the noise report (`lstmbench ab` prints its own)."""
 

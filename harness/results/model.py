@@ -16,7 +16,7 @@ from impls.config import ConfigError
 
 from ..engine import stats
 from ..engine.bench import Cell
-from ..engine.variants import participant
+from ..envs.variants import participant
 from .schema import ResultsError, is_number, load_results, validate_samples
 from .store import expand_paths
 
@@ -54,7 +54,7 @@ class RunCell:
     samples: list[dict[str, Any]]  # {"s", "process", "round", "probe_s", "clean"}
     noisy: bool
     workload: str | None = None  # the workload id it was measured in (v2)
-    variant: str | None = None  # the variant that measured it (v3, harness.engine.variants), if any
+    variant: str | None = None  # the variant that measured it (v3, harness.envs.variants), if any
     threads: Any = None  # the threads it ran with (its variant's threads=, else the run's)
 
     @property
