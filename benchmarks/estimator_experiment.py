@@ -1,6 +1,6 @@
 """Which per-cell estimator to publish: an experiment, kept runnable (docs/measurement.md).
 
-Measures a few cells with `lstmbench run`'s own interleaved engine (harness.engine.runner: fresh workers
+Measures a few cells with `lstmbench run`'s own interleaved engine (harness.session.benchmark: fresh workers
 per repeat, rounds in random order with the GEMM noise probe), `--repeats` times; with
 `--neighbour`, every other repeat runs beside a CPU-burning process (the contention that
 collapsed torch's OpenMP threads 1000x in issue 8). For each candidate estimator it reports,
@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.engine import stats  # noqa: E402
+from impls.files import write_atomic  # noqa: E402
 from harness.engine.matrix import SMOKE_SIZES, Matrix  # noqa: E402
 from harness.engine.assemble import group_workloads  # noqa: E402
-from harness.engine.participants import KINDS, PROBE  # noqa: E402
+from harness.engine.kinds import KINDS  # noqa: E402
+from harness.engine.participants import PROBE  # noqa: E402
 from harness.engine.scheduler import ProbeState, Schedule, measure_workload  # noqa: E402
 from harness.engine.workers import Launcher, WorkerParticipant, Workers  # noqa: E402
 
@@ -141,9 +143,9 @@ def main() -> None:
     for name, med, worst, rmed, _ in rows:
         print(f"{name:26} {100 * med:19.1f}% {100 * worst:7.1f}% {100 * rmed:21.1f}%")
     if a.json:
-        Path(a.json).write_text(json.dumps({"repeats": repeats, "table": {
+        write_atomic(a.json, json.dumps({"repeats": repeats, "table": {
             r[0]: {k: {"values": table[r[0]][k], "spread": v[0], "cv": v[1]} for k, v in r[4].items()}
-            for r in rows}}, indent=1))
+            for r in rows}}, indent=1).encode())
         print(f"raw data: {a.json}")
 
 

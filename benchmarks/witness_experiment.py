@@ -30,6 +30,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from impls.files import write_atomic  # noqa: E402
+
 VICTIMS = ("numpy-f32", "torch", "torch-cell", "tensorflow", "jax", "flax")
 
 
@@ -162,7 +164,7 @@ def main(argv: list[str]) -> int:
         os.environ[v] = "1"  # before any framework is imported
     data = measure(a.seconds, a.round_time, a.seed)
     if a.json:
-        Path(a.json).write_text(json.dumps(data))
+        write_atomic(a.json, json.dumps(data).encode())
     print(analyse(data, a.window))
     return 0
 

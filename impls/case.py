@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import CaseSpec, ConfigError
-from .files import temp_beside
+from .files import write_atomic
 from .params import Params, check_params, init_params, param_shapes
 from .tolerances import TOLERANCES, quantity_of, rel_error
 
@@ -152,33 +152,15 @@ def make_case(spec: CaseSpec, seed: int, batch: int, seq_len: int, *, prefix_len
 
 # ---- files ----------------------------------------------------------------------
 
-def write_new(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
-    """Write a file atomically and never over an existing one: write to a temporary file in
-    the same folder, then hard-link it into place (which fails if the name exists). An
-    OSError (disk full, read-only) leaves nothing behind and propagates."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; choose another name (results are never overwritten)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    return path
-
-
 def write_file(path: str | os.PathLike[str], write: Callable[[Any], None], flag: str = "") -> Path:
-    """write_new for the case commands: the folder must exist already, and a failure to
-    write (ENOSPC, EFBIG, EROFS...) is a CaseError naming the cause; nothing half-written stays."""
+    """A file the user named (`flag` names its option, e.g. "--out"), written once by
+    impls.files.write_atomic: never over an existing one, its folder there already (checked
+    first, check_new_path); a failure to write (ENOSPC, EFBIG, EROFS...) is a CaseError naming
+    the cause, and nothing half-written stays."""
     path = Path(path)
     check_new_path(path, flag)
     try:
-        return write_new(path, write)
+        return write_atomic(path, write, mkdir=False)
     except FileExistsError:
         raise
     except OSError as e:
@@ -192,6 +174,8 @@ def check_new_path(path: str | os.PathLike[str], flag: str = "") -> None:
     writable. `flag` names the option in the message (e.g. "--out")."""
     path = Path(path)
     what = f"{flag} {path}" if flag else str(path)
+    if path.is_dir():
+        raise CaseError(f"{what} exists and is a folder; give a file name")
     if path.exists() or path.is_symlink():
         raise FileExistsError(f"{what} exists; choose another name (results are never overwritten)")
     parent = path.parent

@@ -8,8 +8,8 @@ Layout (canonical, docs/SPEC.md §2, with the case file's names, impls/case.py):
     vocab       JSON: the list of characters; token id i is vocab[i]
     param/NAME  float64, every canonical parameter (float32 values are held exactly)
 
-Written atomically (temporary file, fsync, rename over the previous checkpoint), so an
-interrupted write leaves the previous one intact. Only NumPy and the standard library are
+Written atomically by impls.files.write_atomic (temporary file, fsync, rename over the
+previous checkpoint), so an interrupted write leaves the previous one intact. Only NumPy and the standard library are
 used: chainer's environment loads checkpoints too."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from .case import CaseError
 from .config import ClipConfig, ConfigError, ModelConfig, OptimizerConfig, TrainConfig
-from .files import temp_beside
+from .files import write_atomic
 from .params import Params, check_params, param_shapes
 
 FORMAT = "lstmbench.checkpoint"
@@ -68,18 +68,7 @@ def save_checkpoint(ck: Checkpoint, path: str | os.PathLike[str]) -> Path:
         "vocab": np.array(json.dumps(list(ck.vocab))),
     }
     arrays.update({f"param/{k}": np.asarray(v, np.float64) for k, v in ck.params.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **arrays), replace=True)
     return path
 
 

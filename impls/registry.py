@@ -158,12 +158,12 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 deviations=CHAINER_DEVIATIONS,
                 baseline="chainer",
                 baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
-    BackendSpec("torch-compile", "impls.torch_impl", "TorchCompileBackend", "torch", "main",
+    BackendSpec("torch-compile", "impls.torch_compile_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
                 baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
-    BackendSpec("torch-genloop", "impls.torch_impl", "TorchGenLoopBackend", "torch", "main",
+    BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
                 "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
                 "torch.compile'd program: two torch while_loops over the LSTM step written as "
                 "tensor ops on the nn.LSTM's weights, pre-transposed; inductor's C++ wrapper; "

@@ -23,21 +23,22 @@ import numpy as np
 import pytest
 
 from harness.commands import baselines
-from harness.engine import envs
+from harness.envs import interpreters as envs
 from harness.cli import main
+from harness.errors import UsageError
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
 
-# The start of a check run in the backend's interpreter (harness.engine.envs.bootstrap_code loads this
+# The start of a check run in the backend's interpreter (harness.envs.interpreters.bootstrap_code loads this
 # checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
 # its framework cannot load there.
 LOAD = r"""
 import json
 try:
-    from harness.engine.participants import load_baseline
+    from harness.engine.kinds.baseline import load_baseline
     mod = load_baseline(sys.argv[1])
 except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
@@ -197,26 +198,27 @@ def _result(seconds: list[list[float]]) -> dict:
 
 
 def test_marks_are_the_in_run_comparisons() -> None:
-    """A backend against its baseline is judged by harness.engine.duet, as compare --variants judges two
+    """A backend against its baseline is judged by harness.judge.duet, as compare --variants judges two
     variants: the same marks, the baseline as BASE, the backend as NEW."""
-    from harness.engine import duet
     rng = np.random.default_rng(0)
     phase = np.exp(rng.normal(0, 0.2, (3, 40)))  # the host's phases, shared round by round
     base = 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
 
+    def row(rb: dict, rq: dict) -> dict:
+        _, rows = baselines.judge_rows([("tiny", "train", "tiny/train/B2xT4", "torch", rb, rq)])
+        return rows[0]
+
     def judged(factor: float) -> str:
         new = factor * 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
-        rb, rq = _result(new.tolist()), _result(base.tolist())
-        pool = duet.Pool.of([baselines._paired(rb, rq)])
-        j = baselines.judge(rb, rq, pool)
-        assert j.lo <= j.ratio <= j.hi and abs(j.ratio / factor - 1) < 0.02, (factor, j)
-        return j.mark
+        r = row(_result(new.tolist()), _result(base.tolist()))
+        assert r["ci"][0] <= r["ratio"] <= r["ci"][1] and abs(r["ratio"] / factor - 1) < 0.02, (factor, r)
+        assert r["processes"] == 3 and not r["tau_assumed"]
+        return r["mark"]
     assert judged(1.0) == "unchanged"
     assert judged(1.3) == "slower"
     assert judged(0.6) == "faster"
-    failed = baselines.judge({"status": "crash", "error": "worker exited"}, _result(base.tolist()),
-                             duet.Pool(None, 0))
-    assert failed.mark == "failed" and failed.regression and "crash" in failed.reason
+    failed = row({"status": "crash", "error": "worker exited"}, _result(base.tolist()))
+    assert failed["mark"] == "failed" and failed["regression"] and "crash" in failed["reason"]
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -228,16 +230,16 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     if not ok:
         _unavailable(f"torch is unavailable: {why}")
     monkeypatch.chdir(ROOT)  # --dir found from the working directory, as tox runs it
-    out = tmp_path / "b.json"
     rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--rounds", "3",
-               "--modes", "train,eval", "--threads", "1", "--seed", "3", "--out", str(out)])
+               "--modes", "train,eval", "--threads", "1", "--seed", "3", "--out", str(tmp_path / "res")])
     cap = capsys.readouterr()
     assert rc == 0, cap.err[-3000:]
+    out, = (tmp_path / "res").glob("*/*-baselines-cpu.json")  # FOLDER/<machine>/<time>-baselines-cpu.json
     doc = json.loads(out.read_text())
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
-    from harness.engine.host import usable_cpus
+    from harness.envs.host import usable_cpus
     cpus = usable_cpus()
     assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}
@@ -267,13 +269,13 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [(c.cell.backend, c.cell.mode) for c in cells] == [("torch", "train"), ("torch", "eval")]
     assert run.doc["converted_from"] == baselines.SCHEMA and all(c.measured for c in cells)
     assert {c.workload for c in cells} == {w["id"] for w in doc["workloads"]}
-    with pytest.raises(FileExistsError):  # never overwritten: --out refused before measuring
+    with pytest.raises(UsageError, match="give a folder"):  # a file's name: refused before measuring
         baselines.cmd_baselines(baselines_args(out=str(out)))
 
 
 def baselines_args(**kw: str) -> object:
     import argparse
-    ns = dict(presets="tiny", backends="torch", modes="train", threads=1, out=None, dir=None,
+    ns = dict(presets="tiny", backends="torch", modes="train", threads=1, out="results", dir=None,
               seed=0, rounds=3, processes=1, workload_time=10.0, python=None)
     ns.update(kw)
     return argparse.Namespace(**ns)

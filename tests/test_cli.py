@@ -127,7 +127,7 @@ def test_check_side_by_side_gives_the_same_report(tmp_path):
     """--jobs 2 checks two backends at once, each in its own worker: the same errors, case by
     case, as one at a time, and the report keeps the order the backends were named in."""
     import json
-    from harness.engine.host import default_jobs
+    from harness.envs.host import default_jobs
     assert default_jobs(1, cores=2) == 2 and default_jobs(2, cores=2) == 1 and default_jobs(None, cores=8) == 1
     one = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     reps = []

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine import journal as jmod
+from harness.session import journal as jmod
 from harness.engine.failures import classify, classify_message
-from harness.engine.journal import Journal, finalize, journal_path
+from harness.session.journal import Journal, finalize, journal_path
 from harness.engine.workers import Worker, WorkerFailed
 from harness.results.schema import ResultsError, load_results
 from harness.results.store import default_path
@@ -361,7 +361,7 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
     assert p.parent.parent == tmp_path / "res" and ".." not in p.parts and "/" not in p.name
 
 
-# ---- the run, interrupted and resumed (needs harness.engine.runner's --resume) ---------------------------
+# ---- the run, interrupted and resumed (needs harness.session.benchmark's --resume) ---------------------------
 
 TINY = """
 rounds = 40
@@ -440,28 +440,28 @@ def test_files_users_share_honour_the_umask(tmp_path, umask):
     umask 022, 0600 under 077, 0664 under 002; a report's folder 0755, 0700, 0775."""
     import numpy as np
 
-    from harness.results.store import write_json, write_results
-    from harness.training.loop import _write_json
-    from impls.case import write_file, write_new
+    from harness.commands.options import write_json
+    from harness.results.store import write_results
+    from impls.case import write_file
     from impls.checkpoint import Checkpoint, save_checkpoint
     from impls.config import ModelConfig, TrainConfig
-    from impls.files import current_umask
+    from impls.files import current_umask, write_atomic
     from impls.params import init_params
     from tests.test_compare import synth_v2
 
     assert current_umask() == umask
     m = ModelConfig(vocab_size=3, hidden_size=2)
     written = [
-        write_new(tmp_path / "a.bin", lambda f: f.write(b"x")),
+        write_atomic(tmp_path / "a.bin", b"x"),
+        write_atomic(tmp_path / "a.bin", lambda f: f.write(b"y"), replace=True),
         write_file(tmp_path / "check.json", lambda f: f.write(b"{}"), "--json"),
         write_results(synth_v2(["numpy-f32"]), tmp_path / "results.json"),
         jmod.write_unique(tmp_path / "final.json", b"{}"),
-        write_json(tmp_path / "compare.json", {"cells": []}),
+        write_json(tmp_path / "compare.json", {"cells": []}, log=lambda s: None),
         save_checkpoint(Checkpoint(m, TrainConfig(), 4, 2, "abc", init_params(m, 0), {}),
                         tmp_path / "checkpoint.npz"),
     ]
-    _write_json(tmp_path / "run.json", {"steps": 1})
-    written.append(tmp_path / "run.json")
+    assert (tmp_path / "a.bin").read_bytes() == b"y"
     for p in written:
         assert (p.stat().st_mode & 0o777) == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))
     assert not list(tmp_path.glob(".*.tmp"))

@@ -1,5 +1,6 @@
-"""The shape of harness/: no import circles between its modules, no module a reader must hold
-more than MAX_LINES of, and a worker side (what runs in other interpreters: chainer's NumPy < 2
+"""The shape of the code: no import circles between harness/'s modules, no module of harness/ or
+impls/ a reader must hold more than MAX_LINES of, every test file run by some tox environment
+(so CI runs it), and a worker side (what runs in other interpreters: chainer's NumPy < 2
 environment, an older source tree of a variant) that imports nothing but the standard library,
 NumPy, impls and itself.
 
@@ -11,18 +12,22 @@ harness/results/__init__.py first)."""
 from __future__ import annotations
 
 import ast
+import configparser
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
+IMPLS = ROOT / "impls"
 MAX_LINES = 600
 # the worker side: what harness.engine.workers' bootstrap imports in the backend's interpreter
 # (the packages, then the worker's module) and what they import
 WORKER_ENTRY = ("harness", "harness.engine", "harness.engine.worker")
 OPTIONAL = {"threadpoolctl"}  # bench.blas_name asks it where installed, and does without
 WORKER_SIDE = {"harness", "harness.engine", "harness.engine.worker", "harness.engine.bench",
-               "harness.engine.failures", "harness.engine.participants"}
+               "harness.engine.failures", "harness.engine.participants", "harness.engine.kinds",
+               *(f"harness.engine.kinds.{p.stem}" for p in (HARNESS / "engine" / "kinds").glob("[!_]*.py"))}
 
 
 def modules() -> dict[str, Path]:
@@ -116,9 +121,9 @@ def test_the_checker_finds_a_circle_and_the_packages_on_the_way():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
     mods = modules()
-    inside, _ = imports("harness.engine.journal", mods["harness.engine.journal"], mods)
+    inside, _ = imports("harness.session.journal", mods["harness.session.journal"], mods)
     assert {"harness.results", "harness.results.schema", "harness.errors"} <= inside
-    assert "harness.engine" not in inside  # its own package is initialised already
+    assert "harness.session" not in inside  # its own package is initialised already
 
 
 def test_no_import_circles():
@@ -127,8 +132,35 @@ def test_no_import_circles():
 
 
 def test_no_module_over_max_lines():
-    long = {name: n for name, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    files = [*modules().values(), *sorted(IMPLS.rglob("*.py"))]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def tox_test_files(text: str) -> dict[str, set[str]]:
+    """tox.ini's environments -> the test files their commands name (tests/test_*.py)."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(text)
+    out: dict[str, set[str]] = {}
+    for section in cfg.sections():
+        if section == "testenv" or section.startswith("testenv:"):
+            out[section] = set(re.findall(r"tests/test_\w+\.py", cfg[section].get("commands", "")))
+    return out
+
+
+def test_every_test_file_runs_in_a_tox_environment():
+    """CI runs `tox` (.ci/run): a test file no environment names never runs there."""
+    named = set().union(*tox_test_files((ROOT / "tox.ini").read_text()).values())
+    files = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
+    assert files - named == set(), f"in no tox environment: {sorted(files - named)}"
+    assert named - files == set(), f"tox names test files that do not exist: {sorted(named - files)}"
+
+
+def test_the_tox_check_sees_a_missing_file():
+    """The check itself: a file named nowhere is missing from what tox_test_files finds."""
+    envs = tox_test_files("[testenv:a]\ncommands =\n    pytest tests/test_x.py tests/test_y.py\n"
+                          "[testenv:b]\ncommands = pytest tests/test_z.py\n[other]\ncommands = tests/test_w.py\n")
+    assert envs == {"testenv:a": {"tests/test_x.py", "tests/test_y.py"}, "testenv:b": {"tests/test_z.py"}}
 
 
 def test_the_worker_side_imports_only_the_standard_library_numpy_and_impls():
@@ -144,3 +176,12 @@ def test_the_worker_side_imports_only_the_standard_library_numpy_and_impls():
         todo.extend(inside)
     assert seen == WORKER_SIDE, sorted(seen)
     assert outside - set(sys.stdlib_module_names) - {"__future__"} - OPTIONAL <= {"numpy", "impls"}, sorted(outside)
+
+
+def test_every_package_is_in_pyprojects_packages_list():
+    """tox installs the package non-editable: a folder of harness/ or impls/ missing from
+    [tool.setuptools] packages is missing from the install (and every import of it fails)."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for d in (HARNESS, IMPLS) for p in d.rglob("__init__.py")}
+    assert found == listed, f"not listed: {sorted(found - listed)}; listed, not packages: {sorted(listed - found)}"

@@ -293,7 +293,7 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
     import subprocess
     import sys
     import time
-    from harness.engine.host import settle
+    from harness.envs.host import settle
     spin = ("import sys, time\nprint('go', flush=True)\nt = time.perf_counter()\n"
             "while time.perf_counter() - t < 0.25: pass\ntime.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
@@ -310,11 +310,11 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
 
 
 def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
-    """harness.engine.host.worker_cpus: the last `threads` CPUs, none when the threads fill the
+    """harness.envs.host.worker_cpus: the last `threads` CPUs, none when the threads fill the
     machine; a Worker started with them has exactly that mask (every thread inherits it)."""
     import os
     import sys
-    from harness.engine.host import worker_cpus
+    from harness.envs.host import worker_cpus
     from harness.engine.workers import Worker
     assert worker_cpus(1, [0, 1]) == [1]
     assert worker_cpus(2, [0, 1, 2, 3]) == [2, 3]
@@ -323,7 +323,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
     cpus = sorted(os.sched_getaffinity(0))[-1:]
     w = Worker(sys.executable, 1, cpus=cpus)
     try:
-        # the worker pins itself first thing (harness.engine.envs._BOOT): once it answers, it has
+        # the worker pins itself first thing (harness.envs.interpreters._BOOT): once it answers, it has
         assert w.request({"op": "info", "backends": [], "threads": 1, "device": "cpu"}, 120)["ok"]
         assert os.sched_getaffinity(w.proc.pid) == set(cpus)
     finally:

@@ -1,6 +1,6 @@
 """`lstmbench compare RESULTS --variants BASE,NEW` and `lstmbench ab BASE NEW`: is NEW faster
-than BASE, judged inside one run whose participants were both (harness.engine.variants), from
-their paired rounds (harness.engine.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
+than BASE, judged inside one run whose participants were both (harness.envs.variants), from
+their paired rounds (harness.judge.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
 cannot decide what this machine's between-run drift hides; in one run the drift falls on both
 sides alike.
 
@@ -13,18 +13,17 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
-from impls.case import check_new_path
-
-from ..engine import duet
-from ..engine.runner import run_matrix
-from ..engine.variants import Variant, check_src, parse_variant
+from ..judge import duet
+from ..session.benchmark import run_matrix
+from ..envs.variants import Variant, check_src, parse_variant
 from ..errors import UsageError
 from ..report.console import RunConsole, fmt_time, text_table
 from ..results.model import RunCell, read_run
-from ..results.store import expand_paths, write_json
-from .options import percent, positive_threads
+from ..results.store import expand_paths
+from .options import add_json, json_target, percent, positive_threads, text_log, write_json
 from .run import add_run_options, run_options
 
 
@@ -58,23 +57,15 @@ def choose_variants(doc: dict[str, Any], text: str | None, path: str) -> tuple[s
 def compare_cells(cells: list[RunCell], base: str, new: str, threshold: float,
                   seed: int = 0, centre: str = duet.CENTRE) -> list[dict[str, Any]]:
     """One entry per (workload, backend) both variants took part in: the cell's sizes, both
-    headline estimates, and duet.judge's verdict (as JSON)."""
+    headline estimates, and the in-run comparison's verdict (duet.judge_pairs, as JSON)."""
     b_cells, n_cells = _entries(cells, base), _entries(cells, new)
-    keys = [k for k in b_cells if k in n_cells]
-    pairs = {}
-    for k in keys:
-        rb, rn = b_cells[k].result, n_cells[k].result
-        if rb.get("status") == "ok" and rn.get("status") == "ok":
-            pairs[k] = duet.paired(duet.pair_rounds(rb.get("samples") or [], rn.get("samples") or []),
-                                   centre, seed=seed)
-    pool = duet.Pool.of(list(pairs.values()))
+    keys = [k for k in b_cells if k in n_cells
+            # neither can: nothing to compare (the registry says why)
+            and not (b_cells[k].result.get("status") == n_cells[k].result.get("status") == "unsupported")]
+    verdicts, _ = duet.judge_pairs([(b_cells[k].result, n_cells[k].result) for k in keys], threshold, centre, seed)
     out = []
-    for k in keys:
-        rb, rn = b_cells[k].result, n_cells[k].result
-        if rb.get("status") == "unsupported" and rn.get("status") == "unsupported":
-            continue  # neither can: nothing to compare (the registry says why)
-        j = duet.failed(rb, rn) or duet.judge(pairs.get(k), pool, threshold)
-        c = b_cells[k].cell
+    for k, j in zip(keys, verdicts):
+        rb, rn, c = b_cells[k].result, n_cells[k].result, b_cells[k].cell
         out.append({"backend": c.backend, "mode": c.mode, "preset": c.preset,
                     "batch": c.batch, "seq_len": c.seq_len, "device": c.device,
                     "precision": c.precision, "workload": k[0],
@@ -128,7 +119,7 @@ def noise_lines(doc: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]
 
 
 def run_compare_variants(path: str, variants: str | None, *, threshold: float,
-                         fail_on_regression: bool, json_path: str | None = None,
+                         fail_on_regression: bool, json_path: str | Path | None = None,
                          log: Callable[[str], None] = print) -> int:
     """Print the in-run comparison of one results file (and write --json); 1 under
     fail_on_regression on a slower or newly failing cell or when nothing was compared."""
@@ -163,12 +154,10 @@ def run_compare_variants(path: str, variants: str | None, *, threshold: float,
                for e in entries if e["regression"]]
     if not any(e["mark"] not in ("failed",) for e in entries):
         regress.insert(0, "no cell was measured by both variants")
-    if json_path is not None:
-        out = write_json(json_path, {"schema": "lstmbench.compare", "schema_version": 1,
-                                     "kind": "variants", "results": str(files[0]), "base": base,
-                                     "new": new, "threshold": threshold, "centre": duet.CENTRE,
-                                     "counts": counts, "regressions": regress, "cells": entries})
-        log(f"wrote {out}")
+    write_json(json_path, {"schema": "lstmbench.compare", "schema_version": 1, "kind": "variants",
+                           "results": str(files[0]), "base": base, "new": new, "threshold": threshold,
+                           "centre": duet.CENTRE, "counts": counts, "regressions": regress,
+                           "cells": entries}, log)
     if fail_on_regression and regress:
         log(f"regression: {'; '.join(regress[:5])}" + (f" and {len(regress) - 5} more" if len(regress) > 5 else ""))
         return 1
@@ -191,13 +180,13 @@ def cmd_ab(a: argparse.Namespace) -> int:
     base, new = side("base", a.base), side("new", a.new)
     threshold = percent(a.threshold)
     positive_threads(a.threads)
-    if a.json:
-        check_new_path(a.json, "--json")  # before anything is measured
+    target = json_target(a.json)  # before anything is measured
+    log = text_log(target)
     run = run_options(a, default_matrix="smoke", variants=[base, new])
-    path = run_matrix(**run, reporter=RunConsole(summary=False), command=["lstmbench", *sys.argv[1:]])
-    print("")
+    path = run_matrix(**run, reporter=RunConsole(summary=False), command=["lstmbench", *sys.argv[1:]], log=log)
+    log("")
     return run_compare_variants(str(path), "base,new", threshold=threshold,
-                                fail_on_regression=a.fail_on_regression, json_path=a.json)
+                                fail_on_regression=a.fail_on_regression, json_path=target, log=log)
 
 
 def add_parser(sub: Any) -> None:
@@ -207,7 +196,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("new", help="the same kinds as BASE")
     add_run_options(p, default_matrix="smoke")
     p.add_argument("--threshold", default="10%", help="smallest change that counts (default 10%%)")
-    p.add_argument("--json", metavar="PATH", help="write one entry per cell here (atomically)")
+    add_json(p, "one entry per cell")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 on a slower cell, a cell NEW fails where BASE measured, or nothing compared")
     p.set_defaults(fn=cmd_ab)

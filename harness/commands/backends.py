@@ -3,20 +3,21 @@ path, what it runs, its baseline) and `lstmbench presets` (the presets' sizes an
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from impls import registry
 from impls.config import PRESETS, flops_per_char
 
-from ..engine.envs import interpreter_for, parse_python_overrides
+from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.workers import Worker, WorkerFailed
 from .baselines import baseline_file
-from .options import add_python, add_threads
+from .options import add_json, add_python, add_threads, json_target, positive_threads, text_log, write_json
 
 
 def cmd_backends(a: argparse.Namespace) -> int:
+    target = json_target(a.json)
     overrides = parse_python_overrides(a.python)
+    positive_threads(a.threads)
     # one worker per interpreter and set of env_vars (KERAS_BACKEND=jax needs its own process)
     by_python: dict[tuple[str, tuple], list[str]] = {}
     info: dict[str, dict] = {}
@@ -48,10 +49,8 @@ def cmd_backends(a: argparse.Namespace) -> int:
         info[name].update(framework=spec.framework, requires=list(spec.requires),
                           modes=list(spec.modes), devices=list(spec.devices),
                           precisions=list(spec.precisions), env=spec.env)
-    if a.json:
-        print(json.dumps(info, indent=1))
-        return 0
-    print("\n".join(backends_text(info)))
+    text_log(target)("\n".join(backends_text(info)))
+    write_json(target, info)
     return 0
 
 
@@ -106,7 +105,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("backends", help="list backends, versions and availability")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p, "every backend's status, version, kernel and what it runs")
     add_python(p), add_threads(p)
     p.set_defaults(fn=cmd_backends)
     sub.add_parser("presets", help="list presets with sizes and FLOPs per character").set_defaults(fn=cmd_presets)

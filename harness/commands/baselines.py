@@ -12,7 +12,7 @@ backend module's configure() (thread pools, library flags), so the ratio measure
 code, not process settings.
 
 Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
-two variants of one run (harness.engine.duet: paired rounds, per-process centres, the between-process
+two variants of one run (harness.judge.duet: paired rounds, per-process centres, the between-process
 variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
 `failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
 (measured causes only). Results: one JSON document (schema lstmbench.baselines), written
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,14 +37,14 @@ from impls.config import get_preset
 
 import numpy as np
 
-from impls.case import check_new_path
-
-from ..engine import duet, explain, stats
+from ..engine import explain, stats
+from ..judge import duet
 from ..engine.bench import PEAK_N, Cell
-from ..engine.envs import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
+from ..envs.interpreters import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
 from ..engine.executor import participant_info
-from ..engine.host import worker_cpus
-from ..engine.participants import KINDS, PROBE, PROBE_N, ParticipantFailed
+from ..envs.host import worker_cpus
+from ..engine.kinds import KINDS
+from ..engine.participants import PROBE, PROBE_N, ParticipantFailed
 from ..engine.scheduler import ProbeState, Schedule, measure_workload
 from ..engine.assemble import cell_result, workload_ratios
 from ..engine.workers import Launcher, WorkerFailed, WorkerParticipant, Workers, answer
@@ -53,13 +52,13 @@ from ..errors import UsageError
 from ..report.console import describe
 from ..report.frontier import frontier, summary_line
 from ..results.store import check_writable, default_path, new_document, write_results
-from .options import positive_threads
+from .options import add_threads, out_folder, positive_threads
 
 THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-# 2: rows judged by harness.engine.duet (marks faster|slower|unchanged|inconclusive|failed);
+# 2: rows judged by harness.judge.duet (marks faster|slower|unchanged|inconclusive|failed);
 # 3: workloads carry `ratios` (each backend to the fastest backend, paired rounds), the run a
 # `peak` GEMM and every result its `efficiency`: `lstmbench report` reads the file as a run
 SCHEMA_VERSION = 3
@@ -157,18 +156,41 @@ def find_dir(given: str | None) -> Path:
 
 # ---- ratios and marks -----------------------------------------------------------------------
 
-def judge(res_b: dict[str, Any], res_q: dict[str, Any], pool: Any, threshold: float = THRESHOLD) -> Any:
-    """Backend against baseline from the rounds both ran: the in-run comparison of `compare
-    --variants` (harness.engine.duet: per-process paired log ratios, the between-process variance
-    pooled over the run's cells, the same marks), the baseline as BASE and the backend as NEW.
-    `failed` where either did not measure."""
-    return duet.failed(res_q, res_b) or duet.judge(_paired(res_b, res_q), pool, threshold)
+Measured = tuple[str, str, str, str, dict[str, Any], dict[str, Any]]  # preset, mode, workload, backend, results
 
 
-def _paired(res_b: dict[str, Any], res_q: dict[str, Any]) -> Any:
-    if res_b.get("status") != "ok" or res_q.get("status") != "ok":
-        return None
-    return duet.paired(duet.pair_rounds(res_q.get("samples") or [], res_b.get("samples") or []))
+def judge_rows(measured: list[Measured]) -> tuple[float | None, list[dict[str, Any]]]:
+    """Every backend against its baseline from the rounds both ran, in one in-run comparison
+    over the run's cells (harness.judge.duet.judge_pairs, as `compare --variants` judges two
+    variants: the baseline as BASE, the backend as NEW); (the between-process SD pooled over
+    them, a row per pair, with the reason of a backend more than the threshold slower)."""
+    verdicts, pool = duet.judge_pairs([(rq, rb) for *_, rb, rq in measured])
+    rows: list[dict[str, Any]] = []
+    for (pname, mode, wid, b, rb, rq), j in zip(measured, verdicts):
+        slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
+        why = reason_for(b, mode) if slow else None
+        if j.mark == "failed":
+            why = j.reason
+        elif slow and why is None:
+            why = ("no measured reason yet: to be investigated or fixed" if j.mark == "slower"
+                   else "not shown to be slower: re-measure with more rounds")
+        rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
+                     "baseline": baseline_label(b), "participant": participant_name(b),
+                     "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
+                     "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
+    return (None if pool.tau2 is None else pool.tau2 ** 0.5), rows
+
+
+def rejudge(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A baselines file's rows judged again from the rounds its workloads keep."""
+    measured: list[Measured] = []
+    for w in doc["workloads"]:
+        parts = w["participants"]
+        for b in parts:
+            if b in registry.BACKENDS:
+                measured.append((w["preset"], w["mode"], w["id"], b, parts[b]["result"],
+                                 parts[participant_name(b)]["result"]))
+    return judge_rows(measured)[1]
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -196,7 +218,7 @@ def select_backends(text: str | None) -> list[str] | None:
 
 
 def run_baselines(presets: list[str], modes: list[str], backends: list[str] | None, *,
-                  threads: int | None, base_dir: Path, out: Path | None, seed: int | None,
+                  threads: int | None, base_dir: Path, out: Path = Path("results"), seed: int | None,
                   rounds: int = 30, processes: int = 1, workload_time: float = 120.0,
                   overrides: dict[str, str] | None = None, command: list[str] | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
@@ -210,10 +232,9 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             raise UsageError(f"{base_dir} has no {baseline_file(f)}; pass --dir with the checkout's "
                              "benchmarks/baselines folder")
     seed = int(time.time_ns() % 2**31) if seed is None else seed
-    if out is None:
-        check_writable(Path("results"))  # before any measurement
+    check_writable(out)  # before any measurement
     hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
-    # pinned as `run` pins (harness.engine.host.worker_cpus): fewer threads than CPUs, the last ones
+    # pinned as `run` pins (harness.envs.host.worker_cpus): fewer threads than CPUs, the last ones
     cpus = worker_cpus(threads)
     backend_launch = Launcher(overrides or {}, threads, cpus=cpus)
     # a baseline's worker is its host backend's: same interpreter, env_vars, threads and CPUs
@@ -293,27 +314,12 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
             r = part["result"]
             if r.get("status") == "ok" and r.get("gflops"):
                 r["efficiency"] = r["gflops"] / peak if peak else None
-    # one comparison over the run's cells: the between-process variance pooled over all of them
-    pool = duet.Pool.of([_paired(rb, rq) for *_, rb, rq in measured])
-    rows: list[dict[str, Any]] = []
-    for pname, mode, wid, b, rb, rq in measured:
-        j = judge(rb, rq, pool)
-        slow = j.mark != "failed" and j.ratio > 1 + THRESHOLD
-        why = reason_for(b, mode) if slow else None
-        if j.mark == "failed":
-            why = j.reason
-        elif slow and why is None:
-            why = ("no measured reason yet: to be investigated or fixed" if j.mark == "slower"
-                   else "not shown to be slower: re-measure with more rounds")
-        rows.append({"preset": pname, "mode": mode, "workload": wid, "backend": b,
-                     "baseline": baseline_label(b), "participant": participant_name(b),
-                     "backend_s": rb.get("estimate_s"), "baseline_s": rq.get("estimate_s"),
-                     "noisy": bool(rb.get("noisy") or rq.get("noisy")), **j.to_json(), "reason": why})
+    between_sd, rows = judge_rows(measured)
     probes = [s for s in probe.rounds_s if s]
     frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
     doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
                        seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
-                       judged_by="harness.engine.duet (the in-run comparison of compare --variants)",
+                       judged_by="harness.judge.duet (the in-run comparison of compare --variants)",
                        schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
                        backends=info, baselines_dir=str(base_dir), cpus=cpus,
                        baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
@@ -321,14 +327,14 @@ def run_baselines(presets: list[str], modes: list[str], backends: list[str] | No
                                   for q, h in hosts.items()},
                        mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},
                        noise={"contended_fraction": frac, "verdict": verdict,
-                              "between_process_sd": None if pool.tau2 is None else pool.tau2 ** 0.5},
+                              "between_process_sd": between_sd},
                        peak={"gflops": peak, "via": "numpy BLAS (the noise probe's worker)",
                              "dtype": "float32", "probe_gflops": probe_best, "probe_n": PROBE_N,
                              "gemm_gflops": gemm, "gemm_n": PEAK_N, "threads": threads},
                        wall_s=round(time.monotonic() - t_start, 1))
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     doc["workloads"], doc["rows"] = workloads, rows
-    target = out if out is not None else default_path(Path("results"), doc)
+    target = default_path(out, doc)
     return write_results(doc, target), doc
 
 
@@ -390,9 +396,7 @@ def cmd_baselines(a: argparse.Namespace) -> int:
         raise UsageError(f"--workload-time must be a positive number of seconds, got {a.workload_time}")
     backends = select_backends(a.backends)
     base_dir = find_dir(a.dir)
-    out = Path(a.out) if a.out else None
-    if out is not None:
-        check_new_path(out, "--out")  # before any measurement
+    out = out_folder(a.out)  # before any measurement
     path, doc = run_baselines(presets, modes, backends, threads=a.threads, base_dir=base_dir,
                               out=out, seed=a.seed, rounds=a.rounds, processes=a.processes,
                               workload_time=a.workload_time,
@@ -407,16 +411,15 @@ def cmd_baselines(a: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """`lstmbench baselines`: called by harness.cli.build_parser."""
-    threads = os.cpu_count() or 1
     p = sub.add_parser("baselines", help="each backend against the plainest code in its own "
                                          "framework (benchmarks/baselines/), interleaved")
     p.add_argument("--presets", help=f"comma list (default {','.join(DEFAULT_PRESETS)})")
     p.add_argument("--backends", help="comma list (default: every available backend with a baseline)")
     p.add_argument("--modes", help="comma list of train, eval, generate (default all three)")
-    p.add_argument("--threads", type=int, default=threads,
-                   help=f"threads for every framework alike (default {threads}: the cores)")
-    p.add_argument("--out", help="results FILE to write (must not exist; default "
-                                 "results/<machine>/<time>-baselines-cpu.json)")
+    add_threads(p)
+    p.add_argument("--out", default="results", metavar="FOLDER",
+                   help="results folder: the file is FOLDER/<machine>/<time>-baselines-cpu.json "
+                        "(default results/)")
     p.add_argument("--dir", help="the baseline files' folder (default: benchmarks/baselines of "
                                  "the working directory or its checkout)")
     p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")

@@ -14,7 +14,7 @@ from impls.config import (PRESETS, CaseSpec, ClipConfig, GenerateConfig, ModelCo
                           TrainConfig, get_preset)
 from impls.tolerances import TOLERANCES
 
-from ..engine.envs import interpreter_for, parse_python_overrides
+from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.failures import classify
 from ..engine.workers import Worker, WorkerFailed
 from ..errors import UsageError
@@ -131,7 +131,7 @@ def _failed(backend: str, kind: str, message: str) -> str:
 
 
 def _remove_partial(out: Path) -> None:
-    """A worker killed while writing leaves write_new's temporary file: remove it."""
+    """A worker killed while writing leaves impls.files.write_atomic's temporary file: remove it."""
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         try:
             tmp.unlink()

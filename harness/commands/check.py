@@ -6,7 +6,6 @@ worst error over the cases against the tolerance."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -14,29 +13,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 from impls import registry
-from impls.case import CaseError, check_new_path, check_outputs, load_outputs, make_case, save_case, write_file
+from impls.case import CaseError, check_outputs, load_outputs, make_case, save_case
 from impls.tolerances import TOLERANCES
 
-from ..engine.envs import interpreter_for, parse_python_overrides, require_device
-from ..engine.host import default_jobs
+from ..envs.host import require_device
+from ..envs.interpreters import interpreter_for, parse_python_overrides
+from ..envs.host import default_jobs
 from ..engine.lanes import Children, Slot, Stopped, run_lanes
 from ..engine.workers import Worker, WorkerFailed
 from ..errors import UsageError
 from ..results.schema import CHECK_QUANTITIES as QUANTITIES, check_worst
 from .check_cases import CROSS_CASES
-from .options import BENCH_BACKENDS, add_cluster_options, add_python, add_threads, backend_list, positive_threads
+from .options import (BENCH_BACKENDS, add_cluster_options, add_json, add_python, add_threads, backend_list,
+                      json_target, positive_threads, text_log, write_json)
 
 
 def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | None,
-              precision: str = "float32", json_path: Path | None = None, jobs: int = 1,
+              precision: str = "float32", json_path: str | Path | None = None, jobs: int = 1,
               log: Callable[[str], None] = print, device: str = "cpu", lanes: Any = None) -> int:
     """Returns the exit status: 0 when every backend passes every quantity, else 1. `jobs`
     backends are checked side by side, each in its own worker (the results do not depend on
     it: each case is computed in one process, with `threads` threads, whatever runs beside).
     `device` is where the backends compute (the CLI refuses gpu on a machine without one).
-    `lanes` (harness.engine.cluster.Lanes): each backend's check runs on a cluster's node."""
-    if json_path is not None and (json_path.exists() or json_path.is_symlink()):
-        raise UsageError(f"--json {json_path} exists; choose another name (reports are never overwritten)")
+    `lanes` (harness.cluster.tasks.Lanes): each backend's check runs on a cluster's node.
+    `json_path`: --json's target (options.json_target: a new file, or "-" for stdout)."""
+    json_path = json_target(None if json_path is None else str(json_path))
     if not backends:
         raise UsageError("no backends to check: name at least one with --backends")
     if jobs < 1:
@@ -49,7 +50,7 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
 
 def check_on_node(name: str, overrides: dict[str, str], threads: int | None, precision: str,
                   device: str) -> dict[str, Any]:
-    """One backend's check where a cluster's task runs it (harness.engine.cluster.Lanes): the
+    """One backend's check where a cluster's task runs it (harness.cluster.tasks.Lanes): the
     same cases (they are seeded), built and referenced on that node."""
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         cases, references = _cases(Path(d))
@@ -140,7 +141,7 @@ def _check_backend(name: str, cases: list[tuple[str, Any, Path]], references: di
 
 
 def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], threads: int | None,
-               precision: str, json_path: Path | None, jobs: int, log: Callable[[str], None],
+               precision: str, json_path: str | Path | None, jobs: int, log: Callable[[str], None],
                device: str = "cpu", lanes: Any = None) -> int:
     cases, references = _cases(tmp)
     report: dict[str, Any] = {"precision": precision, "device": device, "cases": [c[0] for c in cases],
@@ -171,13 +172,7 @@ def _run_check(tmp: Path, backends: list[str], *, overrides: dict[str, str], thr
     failed = any(e["status"] != "ok" for e in report["backends"].values())
     log("")
     log(format_table(report))
-    if json_path:
-        data = json.dumps(report, indent=1).encode()
-        try:
-            write_file(json_path, lambda f: f.write(data), "--json")
-        except CaseError as e:  # disk full, read-only: the table above stands, the file does not
-            raise CaseError(f"{e} (the table above is complete)") from None
-        log(f"details: {json_path}")
+    write_json(json_path, report, log)  # disk full, read-only: the table above stands, the file does not
     return 1 if failed else 0
 
 
@@ -216,22 +211,22 @@ def cmd_check(a: argparse.Namespace) -> int:
     require_device(a.device, a.precision, backends, here=not a.cluster)
     if a.on and not a.cluster:
         raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
-    if a.json:
-        check_new_path(a.json, "--json")  # fail now, not after minutes of checking
+    target = json_target(a.json)  # fail now, not after minutes of checking
+    log = text_log(target)
     lanes = None
     if a.cluster:  # Ray only here, and only with --cluster
-        from ..engine.cluster import lanes_on
-        lanes = lanes_on(a.cluster, a.on, a.device, a.threads, print)
+        from ..cluster.tasks import lanes_on
+        lanes = lanes_on(a.cluster, a.on, a.device, a.threads, log)
     jobs = (lanes.jobs if lanes else default_jobs(a.threads)) if a.jobs is None else a.jobs
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,
-                     precision=a.precision, json_path=Path(a.json) if a.json else None, jobs=jobs,
+                     precision=a.precision, json_path=target, jobs=jobs, log=log,
                      device=a.device, lanes=lanes)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("check", help="cross-check every backend against the reference")
     p.add_argument("--backends", help="comma list (default: all but the numpy oracle)")
-    p.add_argument("--json", help="write the detailed report here")
+    add_json(p, "the detailed report (every case, tensor and error)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="where every backend computes the cases (default cpu; gpu needs one)")
     p.add_argument("--precision", default="float32", choices=["float32", "tf32"],

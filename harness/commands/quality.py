@@ -11,10 +11,11 @@ from typing import Any
 
 from impls import registry
 
-from ..engine.envs import parse_python_overrides
-from ..engine.journal import locate
+from ..envs.interpreters import parse_python_overrides
+from ..session.journal import locate
 from ..errors import UsageError
-from ..training.quality import MATRICES, SCHEMA, QualityConfig, load_resume, run_quality
+from ..training.quality import MATRICES, QUALITY_THREADS, SCHEMA, QualityConfig, load_resume, run_quality
+from .options import threads_for
 
 
 def parse_jobs(text: str | None) -> int | None:
@@ -74,9 +75,7 @@ def cmd_quality(a: Any) -> int:
         if a.matrix not in MATRICES:
             raise UsageError(f"unknown quality matrix {a.matrix!r}; choose from {', '.join(MATRICES)}")
         cfg = MATRICES[a.matrix]
-        # one thread per backend by default: the lanes then fill the cores one each, and a
-        # framework's thread pool does not spin against a neighbour's (docs/quality.md)
-        threads = a.threads if a.threads is not None else 1
+        threads = threads_for(a.threads, QUALITY_THREADS)  # the quality matrices' threads: 1
         if a.backends:
             backends = _names(a.backends)
         else:
@@ -91,7 +90,7 @@ def cmd_quality(a: Any) -> int:
         address = address or header["cluster"].get("address")
         on = on or ",".join(header["cluster"].get("kinds") or []) or None
     if address:  # Ray only here, and only with --cluster
-        from ..engine.cluster import lanes_on
+        from ..cluster.tasks import lanes_on
         lanes = lanes_on(address, on, "cpu", threads, print,
                          one_kind="a quality run keeps its wall times")
     run_quality(cfg, backends, Path(a.out), threads=threads, jobs=jobs,

@@ -1,4 +1,4 @@
-"""`lstmbench run`: a benchmark matrix measured by the engine (harness.engine.runner), its
+"""`lstmbench run`: a benchmark matrix measured by the engine (harness.session.benchmark), its
 workloads told by the console reporter (harness.report.console); the quality matrices (by name,
 or an interrupted quality run's journal) go to harness.commands.quality. The options `run` and
 `ab` share are declared and checked here."""
@@ -12,14 +12,16 @@ from typing import Any
 
 from impls import registry
 
-from ..engine.envs import parse_python_overrides, require_device
+from ..envs.host import require_device
+from ..envs.interpreters import parse_python_overrides
 from ..engine.matrix import Matrix, load_matrix
-from ..engine.runner import load_resume, run_matrix
-from ..engine.variants import check_src, parse_variants, split
+from ..session.benchmark import load_resume, run_matrix
+from ..envs.variants import check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
 from ..training.quality import MATRICES as QUALITY
-from .options import BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, backend_list, positive_threads
+from .options import (BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, add_threads, backend_list,
+                      out_folder, positive_threads, threads_for)
 from .quality import cmd_quality, is_quality_journal
 
 
@@ -41,8 +43,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
     opts = run_options(a, default_matrix="default", variants=variants)
     on_cluster = a.cluster or (opts["resume"] is not None and load_resume(opts["resume"])[2].get("cluster"))
-    if on_cluster:  # Ray only here (harness.engine.cluster_run), and only with --cluster
-        from ..engine.cluster_run import run_cluster
+    if on_cluster:  # Ray only here (harness.cluster.executor), and only with --cluster
+        from ..cluster.executor import run_cluster
         if opts["resume"] is not None:  # the interrupted run's variants (python=, env=), from its header
             header = load_resume(opts["resume"])[2]
             opts["variants"] = parse_variants([d["text"] for d in (header.get("variants") or {}).values()]) or None
@@ -84,14 +86,14 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         backends = backend_list(a.backends, default)
         if a.backends and matrix.mode_backends:  # named backends: each runs in every mode
             matrix = dataclasses.replace(matrix, mode_backends={})
-        a.threads = a.threads or matrix.threads or DEFAULT_THREADS  # --threads, the matrix's, the cores
+        a.threads = threads_for(a.threads, matrix.threads)
     require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
     for v in variants or []:
         if v.src is not None:
             check_src(v.src, f"--variant {v.name}: src")
     processes = a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes)
     return dict(matrix=matrix, backends=backends, device=a.device, precision=a.precision,
-                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=Path(a.out),
+                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=out_folder(a.out),
                 processes=processes, omp_wait_policy=a.omp_wait_policy, seed=a.seed, resume=resume,
                 variants=variants or None)
 
@@ -104,7 +106,9 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--precision", default="float32", choices=["float32", "tf32"],
                    help="float32 (strict, default) or tf32 (GPU only)")
-    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--out", default="results", metavar="FOLDER",
+                   help="results folder: files go into FOLDER/<machine>/<time>-<matrix>-<device>.json "
+                        "(default results/)")
     p.add_argument("--processes", type=int, metavar="N",
                    help="fresh worker processes per backend (per variant) and workload (default: "
                         f"{DEFAULT_VARIANT_PROCESSES} per variant with variants; else the matrix's, 1 for "
@@ -112,10 +116,7 @@ def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:
     p.add_argument("--omp-wait-policy", choices=["passive", "active"],
                    help="OMP_WAIT_POLICY for every worker (default: unset, the runtime's own)")
     p.add_argument("--seed", type=int, help="seed of the interleaving order (default: from the clock; recorded)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"threads for every framework alike (default: the matrix's, 1 for smoke; "
-                        f"else {DEFAULT_THREADS}, the cores; 1 per backend for the quality matrices); "
-                        "fewer than the cores pins the workers to the last CPUs")
+    add_threads(p, matrix=True)
     p.add_argument("--python", action="append", metavar="BACKEND=INTERPRETER",
                    help="run BACKEND with this interpreter (repeatable)")
 
@@ -127,7 +128,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="measure every backend once per variant, interleaved (repeatable, two or more): "
                         "keys python=PATH, python.BACKEND=PATH, src=DIR|REV, env.VAR=VALUE, threads=N "
-                        "(harness/engine/variants.py); compare them with `compare RESULTS --variants A,B`")
+                        "(harness/envs/variants.py); compare them with `compare RESULTS --variants A,B`")
     p.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted run from its journal (or the journal's target file)")
     p.add_argument("--jobs", metavar="N",

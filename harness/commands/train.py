@@ -4,7 +4,6 @@ when the backend's framework imports here and this process's thread pools are pi
 --threads, else re-runs itself in the backend's own interpreter."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import replace
@@ -15,16 +14,17 @@ from impls import registry
 from impls.checkpoint import CheckpointError, load_checkpoint
 from impls.config import get_preset
 
-from ..engine.envs import parse_python_overrides
+from ..envs.interpreters import parse_python_overrides
 from ..engine.signals import terminate_as_interrupt
 from ..errors import UsageError
 from ..training.corpus import DataError, encode, prepare
 from ..training.loop import (_CHILD, VAL_CHARS, bits, default_prime, evaluate_loss, make_backend,
                              rerun_elsewhere, runs_here, sample_text, train)
+from .options import add_json, add_python, add_threads, json_target, text_log, threads_for, write_json
 
 
 def _common(a: Any) -> tuple[dict[str, str], int | None]:
-    return parse_python_overrides(getattr(a, "python", None)), getattr(a, "threads", None)
+    return parse_python_overrides(getattr(a, "python", None)), threads_for(getattr(a, "threads", None))
 
 
 def _opt(flag: str, v: Any) -> list[str]:
@@ -74,6 +74,8 @@ def cmd_train(a: Any) -> int:
 
 def cmd_evaluate(a: Any) -> int:
     overrides, threads = _common(a)
+    target = json_target(a.json)  # before anything is computed
+    log = text_log(target)
     ck = load_checkpoint(a.checkpoint)  # a bad file fails here, in any environment
     if not runs_here(a.backend) or a.backend in overrides:
         argv = ["evaluate", a.checkpoint, "--backend", a.backend, *_opt("--corpus", a.corpus),
@@ -98,13 +100,10 @@ def cmd_evaluate(a: Any) -> int:
            "val_bpc": bits(loss), "step": ck.info.get("step"), "trained_on": ck.info.get("backend")}
     if corpus.sha256 != ck.info.get("corpus", {}).get("sha256"):
         print(f"note: corpus {name!r} is not the text the checkpoint was trained on", file=sys.stderr)
-    print(f"validation loss {loss:.6f} nats/char, {bits(loss):.6f} bits/char ({a.backend}, "
-          f"{name}, {val.size:,} characters, checkpoint step {ck.info.get('step')} "
-          f"trained on {ck.info.get('backend')})")
-    if a.json:
-        from impls.case import write_new
-        data = json.dumps(doc, indent=1).encode()
-        write_new(a.json, lambda f: f.write(data))
+    log(f"validation loss {loss:.6f} nats/char, {bits(loss):.6f} bits/char ({a.backend}, "
+        f"{name}, {val.size:,} characters, checkpoint step {ck.info.get('step')} "
+        f"trained on {ck.info.get('backend')})")
+    write_json(target, doc, lambda s: None)  # the line above is what evaluate says
     return 0
 
 
@@ -130,13 +129,9 @@ def cmd_sample(a: Any) -> int:
 
 def add_parser(sub: Any) -> None:
     """train, evaluate, sample: called by harness.cli.build_parser."""
-    default_threads = os.cpu_count() or 1
-
     def common(p: Any) -> None:
-        p.add_argument("--threads", type=int, default=default_threads,
-                       help=f"threads for the framework (default {default_threads})")
-        p.add_argument("--python", action="append", metavar="BACKEND=INTERPRETER",
-                       help="run BACKEND with this interpreter")
+        add_threads(p)
+        add_python(p)
 
     p = sub.add_parser("train", help="train one backend on a corpus; checkpoint, log, sample")
     p.add_argument("--backend", required=True)
@@ -160,7 +155,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--backend", default="numpy-f32", help="default numpy-f32")
     p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
-    p.add_argument("--json", help="also write the result here (must not exist)")
+    add_json(p, "the result")
     p.add_argument("--val-chars", type=int, default=VAL_CHARS,
                    help=f"validation characters (default {VAL_CHARS:,}, as train; 0: all)")
     common(p)

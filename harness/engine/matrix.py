@@ -212,7 +212,7 @@ MATRICES: dict[str, Matrix] = {
                     # 90 rounds of 10 ms rather than 30 of 30 ms in the same budget: the minimum
                     # needs a few rounds in the machine's fast moments (docs/measurement.md)
                     round_time=0.01,
-                    # one thread, pinned (harness.engine.host.worker_cpus): at these sizes a second
+                    # one thread, pinned (harness.envs.host.worker_cpus): at these sizes a second
                     # thread only adds hand-offs, and on a shared 2-core machine a one-thread
                     # worker on a CPU of its own measures most steadily (docs/measurement.md)
                     threads=1),

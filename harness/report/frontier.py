@@ -17,7 +17,7 @@ from typing import Any
 
 from impls import registry
 
-from ..engine.variants import participant, split
+from ..envs.variants import participant, split
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from impls.files import dir_mode
+from impls.files import dir_mode, write_atomic
 
 from ..engine import explain
 from ..engine.stats import CLEAN_FACTOR, MIN_CLEAN
@@ -132,7 +132,7 @@ def write_report(paths: list[str], out_dir: Path, check_json: Path | None = None
         html_name = _build(runs, tmp, check_json, equiv, quality)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"tool": "lstmbench report", "files": {n: _sha(tmp / n) for n in files}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         if old_files:  # a previous report: set it aside, put the new one in place, then drop it
             aside = parent / f".{out_dir.name}.old-{os.getpid()}-{tmp.name[-8:]}"
             os.rename(out_dir, aside)
@@ -187,8 +187,8 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
             sub = (f"{len(quality)} quality run(s); generated "
                    f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
         sections += quality_sections(quality, out_dir)
-    (out_dir / "report.md").write_text(markdown(title, sub, sections))
-    (out_dir / "report.html").write_text(html_page(title, sub, sections))
+    write_atomic(out_dir / "report.md", markdown(title, sub, sections).encode())
+    write_atomic(out_dir / "report.html", html_page(title, sub, sections).encode())
     return "report.html"
 
 

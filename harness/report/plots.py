@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from impls.config import ConfigError, get_preset
+from impls.files import write_atomic
 
 from ..engine.stats import CLEAN_FACTOR
 from ..results.model import Run, RunCell
@@ -35,8 +36,8 @@ def plt_module() -> Any:
 
 
 def save(fig: Any, out_dir: Path, name: str) -> Path:
-    path = out_dir / name
-    fig.savefig(path)
+    """A figure as out_dir/NAME (a .png), through impls.files.write_atomic."""
+    path = write_atomic(out_dir / name, lambda f: fig.savefig(f, format=Path(name).suffix.lstrip(".")))
     plt_module().close(fig)
     return path
 

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from impls.files import write_atomic
+
 from ..errors import UsageError
 from ..results.schema import QUALITY_SCHEMA as SCHEMA, QUALITY_VERSIONS as SCHEMA_VERSIONS
 from ..results.store import is_results_file
@@ -232,7 +234,7 @@ def sections(docs: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, list[
                                "step time, which contention moves less."
                                + (f" Noise, as the run states it: {doc['noise']}."
                                   if isinstance(doc.get("noise"), str) else "")), ("table", table)]
-            (out_dir / f"{_stem(doc)}-table.md").write_text(table.markdown() + "\n")
+            write_atomic(out_dir / f"{_stem(doc)}-table.md", (table.markdown() + "\n").encode())
         band = (doc.get("comparison") or {}).get("spec_band")
         if isinstance(band, list) and len(band) == 2 and all(map(_finite, band)):
             lines = [f"Final validation loss of the backends following docs/SPEC.md §4: {band[0]:.4f} .. {band[1]:.4f} nats."]

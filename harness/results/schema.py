@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 SCHEMA = "lstmbench.results"
-SCHEMA_VERSION = 3  # 3: variants (harness.engine.variants): the run's "variants", each cell's "variant"
+SCHEMA_VERSION = 3  # 3: variants (harness.envs.variants): the run's "variants", each cell's "variant"
 READABLE_VERSIONS = (1, 2, 3)  # older versions are migrated on read (migrate_v1, migrate_v2)
 QUALITY_SCHEMA = "lstmbench.quality"  # a quality run's document (harness.training.quality)
 QUALITY_VERSIONS = (1,)  # the quality versions this code writes (the last) and reads

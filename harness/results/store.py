@@ -1,7 +1,6 @@
 """Where results files go and how they are written: a new document's common fields (when, the
 machine, the code), its path (out/<machine>/<time>-<matrix>-<device>.json), written atomically
-and never over an existing file; a folder searched for results files; JSON reports written
-atomically (compare --json)."""
+and never over an existing file; a folder searched for results files."""
 from __future__ import annotations
 
 import datetime as dt
@@ -12,10 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from impls.case import write_new
-from impls.files import temp_beside
+from impls.files import write_atomic
 
-from ..engine.host import git_info, machine_info
+from ..envs.host import git_info, machine_info
 from ..errors import UsageError
 from .schema import SCHEMA, SCHEMA_VERSION, ResultsError
 
@@ -49,15 +47,9 @@ def default_path(out_dir: Path, doc: dict[str, Any]) -> Path:
 
 
 def write_results(doc: dict[str, Any], path: Path) -> Path:
-    """Atomic, and never over an existing file: a clash gets a numbered sibling name."""
-    data = json.dumps(doc, indent=1, sort_keys=False).encode()
-    for i in range(1000):
-        cand = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")
-        try:
-            return write_new(cand, lambda f: f.write(data))
-        except FileExistsError:
-            continue
-    raise ResultsError(f"could not find a free name beside {path}")
+    """Atomic, and never over an existing file: a clash gets a numbered sibling name
+    (impls.files.write_atomic)."""
+    return write_atomic(path, json.dumps(doc, indent=1, sort_keys=False).encode(), number=True)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -108,25 +100,3 @@ def expand_paths(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
         else:
             out.append(p)
     return out
-
-
-def write_json(path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
-    """Atomic: a temporary file beside the target, fsynced, renamed over it."""
-    path = Path(path)
-    if path.is_dir():
-        raise ResultsError(f"--json {path}: is a folder; give a file name")
-    data = json.dumps(doc, indent=1).encode()
-    try:
-        fd, tmp = temp_beside(path)
-    except OSError as e:
-        raise ResultsError(f"--json {path}: cannot write there ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise ResultsError(f"--json {path}: cannot write ({e.strerror or e})") from None
-    return path

