@@ -173,7 +173,7 @@ def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
 
 def test_a_spec_without_a_baseline_note_is_refused() -> None:
     with pytest.raises(ValueError, match="baseline_note"):
-        registry.BackendSpec("x", "impls.x_impl", "X", "x", "main", "float32", "x", baseline="torch")
+        registry.BackendSpec("x", "impls.x_impl", "X", "numpy", "main", "float32", "x", baseline="torch")
 
 
 def test_reasons_name_real_backends_and_modes() -> None:
