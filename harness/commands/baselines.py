@@ -91,12 +91,14 @@ REASONS: dict[tuple[str, str], str] = {
                                     "(torch.profiler, char-rnn sizes: 16% of the loop) where the "
                                     "baseline makes one eager call; the loop compiled whole is "
                                     "torch-genloop (docs/speed.md)"),
-    ("torch-compile", "train"): ("the same kernels, its ratio the machine's: in one process it trains "
-                                 "in torch's time (45.5 against 46.1 ms, 0.99x), torch.profiler "
-                                 "puts 93% of both steps in the same oneDNN RNN kernels and the "
-                                 "compiled regions under 3%; across worker processes on a busy "
-                                 "machine the step moved 13% (between-process sd, 7 December), "
-                                 "where torch itself read 1.23x its identical baseline (docs/speed.md)"),
+    ("torch-compile", "train"): ("the same kernels, slower in its typical round: in one process it "
+                                 "trains in torch's time (0.99x; 1.04x with the caches flushed "
+                                 "between steps), torch.profiler puts 93% of both steps in the same "
+                                 "oneDNN RNN kernels and the compiled regions under 3%; interleaved, "
+                                 "its best rounds come within 1.02-1.17x the baseline's (7 December, "
+                                 "4 runs) while the paired median ratio is 1.12-1.35x: under the busy "
+                                 "machine its rounds slow more than the baseline's, for a cause not "
+                                 "yet isolated (not garbage collection: none ran; docs/speed.md)"),
     ("tensorflow-xla", "train"): ("jit_compile=True by design, and thread-bound: at one thread XLA:CPU "
                                   "trains in tensorflow's time (1.02x, 0.99x in the run of docs/speed.md); "
                                   "at two it took 77 against its own 65 ms a step (its pool splits each "
