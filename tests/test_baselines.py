@@ -237,6 +237,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out, = (tmp_path / "res").glob("*/*-baselines-cpu.json")  # FOLDER/<machine>/<time>-baselines-cpu.json
     doc = json.loads(out.read_text())
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
+    assert list(doc["backends"]) == ["torch"]  # the backends described; a baseline is its host's
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
     from harness.envs.host import usable_cpus
