@@ -75,6 +75,13 @@ class BackendSpec:
     # benchmarks/baselines/<baseline>_baseline.py, or None where there is none
     baseline: str | None = None
     baseline_note: str = ""  # why that baseline is the fair one, or why there is none
+    # mode ("*": every mode) -> the measured cause of this backend being more than the threshold
+    # slower than its baseline (`lstmbench baselines` prints it; measured causes only)
+    baseline_slower: dict[str, str] = field(default_factory=dict)
+    default_matrix: bool = False  # in the `default` matrix: one idiomatic backend per framework
+    # median seconds of one train step at char-rnn's sizes with one thread (30-step probes, 2
+    # December 2026, two other jobs on the cores): the quality matrix's lanes take the slowest first
+    train_step_s: float | None = None
 
     def __post_init__(self) -> None:
         # a typo in an entry must fail at import, not as a silently skipped cell
@@ -107,6 +114,21 @@ CHAINER_DEVIATIONS = {
 _GPU = ("cpu", "gpu")
 _TF32 = ("float32", "tf32")
 
+# The environments other than "main" that backends live in (BackendSpec.env), as `lstmbench setup
+# ENV` builds them: environment name -> pip arguments in order, each list one `pip install` call.
+ENVIRONMENTS: dict[str, list[list[str]]] = {
+    "chainer": [
+        # setuptools < 81 keeps pkg_resources (chainer's setup.py); < 70 keeps
+        # distutils.msvccompiler, which numpy.distutils imports when chainer loads
+        ["numpy<2", "setuptools<70", "wheel"],
+        # Chainer 7.8.1's sdist imports pkg_resources in setup.py: build without isolation
+        ["--no-build-isolation", "chainer==7.8.1"],
+    ],
+}
+
+ORACLE = "numpy"  # the float64 reference every check compares against; never timed
+REFERENCE = "numpy-f32"  # the reference in float32: the quality matrix's calibration, evaluate's default
+
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64",
                 "the float64 reference: hand-written BPTT, the oracle", precisions=("float64",),
@@ -114,41 +136,49 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline_note="the float64 oracle: hand-written NumPy itself, never timed"),
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",
                 "the reference in float32: what you get with no framework",
-                baseline=None,
+                baseline=None, default_matrix=True, train_step_s=0.14,
                 baseline_note="the backend is itself hand-written NumPy: it is what a user writes"),
     BackendSpec("torch", "impls.torch_impl", "TorchBackend", "torch", "main", "float32",
                 "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)",
                 devices=_GPU, precisions=_TF32,
-                baseline="torch",
+                baseline="torch", default_matrix=True, train_step_s=0.09,
                 baseline_note="nn.LSTM with torch.optim: the baseline's own layers"),
     BackendSpec("torch-cell", "impls.torch_impl", "TorchCellBackend", "torch", "main", "float32",
                 "char-rnn's cell: per-step loop of i2h + h2h Linear layers",
                 devices=_GPU, precisions=_TF32,
-                baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM"),
+                baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM",
+                baseline_slower={"*": "char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
+                                      "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"},
+                train_step_s=0.14),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
                 devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS,
-                baseline="tensorflow",
+                baseline="tensorflow", default_matrix=True, train_step_s=0.13,
                 baseline_note="Keras layers + GradientTape in a tf.function"),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
                 devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
                 deviations=KERAS_DEVIATIONS,
-                baseline="tensorflow", baseline_note="the same step without jit_compile"),
+                baseline="tensorflow", baseline_note="the same step without jit_compile",
+                baseline_slower={"train": "jit_compile=True by design: XLA:CPU's compiled while-loop LSTM "
+                                          "and its gradient are slower here than TF's oneDNN graph kernels; "
+                                          "the same step without XLA (tensorflow) matches the baseline"},
+                train_step_s=0.12),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
                 "pure functions, lax.scan over time, whole step under jax.jit",
                 devices=_GPU, precisions=_TF32,
-                baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit"),
+                baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit",
+                default_matrix=True, train_step_s=0.16),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
                 "RNNForLM shape: one L.LSTM per layer called per time step",
                 deviations=CHAINER_DEVIATIONS,
-                baseline="chainer",
+                baseline="chainer", default_matrix=True, train_step_s=0.37,
                 baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
     BackendSpec("torch-compile", "impls.torch_compile_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
-                baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
+                baseline="torch", baseline_note="the eager nn.LSTM step it compiles", train_step_s=0.10),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
                 "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
@@ -161,7 +191,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
-                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)"),
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)",
+                train_step_s=0.15),
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
                 "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
@@ -169,14 +200,15 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
-                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)"),
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)",
+                train_step_s=0.32),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
                 "step under nnx.jit; generation a jitted one-token step per token",
                 deviations={"adagrad": Deviation(
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
                                   "(no option to move it out)")},
-                baseline="jax", baseline_note="the plain-JAX step Flax wraps"),
+                baseline="jax", baseline_note="the plain-JAX step Flax wraps", train_step_s=0.14),
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
@@ -191,6 +223,17 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
 
 class BackendError(Exception):
     """A backend cannot be used here; the message says why and how to fix it."""
+
+
+def timed() -> list[str]:
+    """Every backend but the oracle, in registry order: what `run`, `check` and `quality` take
+    where no --backends is given (a matrix may name its own)."""
+    return [b for b in BACKENDS if b != ORACLE]
+
+
+def default_matrix() -> tuple[str, ...]:
+    """The backends of the `default` matrix (BackendSpec.default_matrix), in registry order."""
+    return tuple(b for b, s in BACKENDS.items() if s.default_matrix)
 
 
 def get_spec(name: str) -> BackendSpec:

@@ -17,8 +17,8 @@ code, not process settings.
 Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
 two variants of one run (harness.judge.duet: paired rounds, per-process centres, the between-process
 variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
-`failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
-(measured causes only). Results: one JSON document (schema lstmbench.baselines), written
+`failed` at the 10% threshold). A backend more than 10% slower carries its reason from its registry entry
+(BackendSpec.baseline_slower: measured causes only). Results: one JSON document (schema lstmbench.baselines), written
 atomically and never over an existing file, and a Markdown table on stdout; progress on stderr.
 
 The mapping backend -> baseline is each backend's registry entry (BackendSpec.baseline and
@@ -79,19 +79,11 @@ class Entry:
 BASELINES: dict[str, Entry] = {b: Entry(s.baseline, s.baseline_note)
                                for b, s in registry.BACKENDS.items()}
 
-# (backend, mode) -> why that backend is more than 10% slower than its baseline, from
-# measurements (docs: benchmarks/baselines/README.md). Mode "*" covers every mode.
-REASONS: dict[tuple[str, str], str] = {
-    ("torch-cell", "*"): ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
-                          "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"),
-    ("tensorflow-xla", "train"): ("jit_compile=True by design: XLA:CPU's compiled while-loop LSTM "
-                                  "and its gradient are slower here than TF's oneDNN graph kernels; "
-                                  "the same step without XLA (tensorflow) matches the baseline"),
-}
-
-
 def reason_for(backend: str, mode: str) -> str | None:
-    return REASONS.get((backend, mode)) or REASONS.get((backend, "*"))
+    """The measured cause of `backend` being slower than its baseline in `mode`, from its registry
+    entry (BackendSpec.baseline_slower; docs: benchmarks/baselines/README.md)."""
+    why = registry.get_spec(backend).baseline_slower
+    return why.get(mode) or why.get("*")
 
 
 def participant_name(backend: str) -> str:

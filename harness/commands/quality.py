@@ -71,7 +71,7 @@ def cmd_quality(a: Any, resume: Resume | None = None) -> int:
             raise UsageError(f"unknown quality matrix {a.matrix!r}; choose from {', '.join(MATRICES)}")
         cfg = MATRICES[a.matrix]
         threads = threads_for(a.threads, QUALITY_THREADS)  # the quality matrices' threads: 1
-        backends = _names(a.backends) if a.backends else [b for b in registry.BACKENDS if b != "numpy"]
+        backends = _names(a.backends) if a.backends else registry.timed()
         if not backends:
             raise UsageError(f"--backends {a.backends!r} names no backend; give a comma list, e.g. torch,jax")
     lanes = _lanes(a, resumed, threads)

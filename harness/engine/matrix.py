@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from impls import registry
 from impls.config import ConfigError, ModelConfig, Preset, TrainConfig, get_preset
 
 from .bench import MODES, Cell
@@ -157,7 +158,7 @@ def _group_preset(g: dict[str, Any]) -> Preset:
 
 SMOKE_SIZES = {"vocab_size": 65, "hidden_size": 32, "num_layers": 1}
 
-DEFAULT_BACKENDS = ("numpy-f32", "torch", "tensorflow", "jax", "chainer")
+DEFAULT_BACKENDS = registry.default_matrix()  # one idiomatic backend per framework (its registry entry)
 # the four presets of docs/SPEC.md §6, then char-rnn's batch sweep (B = 50 is in its group)
 FULL_GROUPS = [
     {"preset": "polstm", "modes": list(MODES)},

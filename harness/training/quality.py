@@ -63,7 +63,7 @@ from .corpus import prepare
 from .loop import _CHILD
 
 SCHEMA_VERSION = QUALITY_VERSIONS[-1]
-REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
+REFERENCE = registry.REFERENCE  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
 # The quality matrices' threads per backend: the lanes then fill the cores one each, and a
 # framework's thread pool does not spin against a neighbour's (docs/quality.md)
 QUALITY_THREADS = 1
@@ -110,13 +110,6 @@ MATRICES: dict[str, QualityConfig] = {
     "quality-tiny": QualityConfig("quality-tiny", "tiny", "python-stdlib", steps=30, eval_every=10,
                                   target_loss=4.2, val_chars=2000, timeout_s=300.0),
 }
-
-
-# The lanes' queue order: the slowest first (longest-processing-time first), so that no lane is
-# left with a long backend while the other idles at the end; by the probes' median step time
-# above (ties and the backends not named keep the order given).
-SLOWEST_FIRST: tuple[str, ...] = ("chainer", "keras-torch", "jax", "keras-jax", "flax", "torch-cell",
-                                   "numpy-f32", "tensorflow", "tensorflow-xla", "torch-compile", "torch")
 
 
 def steps_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -238,9 +231,12 @@ def _cannot_train(backend: str) -> str | None:
 
 def schedule_order(backends: list[str]) -> list[str]:
     """The queue's order: the slowest expected first (longest-processing-time first keeps the
-    lanes' finishing times close), the rest as given."""
-    rank = {b: i for i, b in enumerate(SLOWEST_FIRST)}
-    return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
+    lanes' finishing times close), by each backend's measured step time in its registry entry
+    (BackendSpec.train_step_s); ties, and backends without one, keep the order given."""
+    def slow(b: str) -> float:
+        s = registry.BACKENDS[b].train_step_s if b in registry.BACKENDS else None
+        return -s if s is not None else 0.0
+    return sorted(backends, key=slow)  # stable: the given order among equals
 
 
 def train_in_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
