@@ -216,3 +216,29 @@ def test_every_package_is_in_pyprojects_packages_list():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for d in (HARNESS, IMPLS) for p in d.rglob("__init__.py")}
     assert found == listed, f"not listed: {sorted(found - listed)}; listed, not packages: {sorted(listed - found)}"
+
+
+def test_no_backend_name_outside_the_registry():
+    """A backend's facts live in its registry entry (impls/registry.py), so a new backend changes
+    nothing in harness/: no string literal there names one ("numpy" is NumPy's own name too)."""
+    sys.path.insert(0, str(ROOT))
+    from impls.registry import BACKENDS
+    named = [f"{name}:{n.lineno} {n.value!r}" for name, p in modules().items()
+             for n in ast.walk(ast.parse(p.read_text(), str(p)))
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in BACKENDS
+             and n.value != "numpy"]
+    assert named == [], f"backend names outside impls/registry.py: {named}"
+
+
+def test_every_registry_entry_names_what_is_there():
+    """The registries that make a new executor, run kind or participant kind one module and an
+    entry: every entry imports and is what it says (nothing of Ray is imported to check it)."""
+    import importlib
+    sys.path.insert(0, str(ROOT))
+    from harness.engine.executor import EXECUTORS
+    from harness.engine.kinds import KINDS
+    from harness.session.kinds import RUN_KINDS
+    for entry in [*EXECUTORS.values(), *RUN_KINDS.values()]:
+        module, _, name = entry.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), entry
+    assert {k.name for k in KINDS.values()} == set(KINDS) and {k.op for k in KINDS.values()} >= {"prepare", "probe"}
