@@ -1,0 +1,164 @@
+"""Where each format's part runs: one worker per environment for a whole convert or crosscheck
+(and for a test module), started on first use. The main environment's worker runs torch,
+Keras, ONNX Runtime and Flax (Keras on the JAX engine where JAX is installed, unless
+KERAS_BACKEND says otherwise: the .keras files are engine-neutral, and JAX is imported for
+Flax anyway); chainer's runs in its NumPy < 2 environment (envs.interpreter_for, as the chainer
+backend's workers do); the NumPy-only canonical format runs here. Models, probes and outputs
+travel as .npz files in a private folder removed on close (impls.porting.ops).
+
+A format whose framework is missing is refused before any work, naming what brings it."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from impls import registry
+from impls.porting import FORMATS, PortError, get_format, ops
+from impls.porting.model import Outputs, Ported, Probe, load_outputs, load_ported, save_ported
+
+from .envs import interpreter_for
+from .workers import Worker, WorkerFailed
+
+TIMEOUT = 1800.0  # seconds for one read, write or run (a large model's first framework import included)
+
+
+class RunFailed(Exception):
+    """A framework failed on a file (its loader refused it, or it raised): one line."""
+
+
+def keras_engine() -> str:
+    """KERAS_BACKEND for the main worker: the user's, else the first engine installed (jax,
+    torch, tensorflow)."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    for name in ("jax", "torch", "tensorflow"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "tensorflow"
+
+
+class PortSession:
+    """Workers by environment, and the private folder the requests' files live in."""
+
+    def __init__(self, overrides: dict[str, str] | None = None, timeout: float = TIMEOUT) -> None:
+        self.overrides = overrides or {}
+        self.timeout = timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="lstmbench-port-"))
+        self.workers: dict[str, Worker] = {}
+        self._n = 0
+        self._runs: dict[tuple, Outputs] = {}
+
+    def __enter__(self) -> "PortSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.close()
+        self.workers.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _file(self, what: str) -> str:
+        self._n += 1
+        return str(self.dir / f"{self._n}-{what}.npz")
+
+    # ---- availability -------------------------------------------------------------------
+
+    def require(self, fmt: str) -> None:
+        """Refuse now a format whose framework (or environment) is not here, naming the fix."""
+        f = get_format(fmt)
+        if f.env == "main":
+            missing = [m for m in f.needs if importlib.util.find_spec(m.split(".")[0]) is None
+                       or (("." in m) and _missing(m))]
+            if fmt == "keras" and not missing and all(importlib.util.find_spec(e) is None
+                                                      for e in ("jax", "torch", "tensorflow")):
+                missing = ["a Keras engine (jax, torch or tensorflow)"]
+            if missing:
+                raise PortError(f"the {fmt} format needs {', '.join(missing)}, not installed here: {f.install}")
+        elif f.env == "chainer":
+            try:
+                self._python("chainer")
+            except registry.BackendError:
+                raise PortError("the chainer format runs in Chainer's own environment (NumPy < 2), which "
+                                "was not found: run `lstmbench setup chainer`, or set "
+                                "LSTMBENCH_PYTHON_CHAINER=/path/to/its/python") from None
+
+    def _python(self, env: str) -> str:
+        if env == "main":
+            return sys.executable
+        backend = next(b.name for b in registry.BACKENDS.values() if b.env == env)
+        return interpreter_for(backend, self.overrides)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def _call(self, fmt: str, req: dict[str, Any]) -> dict[str, Any]:
+        env = FORMATS[fmt].env
+        req = {"format": fmt, **req}
+        if env == "any":
+            ans = ops.handle(req)
+        else:
+            w = self.workers.get(env)
+            if w is None or not w.usable():
+                w = self.workers[env] = Worker(self._python(env), None, extra_env={"KERAS_BACKEND": keras_engine()})
+            try:
+                ans = w.request({"op": "port", **req}, self.timeout)
+            except WorkerFailed as e:
+                self.workers.pop(env, None)
+                raise RunFailed(f"{fmt}'s worker {e.kind}: {str(e).splitlines()[0][:200]}") from None
+            if not ans.get("ok"):
+                raise RunFailed(f"{fmt}: {ans.get('error')}")
+        if "refused" in ans:
+            raise PortError(ans["refused"])
+        return ans
+
+    def read(self, path: str | Path, fmt: str, like: str | Path | None = None, lenient: bool = False) -> Ported:
+        out = self._file("ported")
+        try:
+            self._call(fmt, {"action": "read", "path": str(Path(path).resolve()),
+                             "like": str(Path(like).resolve()) if like else None, "lenient": lenient, "out": out})
+        except RunFailed as e:
+            raise PortError(f"{path}: {e}") from None
+        p = load_ported(out)
+        p.path = str(path)
+        return p
+
+    def write(self, p: Ported, fmt: str, path: str | Path, like: str | Path | None = None) -> str:
+        src = self._file("model")
+        save_ported(p, src)
+        try:
+            return self._call(fmt, {"action": "write", "ported": src, "path": str(Path(path).resolve()),
+                                    "like": str(Path(like).resolve()) if like else None})["describe"]
+        except RunFailed as e:
+            raise PortError(f"writing {path}: {e}") from None
+
+    def run(self, path: str | Path, fmt: str, probe: Probe, like: str | Path | None = None) -> Outputs:
+        """The file run by its framework's own loader (RunFailed if it cannot); a file run
+        once per probe (tests share files across pairs)."""
+        path = Path(path).resolve()
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size, fmt, str(like), probe.tokens.tobytes(),
+               None if probe.h0 is None else probe.h0.tobytes())
+        if key not in self._runs:
+            pr, out = self._file("probe"), self._file("outputs")
+            probe.save(pr)
+            try:
+                self._call(fmt, {"action": "run", "path": str(path), "like": str(Path(like).resolve()) if like else None,
+                                 "probe": pr, "out": out})
+            except PortError as e:
+                raise RunFailed(str(e)) from None
+            self._runs[key] = load_outputs(out)
+        return self._runs[key]
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
