@@ -80,3 +80,12 @@ def reference(cc: CrossCase) -> tuple[Case, dict[str, np.ndarray]]:
 @pytest.fixture(params=CROSS_CASES, ids=lambda c: c.id)
 def cross_case(request: pytest.FixtureRequest) -> CrossCase:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def port_session():
+    """One porting session (a worker per environment: main, chainer) for every porting test
+    of the run: each environment's frameworks are imported once (harness.engine.porting)."""
+    from harness.engine.porting import PortSession
+    with PortSession() as s:
+        yield s

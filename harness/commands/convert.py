@@ -23,7 +23,7 @@ from impls.files import fsync_dir, write_atomic
 from impls.porting import FORMATS, PortError, get_format, module_of, table_lines
 from impls.porting.assemble import sizes
 from impls.porting.detect import detect, read_vocab, target_format
-from impls.porting.model import FORWARD, Ported, Row, agree, compare, format_rows, make_probe
+from impls.porting.model import FORWARD, Outputs, Ported, Row, agree, compare, format_rows, make_probe
 
 from ..engine.envs import parse_python_overrides
 from ..engine.porting import PortSession, RunFailed, keras_engine
@@ -39,6 +39,7 @@ class Converted:
     rows: list[Row]  # the verification, per output
     ok: bool  # every output agreed: DST is in place
     failure: str | None = None  # why a side could not be run, where one could not
+    outputs: tuple[Outputs, Outputs] | None = None  # SRC's and DST's, each by its own framework
 
 
 def loader(fmt: str) -> str:
@@ -118,7 +119,7 @@ def convert(session: PortSession, src: str | Path, to: str, out: str | Path, *, 
         ok = agree(rows)
         if ok:
             place(tmp, out)
-        return Converted(p, written, rows, ok)
+        return Converted(p, written, rows, ok, outputs=(a, b))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

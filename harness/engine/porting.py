@@ -1,14 +1,14 @@
 """Where each format's part runs: one worker per environment for a whole convert or crosscheck
 (and for a test module), started on first use. The main environment's worker runs torch,
-Keras, ONNX Runtime and Flax (Keras on the JAX engine where JAX is installed, unless
-KERAS_BACKEND says otherwise: the .keras files are engine-neutral, and JAX is imported for
-Flax anyway); chainer's runs in its NumPy < 2 environment (envs.interpreter_for, as the chainer
+Keras, ONNX Runtime and Flax (Keras on the torch engine where torch is installed, unless
+KERAS_BACKEND says otherwise: the .keras files are engine-neutral; keras_engine says why); chainer's runs in its NumPy < 2 environment (envs.interpreter_for, as the chainer
 backend's workers do); the NumPy-only canonical format runs here. Models, probes and outputs
 travel as .npz files in a private folder removed on close (impls.porting.ops).
 
 A format whose framework is missing is refused before any work, naming what brings it."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -32,11 +32,12 @@ class RunFailed(Exception):
 
 
 def keras_engine() -> str:
-    """KERAS_BACKEND for the main worker: the user's, else the first engine installed (jax,
-    torch, tensorflow)."""
+    """KERAS_BACKEND for the main worker: the user's, else the first engine installed of torch
+    (imported for the torch format anyway; its eager RNN ran a tiny probe in 0.08 s where the
+    JAX engine traced its scan anew on every call, 1.8 s), jax, tensorflow."""
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
-    for name in ("jax", "torch", "tensorflow"):
+    for name in ("torch", "jax", "tensorflow"):
         if importlib.util.find_spec(name) is not None:
             return name
     return "tensorflow"
@@ -52,6 +53,7 @@ class PortSession:
         self.workers: dict[str, Worker] = {}
         self._n = 0
         self._runs: dict[tuple, Outputs] = {}
+        self._reads: dict[tuple, Ported] = {}
 
     def __enter__(self) -> "PortSession":
         return self
@@ -61,7 +63,8 @@ class PortSession:
 
     def close(self) -> None:
         for w in self.workers.values():
-            w.close()
+            w.kill()  # nothing to flush: every answer came after its file was complete; an
+            w.close()  # interpreter holding torch, JAX and Orbax took 5 s to exit on its own
         self.workers.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -119,6 +122,13 @@ class PortSession:
         return ans
 
     def read(self, path: str | Path, fmt: str, like: str | Path | None = None, lenient: bool = False) -> Ported:
+        """The file as the canonical model (read once per version of the file)."""
+        key = (*_stamp(path), fmt, str(like), lenient)
+        if key not in self._reads:
+            self._reads[key] = self._read(path, fmt, like, lenient)
+        return copy.deepcopy(self._reads[key])
+
+    def _read(self, path: str | Path, fmt: str, like: str | Path | None, lenient: bool) -> Ported:
         out = self._file("ported")
         try:
             self._call(fmt, {"action": "read", "path": str(Path(path).resolve()),
@@ -142,9 +152,7 @@ class PortSession:
         """The file run by its framework's own loader (RunFailed if it cannot); a file run
         once per probe (tests share files across pairs)."""
         path = Path(path).resolve()
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size, fmt, str(like), probe.tokens.tobytes(),
-               None if probe.h0 is None else probe.h0.tobytes())
+        key = (*_stamp(path), fmt, str(like), probe.tokens.tobytes(), None if probe.h0 is None else probe.h0.tobytes())
         if key not in self._runs:
             pr, out = self._file("probe"), self._file("outputs")
             probe.save(pr)
@@ -155,6 +163,15 @@ class PortSession:
                 raise RunFailed(str(e)) from None
             self._runs[key] = load_outputs(out)
         return self._runs[key]
+
+
+def _stamp(path: str | Path) -> tuple:
+    """A file's (or an Orbax folder's) identity and version, for the caches."""
+    p = Path(path).resolve()
+    st = p.stat()
+    if p.is_dir():  # an Orbax checkpoint: its newest entry
+        return (str(p), max([st.st_mtime_ns] + [q.stat().st_mtime_ns for q in p.rglob("*")]))
+    return (str(p), st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _missing(module: str) -> bool:

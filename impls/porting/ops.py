@@ -10,10 +10,15 @@ process calls it directly for the NumPy-only canonical format). Models and array
         -> {"outputs": [...]}                            the Outputs saved to NPZ
 
 A file lstmbench cannot port is answered {"refused": ONE_LINE} (the caller's bad input, exit
-2); anything else a framework raises propagates to the worker's error answer."""
+2); anything else a framework raises propagates to the worker's error answer. With
+LSTMBENCH_TEST_FAULTS=1 and LSTMBENCH_TEST_PORT_FAULT=swap-gates a write swaps two gate blocks
+(tests/test_porting.py: a conversion that fails its verification)."""
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import numpy as np
 
 from ..case import CaseError
 from . import PortError, module_of
@@ -29,7 +34,12 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
             save_ported(p, req["out"])
             return {"describe": p.describe, "faults": p.faults}
         if action == "write":
-            return {"describe": mod.write(load_ported(req["ported"]), req["path"], req.get("like"))}
+            p = load_ported(req["ported"])
+            if os.environ.get("LSTMBENCH_TEST_FAULTS") == "1" and os.environ.get("LSTMBENCH_TEST_PORT_FAULT") == "swap-gates":
+                W = p.params["lstm.0.W_h"]  # a writer's slip (tests/test_porting.py): blocks g and o swapped
+                H = W.shape[0]
+                p.params["lstm.0.W_h"] = W[:, np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]]
+            return {"describe": mod.write(p, req["path"], req.get("like"))}
         if action == "run":
             out = mod.run(req["path"], Probe.load(req["probe"]), req.get("like"))
             save_outputs(out, req["out"])
