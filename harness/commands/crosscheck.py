@@ -72,7 +72,9 @@ def crosscheck(session: PortSession, a: str | Path, b: str | Path, *, formats: t
         except RunFailed as e:
             failed[side] = str(e)
     rows = compare(outs["A"], outs["B"], "A", "B") if not failed else []
-    ok = not failed and agree(rows)
+    # the same function of token ids, but over other characters, is not the same model
+    vocabs = bool(pa.vocab and pb.vocab and pa.vocab != pb.vocab)
+    ok = not failed and agree(rows) and not vocabs
     findings = [] if ok else diagnose(pa, pb)
     return Crosscheck(pa, pb, rows, ok, findings, failed, (*probe.tokens.shape, seed))
 
@@ -97,8 +99,9 @@ def cmd_crosscheck(a: argparse.Namespace) -> int:
     if res.agree:
         log("AGREE: A and B compute the same function (every output within the tolerance)")
     else:
-        log("DISAGREE: " + ("B computes another function than A" if not res.failed else
-                            "they cannot be compared output by output")
+        log("DISAGREE: " + ("they cannot be compared output by output" if res.failed else
+                            "B computes another function than A" if not agree(res.rows) else
+                            "the outputs agree on token ids, but the ids stand for other characters")
             + ". From the parameters (A taken as the reference):")
         for f in res.findings or [f"no parameter differs beyond {EQ:g} (relative): the frameworks compute "
                                   "differently from the same numbers (another activation? dropout at inference?)"]:

@@ -37,9 +37,17 @@ def spelling(row: layouts.Layout) -> dict[str, str]:
     return dict(zip(row.order, row.native_letters.split(" ")[0].split(",")))
 
 
-def _order_text(order: tuple[str, ...], interleave: bool, row: layouts.Layout) -> str:
+def _order(order: tuple[str, ...], interleave: bool, row: layouts.Layout) -> str:
+    """'B's ... are in X order where FORMAT means Y', in the row's letters; the blocking is
+    said where the row interleaves (Chainer)."""
     sp = spelling(row)
-    return ",".join(sp[g] for g in order) + (" interleaved per unit" if interleave else "")
+    x, y = ",".join(sp[g] for g in order), ",".join(sp[g] for g in row.order)
+    fmt = row.name
+    if not row.interleave:
+        return f"{x} order where {fmt} means {y}"
+    if interleave:
+        return f"{x} order where {fmt} means {y} (interleaved per unit)"
+    return f"{x} order, in blocks of H, where {fmt} means {y} interleaved per unit"
 
 
 def _candidates(row: layouts.Layout, H: int) -> list[tuple[tuple[str, ...], bool, np.ndarray]]:
@@ -64,30 +72,39 @@ def _bias(l: int, a: Ported, b: Ported, ab: np.ndarray, bb: np.ndarray) -> str |
     H = ab.shape[0] // 4
     names = b.native(f"lstm.{l}.b")
     nab = np.linalg.norm(ab)
+    bi, bh = b.parts.get(f"lstm.{l}.b_ih"), b.parts.get(f"lstm.{l}.b_hh")
     if nab > 0 and close(bb, 2 * ab):
-        both = (f": {' and '.join(b.names[f'lstm.{l}.b'])} both hold it (they should sum to it)"
-                if len(b.names.get(f"lstm.{l}.b", [])) == 2 else "")
+        both = (f": {' and '.join(_halves(b, l))} both hold it (they should sum to it)"
+                if bi is not None and close(bi, bh) else "")
         return f"B's layer {l} bias ({names}) is twice A's: the bias is counted twice{both}"
     ai, ah = a.parts.get(f"lstm.{l}.b_ih"), a.parts.get(f"lstm.{l}.b_hh")
     if ai is not None and np.any(ai) and np.any(ah):
-        an = a.names.get(f"lstm.{l}.b", ["input-side bias", "recurrent-side bias"])
+        an = _halves(a, l)
         for have, lost in ((ai, 1), (ah, 0)):
             if close(bb, have):
                 return (f"B's layer {l} bias ({names}) is A's {an[1 - lost]} alone: A's {an[lost]} is "
                         f"missing from it (A's format adds the two)")
-    bi, bh = b.parts.get(f"lstm.{l}.b_ih"), b.parts.get(f"lstm.{l}.b_hh")
     if bi is not None and close(bi, ab) and np.any(bh):
-        second = b.names[f"lstm.{l}.b"][1]
-        return (f"B's layer {l} adds a second bias {second} to A's whole bias (in "
-                f"{b.names[f'lstm.{l}.b'][0]}): {second} should be zero, or the two should sum to A's")
+        first, second = _halves(b, l)
+        return (f"B's layer {l} adds a second bias, {second}, to A's whole bias (in {first}): it should "
+                "be zero, or the two should sum to A's")
     if nab > 0 and not np.any(bb):
-        return f"B's layer {l} has no bias ({names} are all zero) where A's is not: the bias is missing"
+        return f"B's layer {l} has no bias ({names}: all zero) where A's is not: the bias is missing"
     d = bb - ab
     f, rest = d[H:2 * H], np.concatenate([d[:H], d[2 * H:]])
     if np.linalg.norm(rest) <= EQ * max(nab, 1e-12) and np.ptp(f) <= 1e-6 * max(1.0, abs(f.mean())):
         return (f"B's layer {l} forget-gate bias ({names}) is A's {f.mean():+g}: an offset (a forget bias "
                 "added at initialisation or by the framework, e.g. Keras's unit_forget_bias, TF's forget_bias=1)")
     return f"B's layer {l} bias ({names}) differs from A's (relative error {rel_error(bb, ab)[0]:.2g})"
+
+
+def _halves(p: Ported, l: int) -> list[str]:
+    """The names of layer l's two biases (ONNX packs both into one B: its two halves)."""
+    names = p.names.get(f"lstm.{l}.b") or []
+    if len(names) == 2:
+        return names
+    one = names[0] if names else f"lstm.{l}.b"
+    return [f"the input half of {one}", f"the recurrent half of {one}"]
 
 
 def _layer(l: int, al: int, a: Ported, b: Ported) -> list[str]:
@@ -109,15 +126,13 @@ def _layer(l: int, al: int, a: Ported, b: Ported) -> list[str]:
                 matched[r] = (order, inter, P)
                 break
     out = []
-    fmt = b.format if b.format != "flax" else f"flax ({b.layout})"
-    want = _order_text(row.order, row.interleave, row)
     perm = [m for m in matched.values() if m[0] != "same"]
     if len(matched) == 2 and perm and all(m[0] == perm[0][0] and m[1] == perm[0][1] for m in perm):
         order, inter, P = perm[0]
         tensors = [r for r in ("W_x", "W_h") if matched[r][0] != "same"]
         which = "gates" if len(tensors) == 2 else f"{b.native(f'lstm.{l}.{tensors[0]}')} gates"
-        out.append(f"B's layer {l} {which} are in {_order_text(order, inter, row)} order where {fmt} "
-                   f"means {want}")
+        names = ", ".join(b.native(f"lstm.{l}.{r}") for r in (tensors if len(tensors) == 1 else ("W_x", "W_h", "b")))
+        out.append(f"B's layer {l} {which} are in {_order(order, inter, row)} ({names})")
         # the bias moves with the weights where both were permuted: compare it permuted alike
         bias = _bias(l, a, b, A["b"][..., P] if len(tensors) == 2 else A["b"], B["b"])
         if bias:
@@ -129,8 +144,7 @@ def _layer(l: int, al: int, a: Ported, b: Ported) -> list[str]:
             out.append(f"B's layer {l} {b.native(f'lstm.{l}.{r}')} differs from A's (relative error "
                        f"{rel_error(B[r], A[r])[0]:.2g}): no gate order, blocking or transposition explains it")
         elif m[0] != "same":
-            out.append(f"B's {b.native(f'lstm.{l}.{r}')} (layer {l}) gates are in {_order_text(m[0], m[1], row)} "
-                       f"order where {fmt} means {want}")
+            out.append(f"B's {b.native(f'lstm.{l}.{r}')} (layer {l}) gates are in {_order(m[0], m[1], row)}")
     bias = _bias(l, a, b, A["b"], B["b"])
     return out + ([bias] if bias else [])
 
