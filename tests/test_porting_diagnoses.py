@@ -267,13 +267,17 @@ def test_an_identity_embedding_is_the_same_function_as_one_hot(port_session, fil
 
 
 def test_the_json_report(port_session, files, tmp_path):
-    """The same diagnosis through the command line: exit 1, the table, --json."""
+    """The same diagnosis through the command line (the NumPy-only canonical files, so that no
+    framework need start): exit 1, the table, --json; and exit 0 for two that agree."""
     from tests.test_porting import lstmbench
-    a, b = files[("good", "torch")], broken(port_session, files, "gates", "keras")
+    a, b = files[("good", "canonical")], broken(port_session, files, "gates", "canonical")
     r = lstmbench("crosscheck", str(a), str(b), "--json", str(tmp_path / "cc.json"), cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "DISAGREE" in r.stdout and "logits   from a zero state" in r.stdout
     doc = json.loads((tmp_path / "cc.json").read_text())
-    assert doc["agree"] is False and doc["b"]["format"] == "keras"
-    assert doc["findings"][0].startswith("B's layer 1 gates are in i,f,o,c order where keras means i,f,c,o")
+    assert doc["agree"] is False and doc["b"]["format"] == "canonical"
+    assert doc["findings"] == ["B's layer 1 gates are in i,f,o,g order where canonical means i,f,g,o "
+                               "(param/lstm.1.W_x, param/lstm.1.W_h, param/lstm.1.b)"]
+    r = lstmbench("crosscheck", str(a), str(a), "--json", "-", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["agree"] is True and "AGREE" in r.stderr
     assert {o["output"] for o in doc["outputs"]} == {"logits", "h", "c", "logits@state", "h@state", "c@state"}

@@ -38,7 +38,7 @@ def keras_engine() -> str:
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
     for name in ("torch", "jax", "tensorflow"):
-        if importlib.util.find_spec(name) is not None:
+        if not _missing(name):
             return name
     return "tensorflow"
 
@@ -49,7 +49,7 @@ class PortSession:
     def __init__(self, overrides: dict[str, str] | None = None, timeout: float = TIMEOUT) -> None:
         self.overrides = overrides or {}
         self.timeout = timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="lstmbench-port-"))
+        self.dir: Path | None = None  # the private folder, made on first use
         self.workers: dict[str, Worker] = {}
         self._n = 0
         self._runs: dict[tuple, Outputs] = {}
@@ -62,13 +62,19 @@ class PortSession:
         self.close()
 
     def close(self) -> None:
+        """Stop the workers and remove the private folder; idempotent (a later request starts
+        what it needs again)."""
         for w in self.workers.values():
             w.kill()  # nothing to flush: every answer came after its file was complete; an
             w.close()  # interpreter holding torch, JAX and Orbax took 5 s to exit on its own
         self.workers.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
     def _file(self, what: str) -> str:
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="lstmbench-port-"))
         self._n += 1
         return str(self.dir / f"{self._n}-{what}.npz")
 
@@ -78,10 +84,8 @@ class PortSession:
         """Refuse now a format whose framework (or environment) is not here, naming the fix."""
         f = get_format(fmt)
         if f.env == "main":
-            missing = [m for m in f.needs if importlib.util.find_spec(m.split(".")[0]) is None
-                       or (("." in m) and _missing(m))]
-            if fmt == "keras" and not missing and all(importlib.util.find_spec(e) is None
-                                                      for e in ("jax", "torch", "tensorflow")):
+            missing = [m for m in f.needs if _missing(m)]
+            if fmt == "keras" and not missing and all(_missing(e) for e in ("jax", "torch", "tensorflow")):
                 missing = ["a Keras engine (jax, torch or tensorflow)"]
             if missing:
                 raise PortError(f"the {fmt} format needs {', '.join(missing)}, not installed here: {f.install}")
@@ -175,7 +179,8 @@ def _stamp(path: str | Path) -> tuple:
 
 
 def _missing(module: str) -> bool:
+    """Whether `module` cannot be imported here (found without importing it)."""
     try:
         return importlib.util.find_spec(module) is None
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, AttributeError):  # a parent missing; a module set to None
         return True
