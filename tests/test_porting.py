@@ -20,11 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from harness.commands.convert import convert
-from harness.commands.crosscheck import crosscheck
 from impls.config import ModelConfig
 from impls.params import init_params
 from impls.porting import FORMATS, PortError

@@ -143,7 +143,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     if res.failure:
         print(f"verification FAILED: {res.failure}; nothing was written")
         return 1
-    print("\n".join(format_rows(res.rows, a.src, a.out)))
+    print("\n".join(format_rows(res.rows)))
     if not res.ok:
         print(f"verification FAILED: {a.out} does not compute what {a.src} computes; nothing was written "
               f"(`lstmbench crosscheck {a.src} FILE` says why for a file you wrote)")

@@ -95,7 +95,7 @@ def cmd_crosscheck(a: argparse.Namespace) -> int:
     for side, why in res.failed.items():
         log(f"  {side} could not be run: {why}")
     if res.rows:
-        log("\n".join(format_rows(res.rows, "A", "B")))
+        log("\n".join(format_rows(res.rows)))
     if res.agree:
         log("AGREE: A and B compute the same function (every output within the tolerance)")
     else:

@@ -162,7 +162,7 @@ def agree(rows: list[Row]) -> bool:
             and all(r.status == "ok" for r in compared))
 
 
-def format_rows(rows: list[Row], a_name: str, b_name: str) -> list[str]:
+def format_rows(rows: list[Row]) -> list[str]:
     """The per-output table (what `convert` and `crosscheck` print)."""
     label = {"logits": "logits   from a zero state", "h": "final h  from a zero state",
              "c": "final c  from a zero state", "logits@state": "logits   from (h0, c0)",
