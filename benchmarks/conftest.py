@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 # Pin the BLAS/OpenMP pools before NumPy or a framework is imported, as the harness's
-# workers do (harness.engine.envs.worker_env); a variable the user set wins.
+# workers do (harness.envs.interpreters.worker_env); a variable the user set wins.
 THREADS = int(os.environ.get("LSTMBENCH_THREADS") or os.cpu_count() or 1)
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))
@@ -30,7 +30,7 @@ from impls import registry  # noqa: E402 - after the thread pins above
 
 from harness.engine.bench import Cell  # noqa: E402
 from harness.engine.matrix import Matrix, load_matrix  # noqa: E402
-from harness.engine.host import machine_info as lstmbench_machine  # noqa: E402
+from harness.envs.host import machine_info as lstmbench_machine  # noqa: E402
 
 MATRIX_NAME = os.environ.get("LSTMBENCH_MATRIX") or "smoke"
 DEVICE = os.environ.get("LSTMBENCH_DEVICE") or "cpu"

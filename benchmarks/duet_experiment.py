@@ -1,4 +1,4 @@
-"""What the in-run comparison (harness.engine.duet) makes of real runs with two variants: the table of
+"""What the in-run comparison (harness.judge.duet) makes of real runs with two variants: the table of
 docs/measurement.md, "Duet measurement", recomputed from results files.
 
     python benchmarks/duet_experiment.py RESULTS.json [...] [--truth 1.2] [--threshold 10%]
@@ -6,7 +6,7 @@ docs/measurement.md, "Duet measurement", recomputed from results files.
 Per file (one `run --variant a --variant b...` each): its processes per variant, threads and
 noise; over its cells, the marks of b against a, the median and worst |log ratio - log truth|,
 and what the between-process terms came to: the raw scatter of the per-process centres (their
-SD over processes, median over cells), the pooled tau and kappa (harness.engine.duet.Pool), for both
+SD over processes, median over cells), the pooled tau and kappa (harness.judge.duet.Pool), for both
 candidate centres (the median of the paired per-round log ratios, and the ratio of the two
 minima). `--truth` is the known ratio b/a (1 for identical variants; the injected
 LSTMBENCH_INJECT_SLOWDOWN otherwise); the default reads it from variant b's environment."""
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.commands.ab import compare_cells  # noqa: E402
-from harness.engine import duet  # noqa: E402
+from harness.judge import duet  # noqa: E402
 from harness.results import load_results  # noqa: E402
 from harness.results.model import read_run  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Which per-cell estimator to publish: an experiment, kept runnable (docs/measurement.md).
 
-Measures a few cells with `lstmbench run`'s own interleaved engine (harness.engine.runner: fresh workers
+Measures a few cells with `lstmbench run`'s own interleaved engine (harness.session.benchmark: fresh workers
 per repeat, rounds in random order with the GEMM noise probe), `--repeats` times; with
 `--neighbour`, every other repeat runs beside a CPU-burning process (the contention that
 collapsed torch's OpenMP threads 1000x in issue 8). For each candidate estimator it reports,
@@ -33,7 +33,8 @@ from harness.engine import stats  # noqa: E402
 from impls.files import write_atomic  # noqa: E402
 from harness.engine.matrix import SMOKE_SIZES, Matrix  # noqa: E402
 from harness.engine.assemble import group_workloads  # noqa: E402
-from harness.engine.participants import KINDS, PROBE  # noqa: E402
+from harness.engine.kinds import KINDS  # noqa: E402
+from harness.engine.participants import PROBE  # noqa: E402
 from harness.engine.scheduler import ProbeState, Schedule, measure_workload  # noqa: E402
 from harness.engine.workers import Launcher, WorkerParticipant, Workers  # noqa: E402
 

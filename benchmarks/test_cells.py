@@ -59,7 +59,7 @@ def _in_worker(benchmark: Any, cell: Cell) -> None:
     """Time `cell` in a worker process with its backend's environment (harness.engine.workers.Worker,
     op "cell": prepare, first step, warm-up, rounds, as harness.engine.bench.measure_cell does) and
     record its rounds in `benchmark`."""
-    from harness.engine.envs import interpreter_for
+    from harness.envs.interpreters import interpreter_for
     from harness.engine.workers import Worker, WorkerFailed
     if not hasattr(benchmark, "_timer"):  # a pytest-benchmark without the fixture's timer
         pytest.skip(f"backend {cell.backend} must run in a worker process "

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .base import Backend
 
 MODES: tuple[str, ...] = ("train", "eval", "generate")  # what a cell can measure
+# The libraries a user writes the model in: every backend belongs to one (BackendSpec.framework),
+# so that the backends of one framework can be grouped ("Each framework at its fastest").
+FRAMEWORKS: tuple[str, ...] = ("torch", "tensorflow", "keras", "jax", "flax", "onnxruntime",
+                               "chainer", "numpy")
 DEVICES: tuple[str, ...] = ("cpu", "gpu")
 # tf32: TensorFloat-32 matmuls, a GPU mode; float64: the reference oracle's only precision
 # (never timed: `run --precision` offers float32 and tf32)
@@ -58,7 +62,7 @@ class BackendSpec:
     name: str  # what users type: --backend NAME
     module: str  # impls.<framework>_impl
     cls: str  # the class implementing impls.base.Backend
-    framework: str  # the import name whose absence makes this backend unavailable
+    framework: str  # the library a user writes it in: one of FRAMEWORKS (keras-jax is keras)
     env: str  # the environment it lives in: "main" (NumPy 2) or "chainer" (NumPy < 2)
     dtype: str  # the dtype it computes in by default
     description: str  # what it is, honestly: fused kernel, per-step loop, ...
@@ -75,8 +79,16 @@ class BackendSpec:
     # benchmarks/baselines/<baseline>_baseline.py, or None where there is none
     baseline: str | None = None
     baseline_note: str = ""  # why that baseline is the fair one, or why there is none
+    # the import names whose absence makes it unavailable here (default: the framework's own);
+    # a framework on another engine needs both (keras-jax: keras and jax)
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"backend {self.name}: framework {self.framework!r} must be one of "
+                             f"{FRAMEWORKS!r}: the library a user writes the model in")
+        if not self.requires:
+            object.__setattr__(self, "requires", (self.framework,))
         # a typo in an entry must fail at import, not as a silently skipped cell
         for what, got, allowed in (("modes", self.modes, MODES), ("devices", self.devices, DEVICES),
                                    ("precisions", self.precisions, PRECISIONS)):
@@ -129,12 +141,14 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
                 devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS,
                 baseline="tensorflow",
-                baseline_note="Keras layers + GradientTape in a tf.function"),
+                baseline_note="Keras layers + GradientTape in a tf.function",
+                requires=('tensorflow', 'keras')),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
                 devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
                 deviations=KERAS_DEVIATIONS,
-                baseline="tensorflow", baseline_note="the same step without jit_compile"),
+                baseline="tensorflow", baseline_note="the same step without jit_compile",
+                requires=('tensorflow', 'keras')),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
                 "pure functions, lax.scan over time, whole step under jax.jit",
                 devices=_GPU, precisions=_TF32,
@@ -149,43 +163,64 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
                 baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
+    BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
+                "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
+                "torch.compile'd program: two torch while_loops over the LSTM step written as "
+                "tensor ops on the nn.LSTM's weights, pre-transposed; inductor's C++ wrapper; "
+                "on a GPU one CUDA graph per (prefix, n) (written, not measured here); eval is "
+                "torch's own nn.LSTM step; no train mode",
+                devices=_GPU, precisions=_TF32, modes=("eval", "generate"),
+                baseline="torch",
+                baseline_note="its compiled generation loop against the plain PyTorch loop a "
+                              "user writes (one nn.LSTM call and one torch.multinomial per "
+                              "character); its eval step is torch's own, and it has no train mode"),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
-                "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
-                "token, drawn on the host", modes=("eval", "generate"),
+                "i,o,f,c) run by ONNX Runtime's CPU provider; generation one graph (the prefix, "
+                "then a Loop drawing each token in float64 ONNX ops and feeding it back)",
+                modes=("eval", "generate"),
                 baseline=None,
-                baseline_note="the exported graph is what a user runs; no train mode"),
+                baseline_note="the exported graph is what a user runs; no train mode",
+                requires=('onnxruntime', 'onnx')),
     BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the JAX engine: stateless_call + "
-                "jax.grad + optimizer.stateless_apply, the step under jax.jit",
+                "jax.grad + optimizer.stateless_apply, the step under jax.jit; generation one "
+                "jitted program (lax.scan of one-token stateless_calls)",
                 env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
-                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)"),
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)",
+                requires=('keras', 'jax')),
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
                 "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
-                "projection one matmul per window, the recurrent step a loop of torch ops",
+                "projection one matmul per window, the recurrent step a loop of torch ops; "
+                "generation the layers' LSTMCells per token, eager",
                 env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
-                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)"),
+                baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)",
+                requires=('keras', 'torch')),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
-                "step under nnx.jit; generation a jitted one-token step per token",
+                "step under nnx.jit; generation one compiled program (nnx.split, then nnx.merge "
+                "and lax.scan over the cells inside jax.jit)",
                 deviations={"adagrad": Deviation(
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
                                   "(no option to move it out)")},
-                baseline="jax", baseline_note="the plain-JAX step Flax wraps"),
+                baseline="jax", baseline_note="the plain-JAX step Flax wraps",
+                requires=('flax', 'optax', 'jax')),
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
-                "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
+                "tf.function (tf.while_loop) compiled by XLA (jit_compile=True on that function); "
+                "eval is tensorflow's own step; no train mode",
                 modes=("eval", "generate"),
                 baseline="tensorflow",
                 baseline_note="its compiled generation loop against the plain Keras loop a user "
                               "writes (one model call per character); its eval step is "
-                              "tensorflow's own, and it has no train mode"),
+                              "tensorflow's own, and it has no train mode",
+                requires=('tensorflow', 'keras')),
 )}
 
 
@@ -271,10 +306,13 @@ def create(name: str, model: Any, train: Any, params: Any, *, device: str = "cpu
 
 
 def availability(name: str) -> tuple[bool, str]:
-    """(available, version or reason), importing the framework in this process."""
+    """(available, the framework's version or the reason), importing every module the backend
+    requires in this process."""
     spec = get_spec(name)
-    try:
-        mod = importlib.import_module(spec.framework)
-    except ImportError as e:
-        return False, str(e)
-    return True, str(getattr(mod, "__version__", "?"))
+    mods = {}
+    for req in spec.requires:
+        try:
+            mods[req] = importlib.import_module(req)
+        except ImportError as e:
+            return False, str(e)
+    return True, str(getattr(mods.get(spec.framework), "__version__", "?"))

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from harness.commands import baselines
-from harness.engine import envs
+from harness.envs import interpreters as envs
 from harness.cli import main
 from harness.errors import UsageError
 from impls import registry
@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
 
-# The start of a check run in the backend's interpreter (harness.engine.envs.bootstrap_code loads this
+# The start of a check run in the backend's interpreter (harness.envs.interpreters.bootstrap_code loads this
 # checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
 # its framework cannot load there.
 LOAD = r"""
 import json
 try:
-    from harness.engine.participants import load_baseline
+    from harness.engine.kinds.baseline import load_baseline
     mod = load_baseline(sys.argv[1])
 except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
@@ -173,7 +173,7 @@ def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
 
 def test_a_spec_without_a_baseline_note_is_refused() -> None:
     with pytest.raises(ValueError, match="baseline_note"):
-        registry.BackendSpec("x", "impls.x_impl", "X", "x", "main", "float32", "x", baseline="torch")
+        registry.BackendSpec("x", "impls.x_impl", "X", "numpy", "main", "float32", "x", baseline="torch")
 
 
 def test_reasons_name_real_backends_and_modes() -> None:
@@ -198,26 +198,27 @@ def _result(seconds: list[list[float]]) -> dict:
 
 
 def test_marks_are_the_in_run_comparisons() -> None:
-    """A backend against its baseline is judged by harness.engine.duet, as compare --variants judges two
+    """A backend against its baseline is judged by harness.judge.duet, as compare --variants judges two
     variants: the same marks, the baseline as BASE, the backend as NEW."""
-    from harness.engine import duet
     rng = np.random.default_rng(0)
     phase = np.exp(rng.normal(0, 0.2, (3, 40)))  # the host's phases, shared round by round
     base = 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
 
+    def row(rb: dict, rq: dict) -> dict:
+        _, rows = baselines.judge_rows([("tiny", "train", "tiny/train/B2xT4", "torch", rb, rq)])
+        return rows[0]
+
     def judged(factor: float) -> str:
         new = factor * 1e-3 * phase * np.exp(rng.normal(0, 0.01, (3, 40)))
-        rb, rq = _result(new.tolist()), _result(base.tolist())
-        pool = duet.Pool.of([baselines._paired(rb, rq)])
-        j = baselines.judge(rb, rq, pool)
-        assert j.lo <= j.ratio <= j.hi and abs(j.ratio / factor - 1) < 0.02, (factor, j)
-        return j.mark
+        r = row(_result(new.tolist()), _result(base.tolist()))
+        assert r["ci"][0] <= r["ratio"] <= r["ci"][1] and abs(r["ratio"] / factor - 1) < 0.02, (factor, r)
+        assert r["processes"] == 3 and not r["tau_assumed"]
+        return r["mark"]
     assert judged(1.0) == "unchanged"
     assert judged(1.3) == "slower"
     assert judged(0.6) == "faster"
-    failed = baselines.judge({"status": "crash", "error": "worker exited"}, _result(base.tolist()),
-                             duet.Pool(None, 0))
-    assert failed.mark == "failed" and failed.regression and "crash" in failed.reason
+    failed = row({"status": "crash", "error": "worker exited"}, _result(base.tolist()))
+    assert failed["mark"] == "failed" and failed["regression"] and "crash" in failed["reason"]
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
-    from harness.engine.host import usable_cpus
+    from harness.envs.host import usable_cpus
     cpus = usable_cpus()
     assert doc["cpus"] == ([cpus[-1]] if cpus and len(cpus) > 1 else None)
     assert {(r["mode"], r["backend"]) for r in doc["rows"]} == {("train", "torch"), ("eval", "torch")}
@@ -253,6 +254,21 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert set(w["participants"]) == {"torch", "baseline:torch"}
         assert all(p["result"]["status"] == "ok" for p in w["participants"].values())
     assert "| tiny | train | torch | torch |" in cap.out
+    # v3: each workload's backends to their fastest (baselines are no backend), the peak GEMM and
+    # every result's efficiency against it, the frontier line per workload; and the file reads as
+    # a run of its backends (report, compare, load_dataframe)
+    assert doc["schema_version"] == 3 and doc["peak"]["gflops"] > 0
+    assert doc["peak"]["gflops"] == max(doc["peak"]["probe_gflops"], doc["peak"]["gemm_gflops"])
+    for w in doc["workloads"]:
+        assert set(w["ratios"]) == {"torch"} and w["ratios"]["torch"]["ratio"] == 1.0
+        for p in w["participants"].values():
+            assert p["result"]["efficiency"] == pytest.approx(p["result"]["gflops"] / doc["peak"]["gflops"])
+    assert cap.out.count("each framework at its fastest: torch 1.00") == 2
+    from harness.results.model import read_run
+    run, cells = read_run(out)
+    assert [(c.cell.backend, c.cell.mode) for c in cells] == [("torch", "train"), ("torch", "eval")]
+    assert run.doc["converted_from"] == baselines.SCHEMA and all(c.measured for c in cells)
+    assert {c.workload for c in cells} == {w["id"] for w in doc["workloads"]}
     with pytest.raises(UsageError, match="give a folder"):  # a file's name: refused before measuring
         baselines.cmd_baselines(baselines_args(out=str(out)))
 

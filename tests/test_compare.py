@@ -26,7 +26,7 @@ from harness.engine import stats
 from harness.engine.bench import Cell
 from harness.commands.compare import run_compare
 from harness.engine.matrix import MATRICES, SMOKE_SIZES, Matrix
-from harness.engine.host import machine_info
+from harness.envs.host import machine_info
 from harness.results.schema import ResultsError
 from harness.results.store import write_results
 from impls.config import flops_per_char
@@ -68,7 +68,7 @@ def _estimate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _result(cell: Cell, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """A v2 result as harness.engine.runner stores it, consistent with its samples."""
+    """A v2 result as harness.session.benchmark stores it, consistent with its samples."""
     s = np.array([x["s"] for x in samples])
     res: dict[str, Any] = {"status": "ok", "error": None, "first_step_s": float(20 * s.min()),
                            "inner": 1, "kernel": "test", "samples": samples, "samples_s": s.tolist(),
@@ -94,7 +94,7 @@ def synth_v2(backends: list[str] = ["numpy-f32", "torch"], *, matrix: Matrix = M
     rounds; `contended` is the share of rounds in which a neighbour slowed both the probe and
     the backends (2-4x); `machine_speed` < 1 is a slower machine (probe and rounds alike).
     `failed` maps a cell label to the status it failed with. `workload_probes` stores each
-    workload's probe rounds (as harness.engine.runner does); `foreign` its cores busy with other processes."""
+    workload's probe rounds (as harness.session.benchmark does); `foreign` its cores busy with other processes."""
     rng = np.random.default_rng(seed)
     cells, workloads, probe_all = [], [], []
     by_w: dict[str, list[Cell]] = {}
@@ -480,7 +480,7 @@ def test_folders_pass_over_other_json(tmp_path):
 
 
 def test_noise_floor_is_how_far_the_probe_minimum_moved():
-    from harness.engine import significance as sig
+    from harness.engine import stats as sig  # the noise floor: a run's own figure
     # scattered rounds with a fast one in every block: the minimum did not move
     assert sig.noise_floor([1.0, 2, 3, 4, 1.01, 5, 6], [[1.0, 2, 3, 4], [1.01, 5, 6]]) == pytest.approx(0.01)
     # one workload whose best probe round was 10% off the run's best
@@ -505,7 +505,7 @@ def test_between_run_spread_widens_every_interval(tmp_path):
     +-15% (a machine state lasting a whole workload): no cell may be called faster or slower,
     though each cell's own bootstrap interval alone would call several; a shift every cell
     shares (the 25% copy) is not spread and stays `slower`."""
-    from harness.engine import significance as sig
+    from harness.judge import significance as sig
     assert sig.between_run_spread([0.0] * 10) == 0.0
     assert sig.between_run_spread([0.1] * 7) is None  # too few cells to tell
     assert sig.between_run_spread([-0.1, 0.1] * 5) == pytest.approx(0.14826, rel=1e-4)

@@ -24,7 +24,7 @@ import pytest
 
 from harness.training import loop as tr
 from harness.training.corpus import prepare
-from harness.engine.envs import ROOT, interpreter_for
+from harness.envs.interpreters import ROOT, interpreter_for
 from impls import registry
 from impls.config import get_preset
 from impls.tolerances import CURVES

@@ -1,4 +1,4 @@
-"""The in-run comparison's statistics (harness.engine.duet) on synthetic paired data with a known ratio:
+"""The in-run comparison's statistics (harness.judge.duet) on synthetic paired data with a known ratio:
 host phases shared round by round, a between-process effect per worker, and round noise.
 What must hold: the 95% interval covers the true ratio, identical variants come out
 `unchanged` and never `faster`/`slower`, a known slowdown comes out `slower` at its size, and
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.engine import duet
+from harness.judge import duet
 
 
 def simulate(rng: np.random.Generator, ratio: float, *, processes: int = 3, rounds: int = 40,

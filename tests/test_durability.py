@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine import journal as jmod
+from harness.session import journal as jmod
 from harness.engine.failures import classify, classify_message
-from harness.engine.journal import Journal, finalize, journal_path
+from harness.session.journal import Journal, finalize, journal_path
 from harness.engine.workers import Worker, WorkerFailed
 from harness.results.schema import ResultsError, load_results
 from harness.results.store import default_path
@@ -361,7 +361,7 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
     assert p.parent.parent == tmp_path / "res" and ".." not in p.parts and "/" not in p.name
 
 
-# ---- the run, interrupted and resumed (needs harness.engine.runner's --resume) ---------------------------
+# ---- the run, interrupted and resumed (needs harness.session.benchmark's --resume) ---------------------------
 
 TINY = """
 rounds = 40

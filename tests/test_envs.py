@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine import envs
+from harness.envs import interpreters as envs
+from harness.envs import setup as envsetup
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINER_ENVS = [ROOT / ".venv-chainer" / "bin" / "python", ROOT / ".tox" / "chainer" / "bin" / "python"]
@@ -110,7 +111,7 @@ def test_outside_a_checkout_nothing_is_found_and_setup_goes_to_the_data_folder(t
     monkeypatch.setattr(envs, "ROOT", tmp_path / "lib" / "site-packages")  # as installed
     monkeypatch.setattr(envs, "_can_import_here", lambda spec: False)
     assert envs.project_root() is None
-    assert envs.setup_dir("chainer") == tmp_path / "data" / "lstmbench" / "venv-chainer"
+    assert envsetup.setup_dir("chainer") == tmp_path / "data" / "lstmbench" / "venv-chainer"
     cands = envs.env_candidates("chainer")
     assert all("site-packages" not in str(c) for c in cands)
     assert cands[-1] == tmp_path / "data" / "lstmbench" / "venv-chainer" / "bin" / "python"
@@ -129,14 +130,14 @@ def test_in_a_checkout_setup_builds_there(tmp_path, monkeypatch):
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)
     assert envs.project_root() == tmp_path
-    assert envs.setup_dir("chainer") == tmp_path / ".venv-chainer"
+    assert envsetup.setup_dir("chainer") == tmp_path / ".venv-chainer"
     assert envs.env_candidates("chainer")[0] == sub / ".venv-chainer" / "bin" / "python"
     assert tmp_path / ".tox" / "chainer" / "bin" / "python" in envs.env_candidates("chainer")
 
 
 def test_inside_chainers_own_interpreter_chainer_runs_here(tmp_path):
     py = _chainer_python()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.engine.envs import interpreter_for;"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.envs.interpreters import interpreter_for;"
             "print(interpreter_for('chainer'))")
     r = subprocess.run([str(py), "-c", code, str(ROOT)], cwd=tmp_path,
                        env=_clean_env(XDG_DATA_HOME=str(tmp_path)), capture_output=True, text=True, timeout=120)
@@ -202,10 +203,10 @@ def test_setup_pip_sees_only_its_environment(tmp_path, monkeypatch, capfd):
                                    "Requires-Dist: dep-a\nRequires-Dist: missing-b\n")
     wheel = _wheel(tmp_path, "dep-a", {"dep_a/__init__.py": "X = 1\n"})
     monkeypatch.setitem(envs.RECIPES, "scratch", [["--no-index", str(wheel)]])
-    monkeypatch.setattr(envs, "setup_dir", lambda name: tmp_path / f"venv-{name}")
+    monkeypatch.setattr(envsetup, "setup_dir", lambda name: tmp_path / f"venv-{name}")
     monkeypatch.setenv("PYTHONPATH", str(site))
     monkeypatch.chdir(site)
-    py = envs.setup("scratch", log=lambda s: None)
+    py = envsetup.setup("scratch", log=lambda s: None)
     out = capfd.readouterr()
     assert "ERROR" not in out.out + out.err, out.err
     r = subprocess.run([str(py), "-c", "import dep_a; print(dep_a.X)"], env=_clean_env(),

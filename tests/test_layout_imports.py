@@ -26,7 +26,8 @@ MAX_LINES = 600
 WORKER_ENTRY = ("harness", "harness.engine", "harness.engine.worker")
 OPTIONAL = {"threadpoolctl"}  # bench.blas_name asks it where installed, and does without
 WORKER_SIDE = {"harness", "harness.engine", "harness.engine.worker", "harness.engine.bench",
-               "harness.engine.failures", "harness.engine.participants"}
+               "harness.engine.failures", "harness.engine.participants", "harness.engine.kinds",
+               *(f"harness.engine.kinds.{p.stem}" for p in (HARNESS / "engine" / "kinds").glob("[!_]*.py"))}
 
 
 def modules() -> dict[str, Path]:
@@ -120,9 +121,9 @@ def test_the_checker_finds_a_circle_and_the_packages_on_the_way():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
     mods = modules()
-    inside, _ = imports("harness.engine.journal", mods["harness.engine.journal"], mods)
+    inside, _ = imports("harness.session.journal", mods["harness.session.journal"], mods)
     assert {"harness.results", "harness.results.schema", "harness.errors"} <= inside
-    assert "harness.engine" not in inside  # its own package is initialised already
+    assert "harness.session" not in inside  # its own package is initialised already
 
 
 def test_no_import_circles():
@@ -175,3 +176,12 @@ def test_the_worker_side_imports_only_the_standard_library_numpy_and_impls():
         todo.extend(inside)
     assert seen == WORKER_SIDE, sorted(seen)
     assert outside - set(sys.stdlib_module_names) - {"__future__"} - OPTIONAL <= {"numpy", "impls"}, sorted(outside)
+
+
+def test_every_package_is_in_pyprojects_packages_list():
+    """tox installs the package non-editable: a folder of harness/ or impls/ missing from
+    [tool.setuptools] packages is missing from the install (and every import of it fails)."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for d in (HARNESS, IMPLS) for p in d.rglob("__init__.py")}
+    assert found == listed, f"not listed: {sorted(found - listed)}; listed, not packages: {sorted(listed - found)}"

@@ -333,7 +333,7 @@ CHAINER_SCRIPT = textwrap.dedent('''
 def test_chainers_rnnforlm_under_a_classifier(port_session, tmp_path, probe):
     """Chainer's own save_npz of L.Classifier(RNNForLM) (keys predictor/...): read, and back with
     --like into a file Chainer's load_npz takes into the user's L.Classifier(RNNForLM)."""
-    from harness.engine.envs import interpreter_for
+    from harness.envs.interpreters import interpreter_for
     py = interpreter_for("chainer")
     (tmp_path / "rnnlm.py").write_text(CHAINER_SCRIPT)
     toks = json.dumps(probe.tokens.tolist())

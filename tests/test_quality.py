@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 
 from harness.commands.quality import cmd_quality
-from harness.engine.host import default_jobs, lane_cpus
+from harness.envs.host import default_jobs, lane_cpus
 from harness.engine.lanes import Children
 from harness.errors import UsageError
 from harness.training import quality
 from harness.engine import signals
-from harness.engine.envs import bootstrap_code, child_vars
-from harness.engine.envs import interpreter_for
+from harness.envs.interpreters import bootstrap_code, child_vars
+from harness.envs.interpreters import interpreter_for
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -201,6 +201,9 @@ def _cell(b: str) -> Cell:
     ('threads = 0\n', "threads = 0 is invalid"),
     ('threads = "all"\n', "threads = 'all' is invalid"),
     ('round_time = 0\n', "round_time = 0 is invalid"),
+    ('[mode_backends]\nfly = ["jax"]\n', "unknown mode(s) fly"),
+    ('[mode_backends]\ntrain = ["nope"]\n', "unknown backend(s) nope"),
+    ('[mode_backends]\ntrain = "jax"\n', "give a list of backend names"),
 ])
 def test_matrix_file_validation(tmp_path, text, message):
     p = tmp_path / "m.toml"
@@ -221,6 +224,40 @@ def test_matrix_group_validation(tmp_path, group, message):
     p.write_text('[[group]]\n' + group + '\n')
     with pytest.raises(UsageError, match=message):
         load_matrix(str(p))
+
+
+def test_default_measures_each_frameworks_fastest_backend_per_mode(tmp_path):
+    """`default` runs one backend per framework in each mode, the one measured fastest there
+    (torch-genloop generates, torch trains); backends named on the command line run in every
+    mode; a matrix file may name a mode's backends too."""
+    from harness.commands.run import run_options
+    from harness.cli import build_parser
+    from impls import registry
+    m = load_matrix("default")
+    want = {"train": ["numpy-f32", "torch", "tensorflow", "jax", "chainer"],
+            "eval": ["numpy-f32", "torch", "tensorflow-xla", "jax", "chainer"],
+            "generate": ["numpy-f32", "torch-genloop", "tensorflow-genloop", "jax", "chainer"]}
+    by_mode: dict[str, list[str]] = {}
+    for c in m.cells(list(m.default_backends), "cpu", "float32"):
+        by_mode.setdefault(c.mode, [])
+        if c.backend not in by_mode[c.mode]:
+            by_mode[c.mode].append(c.backend)
+    assert {k: sorted(v) for k, v in by_mode.items()} == {k: sorted(v) for k, v in want.items()}
+    for mode, names in want.items():  # one per framework, as the registry names them
+        fws = [registry.get_spec(b).framework for b in names]
+        assert fws == ["numpy", "torch", "tensorflow", "jax", "chainer"] and len(set(fws)) == 5, mode
+    parser = build_parser()
+    opts = run_options(parser.parse_args(["run", "--backends", "torch,jax"]), default_matrix="default")
+    cells = opts["matrix"].cells(opts["backends"], "cpu", "float32")
+    assert {(c.mode, c.backend) for c in cells} == {(md, b) for md in want for b in ("torch", "jax")}
+    opts = run_options(parser.parse_args(["run"]), default_matrix="default")
+    assert opts["matrix"].mode_backends == m.mode_backends
+    p = tmp_path / "m.toml"
+    p.write_text('[mode_backends]\ngenerate = ["jax"]\n[[group]]\nvocab_size = 10\nhidden_size = 8\n')
+    f = load_matrix(str(p))
+    assert Matrix.from_dict(f.to_dict()) == f
+    assert {(c.mode, c.backend) for c in f.cells(["torch", "jax"], "cpu", "float32") if c.mode == "generate"} \
+        == {("generate", "jax")}
 
 
 def test_matrix_round_trip_and_file_name(tmp_path):
@@ -256,7 +293,7 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
     import subprocess
     import sys
     import time
-    from harness.engine.host import settle
+    from harness.envs.host import settle
     spin = ("import sys, time\nprint('go', flush=True)\nt = time.perf_counter()\n"
             "while time.perf_counter() - t < 0.25: pass\ntime.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
@@ -273,11 +310,11 @@ def test_settle_waits_for_a_spinning_worker_and_not_for_an_idle_one():
 
 
 def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
-    """harness.engine.host.worker_cpus: the last `threads` CPUs, none when the threads fill the
+    """harness.envs.host.worker_cpus: the last `threads` CPUs, none when the threads fill the
     machine; a Worker started with them has exactly that mask (every thread inherits it)."""
     import os
     import sys
-    from harness.engine.host import worker_cpus
+    from harness.envs.host import worker_cpus
     from harness.engine.workers import Worker
     assert worker_cpus(1, [0, 1]) == [1]
     assert worker_cpus(2, [0, 1, 2, 3]) == [2, 3]
@@ -286,7 +323,7 @@ def test_workers_are_pinned_to_the_last_cpus_when_they_use_fewer():
     cpus = sorted(os.sched_getaffinity(0))[-1:]
     w = Worker(sys.executable, 1, cpus=cpus)
     try:
-        # the worker pins itself first thing (harness.engine.envs._BOOT): once it answers, it has
+        # the worker pins itself first thing (harness.envs.interpreters._BOOT): once it answers, it has
         assert w.request({"op": "info", "backends": [], "threads": 1, "device": "cpu"}, 120)["ok"]
         assert os.sched_getaffinity(w.proc.pid) == set(cpus)
     finally:

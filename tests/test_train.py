@@ -16,7 +16,7 @@ import pytest
 
 from harness.training import loop as tr
 from harness.cli import main
-from harness.engine.envs import ROOT, interpreter_for, worker_env
+from harness.envs.interpreters import ROOT, interpreter_for, worker_env
 from impls import registry
 from impls.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from impls.config import get_preset

@@ -1,4 +1,4 @@
-"""Variants (harness.engine.variants): parsing and its one-line errors, participant names, and the
+"""Variants (harness.envs.variants): parsing and its one-line errors, participant names, and the
 worktree a src=REV variant is checked out into, removed on success, on error and on Ctrl-C."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.engine import variants as V
+from harness.envs import variants as V
 from harness.cli import main
 from harness.errors import UsageError
 

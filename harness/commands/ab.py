@@ -1,6 +1,6 @@
 """`lstmbench compare RESULTS --variants BASE,NEW` and `lstmbench ab BASE NEW`: is NEW faster
-than BASE, judged inside one run whose participants were both (harness.engine.variants), from
-their paired rounds (harness.engine.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
+than BASE, judged inside one run whose participants were both (harness.envs.variants), from
+their paired rounds (harness.judge.duet). Cross-run `compare OLD NEW` (harness.commands.compare)
 cannot decide what this machine's between-run drift hides; in one run the drift falls on both
 sides alike.
 
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..engine import duet
-from ..engine.runner import run_matrix
-from ..engine.variants import Variant, check_src, parse_variant
+from ..judge import duet
+from ..session.benchmark import run_matrix
+from ..envs.variants import Variant, check_src, parse_variant
 from ..errors import UsageError
 from ..report.console import RunConsole, fmt_time, text_table
 from ..results.model import RunCell, read_run
@@ -57,23 +57,15 @@ def choose_variants(doc: dict[str, Any], text: str | None, path: str) -> tuple[s
 def compare_cells(cells: list[RunCell], base: str, new: str, threshold: float,
                   seed: int = 0, centre: str = duet.CENTRE) -> list[dict[str, Any]]:
     """One entry per (workload, backend) both variants took part in: the cell's sizes, both
-    headline estimates, and duet.judge's verdict (as JSON)."""
+    headline estimates, and the in-run comparison's verdict (duet.judge_pairs, as JSON)."""
     b_cells, n_cells = _entries(cells, base), _entries(cells, new)
-    keys = [k for k in b_cells if k in n_cells]
-    pairs = {}
-    for k in keys:
-        rb, rn = b_cells[k].result, n_cells[k].result
-        if rb.get("status") == "ok" and rn.get("status") == "ok":
-            pairs[k] = duet.paired(duet.pair_rounds(rb.get("samples") or [], rn.get("samples") or []),
-                                   centre, seed=seed)
-    pool = duet.Pool.of(list(pairs.values()))
+    keys = [k for k in b_cells if k in n_cells
+            # neither can: nothing to compare (the registry says why)
+            and not (b_cells[k].result.get("status") == n_cells[k].result.get("status") == "unsupported")]
+    verdicts, _ = duet.judge_pairs([(b_cells[k].result, n_cells[k].result) for k in keys], threshold, centre, seed)
     out = []
-    for k in keys:
-        rb, rn = b_cells[k].result, n_cells[k].result
-        if rb.get("status") == "unsupported" and rn.get("status") == "unsupported":
-            continue  # neither can: nothing to compare (the registry says why)
-        j = duet.failed(rb, rn) or duet.judge(pairs.get(k), pool, threshold)
-        c = b_cells[k].cell
+    for k, j in zip(keys, verdicts):
+        rb, rn, c = b_cells[k].result, n_cells[k].result, b_cells[k].cell
         out.append({"backend": c.backend, "mode": c.mode, "preset": c.preset,
                     "batch": c.batch, "seq_len": c.seq_len, "device": c.device,
                     "precision": c.precision, "workload": k[0],

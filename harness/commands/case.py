@@ -14,7 +14,7 @@ from impls.config import (PRESETS, CaseSpec, ClipConfig, GenerateConfig, ModelCo
                           TrainConfig, get_preset)
 from impls.tolerances import TOLERANCES
 
-from ..engine.envs import interpreter_for, parse_python_overrides
+from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.failures import classify
 from ..engine.workers import Worker, WorkerFailed
 from ..errors import UsageError

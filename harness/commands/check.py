@@ -16,8 +16,9 @@ from impls import registry
 from impls.case import CaseError, check_outputs, load_outputs, make_case, save_case
 from impls.tolerances import TOLERANCES
 
-from ..engine.envs import interpreter_for, parse_python_overrides, require_device
-from ..engine.host import default_jobs
+from ..envs.host import require_device
+from ..envs.interpreters import interpreter_for, parse_python_overrides
+from ..envs.host import default_jobs
 from ..engine.lanes import Children, Slot, Stopped, run_lanes
 from ..engine.workers import Worker, WorkerFailed
 from ..errors import UsageError
@@ -34,7 +35,7 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
     backends are checked side by side, each in its own worker (the results do not depend on
     it: each case is computed in one process, with `threads` threads, whatever runs beside).
     `device` is where the backends compute (the CLI refuses gpu on a machine without one).
-    `lanes` (harness.engine.cluster.Lanes): each backend's check runs on a cluster's node.
+    `lanes` (harness.cluster.tasks.Lanes): each backend's check runs on a cluster's node.
     `json_path`: --json's target (options.json_target: a new file, or "-" for stdout)."""
     json_path = json_target(None if json_path is None else str(json_path))
     if not backends:
@@ -49,7 +50,7 @@ def run_check(backends: list[str], *, overrides: dict[str, str], threads: int | 
 
 def check_on_node(name: str, overrides: dict[str, str], threads: int | None, precision: str,
                   device: str) -> dict[str, Any]:
-    """One backend's check where a cluster's task runs it (harness.engine.cluster.Lanes): the
+    """One backend's check where a cluster's task runs it (harness.cluster.tasks.Lanes): the
     same cases (they are seeded), built and referenced on that node."""
     with tempfile.TemporaryDirectory(prefix="lstmbench-check-") as d:
         cases, references = _cases(Path(d))
@@ -214,7 +215,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     log = text_log(target)
     lanes = None
     if a.cluster:  # Ray only here, and only with --cluster
-        from ..engine.cluster import lanes_on
+        from ..cluster.tasks import lanes_on
         lanes = lanes_on(a.cluster, a.on, a.device, a.threads, log)
     jobs = (lanes.jobs if lanes else default_jobs(a.threads)) if a.jobs is None else a.jobs
     return run_check(backends, overrides=parse_python_overrides(a.python), threads=a.threads,

@@ -25,7 +25,7 @@ from impls.porting.assemble import sizes
 from impls.porting.detect import detect, read_vocab, target_format
 from impls.porting.model import FORWARD, Outputs, Ported, Row, agree, compare, format_rows, make_probe
 
-from ..engine.envs import parse_python_overrides
+from ..envs.interpreters import parse_python_overrides
 from ..engine.porting import PortSession, RunFailed, keras_engine
 from .options import add_python
 

@@ -18,7 +18,7 @@ from impls.porting.detect import detect
 from impls.porting.diagnose import EQ, diagnose
 from impls.porting.model import FORWARD, Ported, Row, agree, compare, format_rows, make_probe
 
-from ..engine.envs import parse_python_overrides
+from ..envs.interpreters import parse_python_overrides
 from ..engine.porting import PortSession, RunFailed
 from .convert import loader
 from .options import add_json, add_python, json_target, text_log, write_json

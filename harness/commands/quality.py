@@ -11,8 +11,8 @@ from typing import Any
 
 from impls import registry
 
-from ..engine.envs import parse_python_overrides
-from ..engine.journal import locate
+from ..envs.interpreters import parse_python_overrides
+from ..session.journal import locate
 from ..errors import UsageError
 from ..training.quality import MATRICES, QUALITY_THREADS, SCHEMA, QualityConfig, load_resume, run_quality
 from .options import threads_for
@@ -90,7 +90,7 @@ def cmd_quality(a: Any) -> int:
         address = address or header["cluster"].get("address")
         on = on or ",".join(header["cluster"].get("kinds") or []) or None
     if address:  # Ray only here, and only with --cluster
-        from ..engine.cluster import lanes_on
+        from ..cluster.tasks import lanes_on
         lanes = lanes_on(address, on, "cpu", threads, print,
                          one_kind="a quality run keeps its wall times")
     run_quality(cfg, backends, Path(a.out), threads=threads, jobs=jobs,

@@ -1,20 +1,22 @@
-"""`lstmbench run`: a benchmark matrix measured by the engine (harness.engine.runner), its
+"""`lstmbench run`: a benchmark matrix measured by the engine (harness.session.benchmark), its
 workloads told by the console reporter (harness.report.console); the quality matrices (by name,
 or an interrupted quality run's journal) go to harness.commands.quality. The options `run` and
 `ab` share are declared and checked here."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 from impls import registry
 
-from ..engine.envs import parse_python_overrides, require_device
+from ..envs.host import require_device
+from ..envs.interpreters import parse_python_overrides
 from ..engine.matrix import Matrix, load_matrix
-from ..engine.runner import load_resume, run_matrix
-from ..engine.variants import check_src, parse_variants, split
+from ..session.benchmark import load_resume, run_matrix
+from ..envs.variants import check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
 from ..training.quality import MATRICES as QUALITY
@@ -41,8 +43,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
     opts = run_options(a, default_matrix="default", variants=variants)
     on_cluster = a.cluster or (opts["resume"] is not None and load_resume(opts["resume"])[2].get("cluster"))
-    if on_cluster:  # Ray only here (harness.engine.cluster_run), and only with --cluster
-        from ..engine.cluster_run import run_cluster
+    if on_cluster:  # Ray only here (harness.cluster.executor), and only with --cluster
+        from ..cluster.executor import run_cluster
         if opts["resume"] is not None:  # the interrupted run's variants (python=, env=), from its header
             header = load_resume(opts["resume"])[2]
             opts["variants"] = parse_variants([d["text"] for d in (header.get("variants") or {}).values()]) or None
@@ -82,6 +84,8 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
         backends = backend_list(a.backends, default)
+        if a.backends and matrix.mode_backends:  # named backends: each runs in every mode
+            matrix = dataclasses.replace(matrix, mode_backends={})
         a.threads = threads_for(a.threads, matrix.threads)
     require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
     for v in variants or []:
@@ -124,7 +128,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="measure every backend once per variant, interleaved (repeatable, two or more): "
                         "keys python=PATH, python.BACKEND=PATH, src=DIR|REV, env.VAR=VALUE, threads=N "
-                        "(harness/engine/variants.py); compare them with `compare RESULTS --variants A,B`")
+                        "(harness/envs/variants.py); compare them with `compare RESULTS --variants A,B`")
     p.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted run from its journal (or the journal's target file)")
     p.add_argument("--jobs", metavar="N",

@@ -1,11 +1,12 @@
 """`lstmbench setup [ENV...]`: build the environments some backends need (chainer's, NumPy < 2),
-or with --name one holding chosen package versions for a variant (harness.engine.envs)."""
+or with --name one holding chosen package versions for a variant (harness.envs.interpreters)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..engine.envs import RECIPES, setup, setup_named
+from ..envs.interpreters import RECIPES
+from ..envs.setup import setup, setup_named
 
 
 def cmd_setup(a: argparse.Namespace) -> int:

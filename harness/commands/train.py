@@ -14,7 +14,7 @@ from impls import registry
 from impls.checkpoint import CheckpointError, load_checkpoint
 from impls.config import get_preset
 
-from ..engine.envs import parse_python_overrides
+from ..envs.interpreters import parse_python_overrides
 from ..engine.signals import terminate_as_interrupt
 from ..errors import UsageError
 from ..training.corpus import DataError, encode, prepare

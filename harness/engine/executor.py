@@ -1,6 +1,6 @@
 """Where a run's workloads are measured: the executor seam of `lstmbench run`.
 
-The runner (harness.engine.runner) owns the run: its results file, journal, progress and
+The runner (harness.session.benchmark) owns the run: its results file, journal, progress and
 resumption. An Executor owns the machine the measurements happen on: it asks each participant
 what it is there (availability, versions, kernel paths), reads the machine's noise and peak
 GEMM at the start and the end, and measures one workload at a time, returning the workload's
@@ -24,9 +24,10 @@ from . import cpuload, stats
 from .assemble import cell_result, workload_ratios
 from .bench import Cell
 from ..errors import UsageError
-from .participants import KINDS, PROBE, ParticipantFailed
+from .kinds import KINDS
+from .participants import PROBE, ParticipantFailed
 from .scheduler import ProbeState, Schedule, WorkloadData, measure_workload
-from .variants import participant, split
+from ..envs.variants import participant, split
 from .workers import Launcher, WorkerFailed, WorkerParticipant, Workers, answer
 
 Log = Callable[[str], None]

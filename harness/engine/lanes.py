@@ -70,7 +70,7 @@ class Children:
 
 def _stop(child: Any, sig: int) -> None:
     """`sig` to a child process's group; a child elsewhere (a cluster's task,
-    harness.engine.cluster.RemoteTask) stops itself as `sig` asks: SIGTERM gracefully, SIGKILL
+    harness.cluster.tasks.RemoteTask) stops itself as `sig` asks: SIGTERM gracefully, SIGKILL
     at once."""
     stop = getattr(child, "stop", None)
     if stop is not None:

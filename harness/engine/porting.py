@@ -21,7 +21,7 @@ from impls import registry
 from impls.porting import FORMATS, PortError, get_format, ops
 from impls.porting.model import Outputs, Ported, Probe, load_outputs, load_ported, save_ported
 
-from .envs import interpreter_for
+from ..envs.interpreters import interpreter_for
 from .workers import Worker, WorkerFailed
 
 TIMEOUT = 1800.0  # seconds for one read, write or run (a large model's first framework import included)

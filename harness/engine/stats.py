@@ -1,8 +1,10 @@
-"""Statistics over kept samples: the headline estimator of a cell and its confidence interval
-(a hierarchical bootstrap that resamples worker processes, then rounds within them), paired
-cross-backend ratios, the marking of rounds taken under contention, the machine's noise
-verdict, the v1 summary stored with every cell, and the significance test `lstmbench compare`
-uses. Pure Python + NumPy. docs/measurement.md says why these choices (an experiment)."""
+"""Statistics over kept samples: the headline estimator of a cell (`estimate`, the one estimator
+the run and every judgement of it use) and its confidence interval (a hierarchical bootstrap
+that resamples worker processes, then rounds within them), paired cross-backend ratios, the
+marking of rounds taken under contention, and a run's noise (the machine's verdict, the noise
+floor its probe puts under any comparison, the share of contended rounds), and the v1 summary
+stored with every cell. Judging one run against another, or two participants of one run, is
+harness.judge's. Pure Python + NumPy. docs/measurement.md says why these choices (an experiment)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -19,47 +21,6 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     return {"median": float(q50), "iqr": float(q75 - q25), "min": float(a.min()),
             "max": float(a.max()), "mean": float(a.mean()),
             "stddev": float(a.std(ddof=1)) if a.size > 1 else 0.0, "rounds": int(a.size)}
-
-
-def bootstrap_ratio(old: Sequence[float], new: Sequence[float], *, reps: int = 2000,
-                    level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Ratio of medians new/old (time: > 1 is slower) and its bootstrap confidence interval."""
-    a, b = np.asarray(old, np.float64), np.asarray(new, np.float64)
-    ratio = float(np.median(b) / np.median(a))
-    rng = np.random.default_rng(seed)
-    ra = np.median(rng.choice(a, (reps, a.size)), axis=1)
-    rb = np.median(rng.choice(b, (reps, b.size)), axis=1)
-    r = rb / ra
-    lo, hi = np.percentile(r, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return ratio, float(lo), float(hi)
-
-
-def mann_whitney_p(old: Sequence[float], new: Sequence[float]) -> float:
-    """Two-sided Mann-Whitney U test p-value (normal approximation with tie correction)."""
-    a, b = np.asarray(old, np.float64), np.asarray(new, np.float64)
-    n1, n2 = a.size, b.size
-    if n1 == 0 or n2 == 0:
-        return 1.0
-    allv = np.concatenate([a, b])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(allv.size)
-    sorted_v = allv[order]
-    i = 0
-    while i < allv.size:  # average ranks over ties
-        j = i
-        while j + 1 < allv.size and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    _, counts = np.unique(allv, return_counts=True)
-    n = n1 + n2
-    var = n1 * n2 / 12 * ((n + 1) - (counts ** 3 - counts).sum() / (n * (n - 1)))
-    if var <= 0:
-        return 1.0
-    z = (u - n1 * n2 / 2) / np.sqrt(var)
-    from math import erfc, sqrt
-    return float(erfc(abs(z) / sqrt(2)))
 
 
 # ---- the headline estimator ----------------------------------------------------------------
@@ -104,18 +65,24 @@ def uses_every_round(name: str) -> bool:
     return ESTIMATORS.get(name, (0.5, ""))[0] == 0.0
 
 
+def quantile_of(name: str) -> float:
+    """The quantile an estimator name stands for (ESTIMATORS; an unknown name, e.g. a v1 file's:
+    the median)."""
+    return ESTIMATORS[name][0] if name in ESTIMATORS else 0.5
+
+
 def estimate(x: Sequence[float] | np.ndarray, name: str = ESTIMATOR) -> float:
-    """The estimator `name` over one set of samples (seconds per step)."""
+    """The estimator `name` over one set of samples (seconds per step); NaN without any."""
     a = np.asarray(x, np.float64)
     if a.size == 0:
         return float("nan")
-    q = ESTIMATORS[name][0]
+    q = quantile_of(name)
     return float(a.min()) if q == 0 else float(np.quantile(a, q))
 
 
 def _stat_rows(m: np.ndarray, name: str) -> np.ndarray:
     """The estimator over each row of m (reps, n)."""
-    q = ESTIMATORS[name][0] if name in ESTIMATORS else 0.5
+    q = quantile_of(name)
     return m.min(axis=1) if q == 0 else np.quantile(m, q, axis=1)
 
 
@@ -269,3 +236,33 @@ def noise_verdict(probe_s: Sequence[float], best_s: float | None, collapse_round
     if frac < 0.1 and collapse_rounds == 0:
         return frac, "quiet"
     return frac, "noisy"
+
+
+def noise_floor(probe_s: Sequence[float | None],
+                blocks: Sequence[Sequence[float | None]] | None = None) -> float | None:
+    """How far the machine's best speed moved during a run, as the probe saw it: each block's
+    fastest probe round against the run's fastest (max over blocks of min_block / min_run - 1).
+    A block is a workload (`blocks`, the probe rounds of each; v2 files), or, without them, a
+    sixth of the run's probe rounds in order. The headline is a minimum, so what limits its
+    reproducibility is how much the probe's minimum moves, not how the typical round scatters:
+    on the project's 2-core machine the spread of the probe's rounds (their IQR) was 23-34%
+    in quiet runs while their per-workload minima agreed within 0.3-1.5% (docs/measurement.md);
+    in a run shared with a CPU-bound process one workload's minimum was 67% off. A change
+    smaller than this cannot be told from the machine. None without probe rounds (v1 files)."""
+    def clean(xs: Sequence[float | None]) -> np.ndarray:
+        return np.asarray([p for p in xs if p is not None and p > 0], np.float64)
+    a = clean(probe_s)
+    if a.size < 4:
+        return None
+    parts = [clean(b) for b in blocks] if blocks else list(np.array_split(a, 6))
+    mins = [float(b.min()) for b in parts if b.size]
+    return float(max(mins) / a.min() - 1) if mins else None
+
+
+
+def contended_share(probe_s: Sequence[float | None], factor: float = CLEAN_FACTOR) -> float | None:
+    """Share of probe rounds slower than `factor` x the run's best (None without probes)."""
+    a = np.asarray([p for p in probe_s if p is not None and p > 0], np.float64)
+    if a.size == 0:
+        return None
+    return float(np.mean(a > factor * a.min()))

@@ -11,7 +11,7 @@ go to the worker's log, so that nothing a framework prints can corrupt the proto
     {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine
     {"op": "probe", "n": 256, "round_time": 0.03}          (harness.engine.scheduler): prepare
     {"op": "baseline", "file": PATH, "backend": B,         a participant of one of the kinds in
-     "cell": {...}, "round_time": 0.03}                    harness.engine.participants.KINDS,
+     "cell": {...}, "round_time": 0.03}                    harness.engine.kinds.KINDS,
     {"op": "round"}                                        time one round of it,
     {"op": "release"}                                      and let it go
 
@@ -36,7 +36,8 @@ from impls import registry
 from harness.engine.bench import (Cell, backend_info, configure_backend, first_step, gpu_peak, inner_for,
                                   matmul_peak, measure_cell, peak_rss, time_round)
 from harness.engine.failures import classify
-from harness.engine.participants import KINDS, Kind
+from harness.engine.kinds import KINDS
+from harness.engine.participants import Kind
 
 
 def op_info(req: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ Workers never outlive the harness: each runs in its own process group (Ctrl-C in
 reaches only the harness), which is killed on close(), when a request is interrupted, at
 exit (atexit) and on a second Ctrl-C (signals.on_second_signal); the kernel kills a worker
 whose parent died (PR_SET_PDEATHSIG, which the worker's boot code sets before anything
-else: harness.engine.envs.child_vars), even after a SIGKILL."""
+else: harness.envs.interpreters.child_vars), even after a SIGKILL."""
 from __future__ import annotations
 
 import atexit
@@ -33,16 +33,17 @@ from typing import Any, Callable
 from impls import registry
 
 from .bench import Cell
-from .envs import bootstrap_code, child_vars, interpreter_for, worker_env
+from ..envs.interpreters import bootstrap_code, child_vars, interpreter_for, worker_env
 from .failures import classify_message
-from .host import memory_reserve, mem_available, settle, worker_cpus
-from .participants import KINDS, PROBE, ROUND_TIME, Kind, ParticipantFailed
+from ..envs.host import memory_reserve, mem_available, settle, worker_cpus
+from .kinds import KINDS
+from .participants import PROBE, ROUND_TIME, Kind, ParticipantFailed
 from .signals import on_second_signal
-from .variants import Variant, split
+from ..envs.variants import Variant, split
 
 # Run in the worker's interpreter: `harness` and `impls` loaded from the folder this process
 # imported them from, by location (envs.bootstrap_code), then the worker's loop. A protocol
-# compatibility: a source tree a variant runs (src=REV, harness.engine.variants) may predate
+# compatibility: a source tree a variant runs (src=REV, harness.envs.variants) may predate
 # harness/engine/ and hold the worker at harness/worker.py (the flat layout); its worker
 # answers the same requests, so it is started where the new module is not there.
 _BOOT = bootstrap_code("""\
@@ -94,7 +95,7 @@ class Launch:
     """How a participant's worker process starts: the interpreter, the backend whose spec's
     env_vars it gets (None: the probe), its threads and CPUs, more environment variables
     (OMP_WAIT_POLICY, a variant's env.VAR) and the source tree it runs (None: this process's;
-    a variant's src=, harness.engine.variants)."""
+    a variant's src=, harness.envs.variants)."""
     python: str
     backend: str | None
     threads: int | None
@@ -307,7 +308,7 @@ class Worker:
 class Launcher:
     """How a run starts each participant's worker: the probe in this interpreter; a backend
     in its environment's interpreter (envs.interpreter_for, --python overrides); a backend in
-    a variant (BACKEND@VARIANT, harness.engine.variants) with the variant's interpreter, source
+    a variant (BACKEND@VARIANT, harness.envs.variants) with the variant's interpreter, source
     tree (`roots`: variant -> folder), environment variables and threads. Workers with fewer
     threads than CPUs are pinned to the last CPUs (host.worker_cpus) on the CPU. A record of
     the run's settings, not a closure, so that it can travel with a workload to where it runs."""
@@ -408,7 +409,7 @@ def answer(ans: dict[str, Any]) -> dict[str, Any]:
 
 
 class WorkerParticipant:
-    """A participant in worker process p of `workers`, of kind `kind` (participants.KINDS; a
+    """A participant in worker process p of `workers`, of kind `kind` (harness.engine.kinds.KINDS; a
     backend's cell by default; `extra`: the kind's own request fields, e.g. a baseline's file
     and host backend). Every kind's rounds and release are the same requests; only the
     request that prepares it differs."""

@@ -1,16 +1,22 @@
 """What `lstmbench run` and its relatives say on the console: a cell's result in one line, the
 summary table (each backend's time ratio to the fastest per workload), the machine's noise
-report; and the plain-text table and time format that compare and ab print. The runner
-(harness.engine.runner) measures; RunConsole, its reporter here, tells."""
+report; what `compare OLD NEW` says of its two sides and its judgement (harness.judge.crossrun
+judges, this renders); and the plain-text table and time format that compare and ab print. The
+runner (harness.session.benchmark) measures; RunConsole, its reporter here, tells."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 from ..engine import explain, stats
 from ..engine.assemble import workload_id
 from ..engine.bench import Cell
-from ..engine.variants import participant
+from ..envs.variants import participant
+from ..judge.crossrun import Comparison
+from ..judge.marks import pct
+from ..results.model import Side
+from .frontier import frontier, summary_line
 
 
 def entry_name(c: dict[str, Any]) -> str:
@@ -19,7 +25,7 @@ def entry_name(c: dict[str, Any]) -> str:
 
 
 class RunConsole:
-    """The run's reporter (harness.engine.runner.Reporter): each workload's cells as they
+    """The run's reporter (harness.session.benchmark.Reporter): each workload's cells as they
     finish, the NOISY rule where it first applies, a busy neighbour; at the end, where
     `summary`, the summary table and the noise report (`lstmbench ab` prints its own)."""
 
@@ -92,7 +98,8 @@ def describe(res: dict[str, Any]) -> str:
 
 def summary_table(doc: dict[str, Any]) -> str:
     """Per workload: each backend's time ratio to the fastest with its interval (paired
-    rounds), then characters per second; noisy figures are marked, never shown as clean."""
+    rounds), then characters per second; noisy figures are marked, never shown as clean; then
+    one line, each framework at its fastest (harness.report.frontier)."""
     n_clean = explain.min_clean_of(doc)
     lines = [f"time ratio to the fastest backend per workload (95% interval, paired rounds); "
              f"chars/s from the {doc.get('estimator', {}).get('name', '?')} estimator; * = noisy"
@@ -119,6 +126,10 @@ def summary_table(doc: dict[str, Any]) -> str:
                 efft += " (>100%: measurement error)"
             lines.append(f"  {b:15} {rtxt:26}{mark} {res['chars_per_s']:>14,.0f} chars/s"
                          f"{' NOISY' if res.get('noisy') else ''}  eff {efft}")
+        front = frontier([(entry_name(c), c["result"]) for c in cs], rs,
+                         (doc.get("peak") or {}).get("gflops"))
+        if front:
+            lines.append(f"  each framework at its fastest: {summary_line(front)}")
     return "\n".join(lines)
 
 
@@ -140,3 +151,99 @@ def text_table(head: list[str], rows: list[list[str]], right: set[int]) -> list[
         return "  ".join(f"{c:>{w}}" if i in right else f"{c:<{w}}"
                          for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return [line(head), line(["-" * w for w in widths]), *map(line, rows)]
+
+
+# ---- compare OLD NEW --------------------------------------------------------------------------
+
+def sides_lines(a: Side, b: Side, estimator: str) -> list[str]:
+    """What compare says of its two sides before judging: files, machines, estimators, each
+    run's noise."""
+    out = [f"old: {len(a.files)} file(s), machine {', '.join(sorted(a.machines))}",
+           f"new: {len(b.files)} file(s), machine {', '.join(sorted(b.machines))}"]
+    if a.machines != b.machines:
+        out.append("note: the two sides ran on different machines; cells are paired all the same")
+    ests = {r.estimator for r in a.runs + b.runs}
+    if len(ests) > 1:
+        out.append(f"note: the runs' headline estimators differ ({', '.join(sorted(ests))}); both sides "
+                   f"are judged with the {estimator} ({stats.ESTIMATORS.get(estimator, ('', estimator))[1]})")
+    for name, s in (("old", a), ("new", b)):
+        for r in s.runs:
+            if not r.probe_s:
+                out.append(f"note: {name} {Path(r.path).name} has no noise probe (a v1 file, or run without "
+                           "one): its noise floor is unknown")
+            else:
+                out.append(f"{name} {Path(r.path).name}: noise {r.verdict or '?'}, probe best "
+                           f"{r.best_gflops or 0:.0f} GFLOP/s, floor {pct(r.floor or 0)}, "
+                           f"contended {pct(r.contended or 0)} of rounds")
+    return out
+
+
+def comparison_lines(cmp: Comparison) -> list[str]:
+    """compare's judgement as it prints it: the run-wide notes, the judged cells' table, the
+    cells not compared, incomparable or on one side only, the counts and what to do next."""
+    out: list[str] = []
+    if cmp.speeds:
+        out.append(f"note: {cmp.speeds}" + ("; normalised by each round's probe time" if cmp.normalize else ""))
+    pooled = sum(len(p.runs) > 1 for s in (cmp.old, cmp.new) for p in s.cells.values())
+    if pooled:
+        out.append(f"note: {pooled} cell(s) were measured in several runs on one side; runs are resampled "
+                   "in the interval")
+    if cmp.run_spread is not None:
+        out.append(f"between-run spread: cells' ratios scatter {pct(math.expm1(cmp.run_spread))} (robust SD) "
+                   "about their common shift; every interval is at least +-1.96 of that wide")
+    out += _judged_table(cmp)
+    for name, head, title in (
+            ("not ok", ["old", "new"], "not compared (a side has no successful measurement):"),
+            ("incomparable", ["why"], "incomparable (same backend, mode, preset and batch, but a different cell):"),
+            ("only", ["side"], "on one side only:")):
+        rows = [_cell_cols(o.pooled) + ([o.old.status(), o.new.status()] if name == "not ok"  # type: ignore[union-attr]
+                                        else [o.verdict.reason]) for o in cmp.table(name)]
+        if rows:
+            out += ["", title, *text_table(["backend", "mode", "preset", "batch", *head], rows, {3})]
+    return out + _counts_lines(cmp)
+
+
+def _cell_cols(pl: Any) -> list[str]:
+    c = pl.cell
+    return [pl.name, c.mode, c.preset, str(c.batch)]
+
+
+def _judged_table(cmp: Comparison) -> list[str]:
+    judged = cmp.table("judged")
+    if not judged:
+        return []
+    est, t = cmp.estimator, cmp.threshold
+    fmt = (lambda x: f"{x:.4g}" if math.isfinite(x) else "-") if cmp.normalize else fmt_time
+    rows = []
+    for o in judged:
+        v = o.verdict
+        rows.append(_cell_cols(o.old) + [fmt(v.old_s), fmt(v.new_s), f"{v.ratio:.3f} [{v.lo:.3f}, {v.hi:.3f}]",
+                                         f"[{v.eq_lo:.3f}, {v.eq_hi:.3f}]",
+                                         v.mark.upper() if v.mark == "slower" else v.mark, v.reason or v.decided_by])
+    head = ((f"per-step time / the same round's probe time, {est} over the clean rounds" if cmp.normalize
+             else f"per-step time, {est} of the " + ("rounds" if stats.uses_every_round(est) else "clean rounds"))
+            + f" (new/old ratio > 1 is slower; threshold {t:.0%}, hierarchical bootstrap intervals):")
+    rule = (f"  slower / faster: the 95% interval lies above / below 1 and the change is beyond "
+            f"+-{t:.0%}, both runs' noise floors and what the machine's own move explains; "
+            f"unchanged: the 90% interval lies within +-{t:.0%} (two one-sided 5% tests); "
+            "else inconclusive, with the reason. `why` says which held.")
+    return ["", head, rule, *text_table(["backend", "mode", "preset", "batch", "old", "new", "ratio [95% CI]",
+                                         "90% CI", "mark", "why"], rows, {3, 4, 5, 6, 7})]
+
+
+def _counts_lines(cmp: Comparison) -> list[str]:
+    counts, only = cmp.counts, len(cmp.table("only"))
+    out = ["", f"{counts['slower']} slower, {counts['faster']} faster, {counts['unchanged']} unchanged, "
+               f"{counts['inconclusive']} inconclusive, {counts['incomparable']} incomparable"
+               + (f", {counts['failed']} not ok" if counts["failed"] else "")
+               + (f", {only} on one side only" if only else "")]
+    if counts["inconclusive"]:
+        out.append(f"note: {counts['inconclusive']} inconclusive cell(s) are neither passed nor failed; to "
+                   "decide them, re-run on a quieter machine, with more --processes, or give several runs a side")
+    judged = sum(counts[k] for k in ("slower", "faster", "unchanged", "inconclusive"))
+    if judged and counts["inconclusive"] > judged / 2:
+        out.append("note: most cells are inconclusive: between two runs this machine's drift hides changes of "
+                   "this size. Measure both versions in ONE run and compare them there: `lstmbench ab OLD NEW` "
+                   "(git revisions, folders or python:PATH), or `run --variant old:... --variant new:...` then "
+                   "`compare RESULTS --variants old,new` (docs/measurement.md, \"Duet measurement\")")
+    return out

@@ -13,7 +13,8 @@ import numpy as np
 from impls import registry
 from impls.config import flops_per_char
 
-from ..engine import significance as sig
+from ..engine.stats import estimate
+from ..judge import significance as sig
 from ..engine.bench import Cell
 from ..results.model import Pooled, Run, RunCell
 
@@ -115,7 +116,7 @@ class Entry:
             self.estimate_s, self.lo_s, self.hi_s = float(est), float(ci[0]), float(ci[1])
         else:  # v1, or runs pooled: the estimator over the clean rounds, bootstrap interval
             side = [r.values() for r in self.measured]
-            self.estimate_s = sig.estimate(sig.pooled(side), self.estimator)
+            self.estimate_s = estimate(sig.pooled(side), self.estimator)
             reps = sig.replicates(side, self.estimator, reps=500)
             reps = reps[np.isfinite(reps)]
             if reps.size:

@@ -14,10 +14,9 @@ import numpy as np
 
 from impls.config import ConfigError
 
-from ..engine import significance as sig
 from ..engine import stats
 from ..engine.bench import Cell
-from ..engine.variants import participant
+from ..envs.variants import participant
 from .schema import ResultsError, is_number, load_results, validate_samples
 from .store import expand_paths
 
@@ -34,7 +33,7 @@ class Run:
     threads: Any
     probe_s: list[float | None]  # one per round of the run, in order (v2), else []
     best_gflops: float | None
-    floor: float | None  # significance.noise_floor of the probe rounds
+    floor: float | None  # stats.noise_floor of the probe rounds
     contended: float | None  # share of probe rounds slower than 1.5x the best
     verdict: str | None  # noise verdict the run recorded (quiet | noisy | contended)
     doc: dict[str, Any]
@@ -55,7 +54,7 @@ class RunCell:
     samples: list[dict[str, Any]]  # {"s", "process", "round", "probe_s", "clean"}
     noisy: bool
     workload: str | None = None  # the workload id it was measured in (v2)
-    variant: str | None = None  # the variant that measured it (v3, harness.engine.variants), if any
+    variant: str | None = None  # the variant that measured it (v3, harness.envs.variants), if any
     threads: Any = None  # the threads it ran with (its variant's threads=, else the run's)
 
     @property
@@ -134,11 +133,11 @@ def read_run(path: PathLike, *, strict: bool = True) -> tuple[Run, list[RunCell]
     best = float(best) if is_number(best) and math.isfinite(best) and best > 0 else None
     noise = doc.get("noise") if isinstance(doc.get("noise"), dict) else {}
     contended = noise.get("contended_fraction")
-    contended = float(contended) if is_number(contended) else sig.contended_share(probe_s)
+    contended = float(contended) if is_number(contended) else stats.contended_share(probe_s)
     kind = machine.get("kind")  # a cluster run's machine kind names it; else the machine's slug
     run = Run(str(p), kind if isinstance(kind, str) and kind else str(machine.get("slug", "?")), version,
               est if isinstance(est, str) and est in stats.ESTIMATORS else "median",
-              doc.get("threads"), probe_s, best, sig.noise_floor(probe_s, _probe_blocks(doc)), contended,
+              doc.get("threads"), probe_s, best, stats.noise_floor(probe_s, _probe_blocks(doc)), contended,
               noise.get("verdict") if isinstance(noise.get("verdict"), str) else None, doc,
               _probe_best(doc), _foreign(doc))
     cells: list[RunCell] = []

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from impls.files import write_atomic
 
-from ..engine.host import git_info, machine_info
+from ..envs.host import git_info, machine_info
 from ..errors import UsageError
 from .schema import SCHEMA, SCHEMA_VERSION, ResultsError
 

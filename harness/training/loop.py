@@ -12,7 +12,7 @@ the log and exits with status 130).
 
 Where it runs: in this process when the backend's framework imports here (and the
 backend's environment variables, if it declares any, are already set); otherwise the same
-command is re-run with the backend's own interpreter (harness.engine.envs.interpreter_for: e.g.
+command is re-run with the backend's own interpreter (harness.envs.interpreters.interpreter_for: e.g.
 chainer's `.venv-chainer`), which then runs it in-process; also when this process's thread
 pools are not pinned to --threads (they are sized at import), as a worker's are. Seconds in the log count only
 training steps (host-to-device copy, step, loss fetched to the host, which synchronises);
@@ -38,7 +38,7 @@ from impls.files import write_atomic
 from impls.params import init_params
 
 from ..engine.bench import configure_backend
-from ..engine.envs import harness_command, interpreter_for, worker_env
+from ..envs.interpreters import harness_command, interpreter_for, worker_env
 from ..errors import UsageError
 from .corpus import Corpus, DataError, Streams, encode, prepare
 
@@ -72,7 +72,7 @@ def make_backend(name: str, model: ModelConfig, preset_train: Any, params: Any, 
 
 def rerun_elsewhere(name: str, argv: list[str], threads: int | None,
                     overrides: dict[str, str]) -> int:
-    """Run `lstmbench ARGV` (harness.engine.envs.harness_command) with the backend's interpreter and
+    """Run `lstmbench ARGV` (harness.envs.interpreters.harness_command) with the backend's interpreter and
     environment; its exit status. Only ever one level deep."""
     spec = registry.get_spec(name)
     if os.environ.get(_CHILD):

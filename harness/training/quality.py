@@ -26,7 +26,7 @@ slower than on an idle machine); `estimate_s_to_target` = steps to target x the 
 time, which a few slow steps do not move. Steps to target are unaffected by any of it.
 
 Durability: each finished backend is appended (flushed and fsynced) to a journal beside the
-target file (harness.engine.journal), so a finished backend survives any interruption, even SIGKILL
+target file (harness.session.journal), so a finished backend survives any interruption, even SIGKILL
 of this process; `run --resume JOURNAL` trains only the missing ones. The results are JSON
 (`schema` lstmbench.quality), written atomically from the journal at the end and never over
 an existing file; the journal is removed once they are."""
@@ -50,9 +50,9 @@ import numpy as np
 from impls import registry
 from impls.config import get_preset
 
-from ..engine.envs import child_vars, harness_command, interpreter_for, worker_env
-from ..engine.host import default_jobs, git_info, lane_cpus, machine_info
-from ..engine.journal import Journal, claim, finalize, resume_journal, target_of
+from ..envs.interpreters import child_vars, harness_command, interpreter_for, worker_env
+from ..envs.host import default_jobs, git_info, lane_cpus, machine_info
+from ..session.journal import Journal, claim, finalize, resume_journal, target_of
 from ..engine.lanes import Children, Slot, Stopped, run_lanes
 from ..engine.signals import interruptible
 from ..engine.workers import killpg
@@ -222,7 +222,7 @@ def _run_one(backend: str, cfg: QualityConfig, out: Path, threads: int | None,
 
 def train_on_node(backend: str, cfg: dict[str, Any], threads: int | None,
                   overrides: dict[str, str]) -> dict[str, Any]:
-    """One backend's training where a cluster's task runs it (harness.engine.cluster.Lanes):
+    """One backend's training where a cluster's task runs it (harness.cluster.tasks.Lanes):
     the corpus fetched (and cached) on that node, the training in a process of its own there."""
     config = QualityConfig(**cfg)
     prepare(config.corpus)
@@ -314,7 +314,7 @@ def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threa
                 log: Callable[[str], None] = print, lanes: Any = None) -> Path:
     """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
     then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path.
-    `lanes` (harness.engine.cluster.Lanes): each backend trains on a cluster's node."""
+    `lanes` (harness.cluster.tasks.Lanes): each backend trains on a cluster's node."""
     overrides = overrides or {}
     done: dict[str, dict[str, Any]] = {}
     sessions: dict[int, dict[str, Any]] = {}

@@ -3,13 +3,13 @@ at a time by an executor, each kept in a journal the moment it ends, the results
 assembled at the end.
 
 The unit of scheduling is a *workload*: one (mode, sizes, device, precision) with all its
-backends, each once per variant where the run has variants (harness.engine.variants). An
+backends, each once per variant where the run has variants (harness.envs.variants). An
 executor (harness.engine.executor; LocalExecutor: this machine) measures it: every
 participant's worker prepares the cell, then interleaved rounds in a seeded random order with
 the noise probe (harness.engine.scheduler). A backend that crashes, hangs, gives NaN or runs
 out of memory gets that status for its cell; the others go on.
 
-Each finished workload is appended to a journal beside the target file (harness.engine.journal),
+Each finished workload is appended to a journal beside the target file (harness.session.journal),
 so an interrupted run keeps it and `run --resume` measures only what is missing; the results
 file is assembled from the journal at the end (harness.engine.assemble). What the run tells as
 it goes, beyond its own progress lines, and at its end is a Reporter's
@@ -26,19 +26,19 @@ from typing import Any, Callable, Protocol
 from ..errors import UsageError
 from ..results.schema import SCHEMA
 from ..results.store import check_writable, default_path, new_document
-from . import explain, stats
-from .assemble import assemble, group_workloads
-from .bench import PEAK_N, Cell
-from .executor import Executor, LocalExecutor, Setup
-from .host import worker_cpus
+from ..engine import explain, stats
+from ..engine.assemble import assemble, group_workloads
+from ..engine.bench import PEAK_N, Cell
+from ..engine.executor import Executor, LocalExecutor, Setup
+from ..envs.host import worker_cpus
 from .journal import Journal, claim, finalize, resume_journal, target_of, unclaim
-from .matrix import Matrix
-from .participants import PROBE_N
-from .progress import RunProgress
-from .scheduler import Schedule
-from .signals import interruptible
-from .variants import Variant, parse_variants, participant, sources, split
-from .workers import Launcher
+from ..engine.matrix import Matrix
+from ..engine.participants import PROBE_N
+from ..engine.progress import RunProgress
+from ..engine.scheduler import Schedule
+from ..engine.signals import interruptible
+from ..envs.variants import Variant, parse_variants, participant, sources, split
+from ..engine.workers import Launcher
 
 Log = Callable[[str], None]
 

@@ -10,31 +10,20 @@ the upper levels first makes their variance show up in the interval whenever a s
 than one of them. With one run per side, between-run variance cannot be estimated from the
 data: the probes' noise floor stands in for it (compare requires a change beyond it).
 
-Pure NumPy; harness.engine.stats (the run's own estimator) is reused for the estimator table."""
+Pure NumPy. The estimator is the run's own (harness.engine.stats.estimate: one estimator for
+the run and its judgement), the t quantiles harness.judge.tdist's; the probe's noise floor, a
+figure of one run, is harness.engine.stats.noise_floor."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-from . import stats
+from ..engine.stats import estimate, quantile_of
+from .tdist import t_quantile
 
 # One side of a comparison: runs -> processes -> rounds (seconds per step, or probe-normalised)
 Side = Sequence[Sequence[np.ndarray]]
-
-
-def quantile_of(name: str) -> float:
-    """The quantile an estimator name stands for (harness.engine.stats.ESTIMATORS; unknown: median)."""
-    return stats.ESTIMATORS[name][0] if name in stats.ESTIMATORS else 0.5
-
-
-def estimate(values: np.ndarray, name: str) -> float:
-    """The headline estimator `name` over pooled values."""
-    a = np.asarray(values, np.float64)
-    if a.size == 0:
-        return float("nan")
-    q = quantile_of(name)
-    return float(a.min()) if q == 0 else float(np.quantile(a, q))
 
 
 def pooled(side: Side) -> np.ndarray:
@@ -73,26 +62,6 @@ def replicates(side: Side, name: str, *, reps: int = 1000,
     return np.nanmin(vals, axis=1) if q == 0 else np.nanquantile(vals, q, axis=1)
 
 
-_T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-         10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}  # Student t, 97.5% quantile by df
-
-
-_T950 = {1: 6.31, 2: 2.92, 3: 2.35, 4: 2.13, 5: 2.02, 6: 1.94, 7: 1.89, 8: 1.86, 9: 1.83,
-         10: 1.81, 12: 1.78, 15: 1.75, 20: 1.72, 30: 1.70}  # Student t, 95% quantile by df
-Z = {0.95: 1.96, 0.90: 1.645}  # normal quantiles of the two-sided levels used here
-
-
-def _t975(df: int) -> float:
-    return next((v for k, v in sorted(_T975.items()) if df <= k), 1.96)
-
-
-def _t_two_sided(df: int, level: float) -> float:
-    """Student t quantile for a two-sided `level` interval (0.95 or 0.90)."""
-    if level == 0.90:
-        return next((v for k, v in sorted(_T950.items()) if df <= k), 1.645)
-    return _t975(df)
-
-
 def unit_logs(side: Side, name: str) -> np.ndarray:
     """Log of each unit's own estimate (a unit: one process of one run)."""
     return np.asarray([np.log(estimate(g, name)) for run in side for g in run if len(g)])
@@ -129,7 +98,7 @@ def unit_interval(old: Side, new: Side, name: str, ratio: float,
         return None
     if quantile_of(name) < 0.5:  # a low quantile of pooled units follows the luckiest unit:
         na = nb = 1  # it varies about as much as one unit does, not as a mean of them would
-    half = _t_two_sided(df, level) * np.sqrt(var * (1 / na + 1 / nb))
+    half = t_quantile(df, level) * np.sqrt(var * (1 / na + 1 / nb))
     return float(ratio * np.exp(-half)), float(ratio * np.exp(half))
 
 
@@ -153,27 +122,6 @@ def ratio_interval(old: Side, new: Side, name: str, *, reps: int = 1000, level: 
     return float(ratio), float(lo), float(hi), p
 
 
-def noise_floor(probe_s: Sequence[float | None],
-                blocks: Sequence[Sequence[float | None]] | None = None) -> float | None:
-    """How far the machine's best speed moved during a run, as the probe saw it: each block's
-    fastest probe round against the run's fastest (max over blocks of min_block / min_run - 1).
-    A block is a workload (`blocks`, the probe rounds of each; v2 files), or, without them, a
-    sixth of the run's probe rounds in order. The headline is a minimum, so what limits its
-    reproducibility is how much the probe's minimum moves, not how the typical round scatters:
-    on the project's 2-core machine the spread of the probe's rounds (their IQR) was 23-34%
-    in quiet runs while their per-workload minima agreed within 0.3-1.5% (docs/measurement.md);
-    in a run shared with a CPU-bound process one workload's minimum was 67% off. A change
-    smaller than this cannot be told from the machine. None without probe rounds (v1 files)."""
-    def clean(xs: Sequence[float | None]) -> np.ndarray:
-        return np.asarray([p for p in xs if p is not None and p > 0], np.float64)
-    a = clean(probe_s)
-    if a.size < 4:
-        return None
-    parts = [clean(b) for b in blocks] if blocks else list(np.array_split(a, 6))
-    mins = [float(b.min()) for b in parts if b.size]
-    return float(max(mins) / a.min() - 1) if mins else None
-
-
 MIN_CELLS_FOR_SPREAD = 8  # cells both sides measured before their spread is estimated
 
 
@@ -191,11 +139,3 @@ def between_run_spread(log_ratios: Sequence[float]) -> float | None:
     if a.size < MIN_CELLS_FOR_SPREAD:
         return None
     return float(1.4826 * np.median(np.abs(a - np.median(a))))
-
-
-def contended_share(probe_s: Sequence[float | None], factor: float = stats.CLEAN_FACTOR) -> float | None:
-    """Share of probe rounds slower than `factor` x the run's best (None without probes)."""
-    a = np.asarray([p for p in probe_s if p is not None and p > 0], np.float64)
-    if a.size == 0:
-        return None
-    return float(np.mean(a > factor * a.min()))

@@ -23,11 +23,11 @@ own allocation, placement and compile decisions, and two processes of identical 
 - with one process per side, tau^2 cannot be seen in the run: TAU_ONE_PROCESS, measured on
   this project's machine, stands in for it, and the output says so.
 
-Marks at --threshold t (default 10%): `slower` when the 95% interval lies above 1 and the
-ratio beyond 1+t; `faster` likewise below; `unchanged` when the 90% interval lies within
-[1/(1+t), 1+t] (two one-sided 5% tests, the equivalence test cross-run compare uses);
-`inconclusive` otherwise, with the reason; `failed` where a side did not measure (a regression
-when the base measured and the new did not)."""
+Marks at --threshold t (default 10%), by the one rule of harness.judge.marks: `slower` when the
+95% interval lies above 1 and the ratio beyond 1+t; `faster` likewise below; `unchanged` when
+the 90% interval lies within [1/(1+t), 1+t] (two one-sided 5% tests, as cross-run compare);
+`inconclusive` otherwise (too few paired rounds first), with the reason; `failed` where a side
+did not measure (a regression when the base measured and the new did not)."""
 from __future__ import annotations
 
 import math
@@ -36,7 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-THRESHOLD = 0.10  # the default smallest change that counts (asv's factor 1.1)
+from .marks import THRESHOLD, mark, pct, too_wide
+from .tdist import chi2_ratio_99, t_quantile
+
 CENTRE = "median"  # per-process centre of the paired log ratios: "median" | "min"
 MIN_PAIRS = 8  # paired rounds a cell needs, over all processes, before it is judged
 # Between-process standard deviation of a per-process log ratio, for runs with one process per
@@ -45,24 +47,6 @@ MIN_PAIRS = 8  # paired rounds a cell needs, over all processes, before it is ju
 # 0-4.1%, median 1.8%.
 TAU_ONE_PROCESS = 0.02
 REPS = 1000  # bootstrap replicates
-
-_T = {  # Student t quantiles by df: (two-sided 95%, two-sided 90%)
-    1: (12.71, 6.31), 2: (4.30, 2.92), 3: (3.18, 2.35), 4: (2.78, 2.13), 5: (2.57, 2.02),
-    6: (2.45, 1.94), 7: (2.36, 1.89), 8: (2.31, 1.86), 9: (2.26, 1.83), 10: (2.23, 1.81),
-    12: (2.18, 1.78), 15: (2.13, 1.75), 20: (2.09, 1.72), 30: (2.04, 1.70), 60: (2.00, 1.67)}
-
-
-# 99th percentile of chi-square(k) / k: how far k+1 processes' sample variance may exceed the
-# variance the pooled model gives before this cell is taken to differ from the others
-_CHI2_99 = {1: 6.63, 2: 4.61, 3: 3.78, 4: 3.32, 5: 3.02, 6: 2.80, 7: 2.64, 8: 2.51, 9: 2.41}
-
-
-def t_quantile(df: float | None, level: float) -> float:
-    """Two-sided Student t quantile (level 0.95 or 0.90); the normal one without df."""
-    i = 0 if level == 0.95 else 1
-    if df is None or not math.isfinite(df):
-        return (1.96, 1.645)[i]
-    return next((v[i] for k, v in sorted(_T.items()) if df <= k), (1.96, 1.645)[i])
 
 
 Pairs = dict[int, np.ndarray]  # process -> (n, 2) seconds per step of (base, new), paired rounds
@@ -190,7 +174,7 @@ def interval(c: Paired, pool: Pool, level: float) -> tuple[float, float, float, 
     if c.processes >= 2:
         own = float(c.centres.var(ddof=1))
         k = c.processes - 1
-        if own > _CHI2_99[min(k, max(_CHI2_99))] * var1:
+        if own > chi2_ratio_99(k) * var1:
             # this cell's processes scatter more than the pooled model allows (a chi-square test
             # at 1%): its own variance, with its own few degrees of freedom, is the honest one
             var1, df = own, k
@@ -205,7 +189,7 @@ def interval(c: Paired, pool: Pool, level: float) -> tuple[float, float, float, 
 
 
 def judge(c: Paired | None, pool: Pool, threshold: float = THRESHOLD) -> Judged:
-    """The mark of one cell's paired comparison (module docstring)."""
+    """The mark of one cell's paired comparison (module docstring; the rule is harness.judge.marks')."""
     if c is None or c.pairs == 0:
         return Judged("inconclusive", reason="no paired rounds")
     lo, hi, se, tau, assumed = interval(c, pool, 0.95)
@@ -213,21 +197,16 @@ def judge(c: Paired | None, pool: Pool, threshold: float = THRESHOLD) -> Judged:
     ratio = math.exp(c.log_ratio)
     j = Judged("inconclusive", ratio, lo, hi, eq_lo, eq_hi, c.pairs, c.processes,
                [math.exp(x) for x in c.centres], se, tau, assumed)
-    up, down = 1 + threshold, 1 / (1 + threshold)
+    got = mark(ratio, (lo, hi), (eq_lo, eq_hi), threshold) if c.pairs >= MIN_PAIRS else None
     if c.pairs < MIN_PAIRS:
         j.reason = f"too few paired rounds ({c.pairs}; {MIN_PAIRS} needed)"
-    elif lo > 1 and ratio > up:
-        j.mark = "slower"
-    elif hi < 1 and ratio < down:
-        j.mark = "faster"
-    elif eq_lo >= down and eq_hi <= up:
-        j.mark = "unchanged"
-    elif (lo > 1 or hi < 1):
+    elif got is not None:
+        j.mark = got
+    elif lo > 1 or hi < 1:
         j.reason = (f"a change of {ratio - 1:+.1%} is shown, but its 90% interval [{eq_lo:.3f}, "
-                    f"{eq_hi:.3f}] straddles the threshold +-{threshold:.0%}")
+                    f"{eq_hi:.3f}] straddles the threshold +-{pct(threshold)}")
     else:
-        j.reason = (f"90% interval [{eq_lo:.3f}, {eq_hi:.3f}] reaches beyond the threshold "
-                    f"+-{threshold:.0%}")
+        j.reason = too_wide((eq_lo, eq_hi), threshold)
     j.regression = j.mark == "slower"
     return j
 
@@ -242,3 +221,18 @@ def failed(base: dict[str, Any], new: dict[str, Any]) -> Judged | None:
                                                  if r.get("error") else "")
                     for k, r in (("base", base), ("new", new)) if r.get("status") != "ok")
     return Judged("failed", reason=why, regression=ok_b and not ok_n)
+
+
+Results = dict[str, Any]  # a cell's result as a results file keeps it (status, samples, estimate_s, ...)
+
+
+def judge_pairs(pairs: Sequence[tuple[Results, Results]], threshold: float = THRESHOLD,
+                centre: str = CENTRE, seed: int = 0) -> tuple[list[Judged], Pool]:
+    """Every (base, new) pair of one run's cells judged in one comparison: the paired rounds of
+    each, the between-process variance pooled over all that both measured (the Pool, returned
+    too), then each cell's mark, `failed` where a side did not measure. `compare --variants`,
+    `ab` and `baselines` (a backend against its baseline) all judge here."""
+    paired_of = [paired(pair_rounds(b.get("samples") or [], n.get("samples") or []), centre, seed=seed)
+                 if b.get("status") == "ok" and n.get("status") == "ok" else None for b, n in pairs]
+    pool = Pool.of(paired_of)
+    return [failed(b, n) or judge(c, pool, threshold) for (b, n), c in zip(pairs, paired_of)], pool

@@ -1,5 +1,5 @@
 """`lstmbench run --cluster ADDRESS`: a benchmark matrix on a Ray cluster. Each workload runs as
-one exclusive task on a node of each chosen machine kind (harness.engine.cluster: the tasks,
+one exclusive task on a node of each chosen machine kind (harness.cluster.tasks: the tasks,
 the retries, the cancelling); this module is the driver's run around them: one results file
 per kind, each kept in its own journal as its workloads arrive, resumable, and a summary
 naming the nodes, the kinds and the wall time.
@@ -22,14 +22,15 @@ from typing import Any, Callable
 
 from ..errors import UsageError
 from ..results.store import check_writable, default_path, new_document, safe_name
-from . import cluster, stats
-from .assemble import assemble, group_workloads
-from .bench import Cell
-from .journal import Journal, claim, finalize, target_of, unclaim
-from .matrix import Matrix
-from .scheduler import ProbeState, Schedule
-from .signals import interruptible
-from .variants import Variant, participant
+from ..engine import stats
+from . import tasks as cluster
+from ..engine.assemble import assemble, group_workloads
+from ..engine.bench import Cell
+from ..session.journal import Journal, claim, finalize, target_of, unclaim
+from ..engine.matrix import Matrix
+from ..engine.scheduler import ProbeState, Schedule
+from ..engine.signals import interruptible
+from ..envs.variants import Variant, participant
 
 Log = Callable[[str], None]
 

@@ -1,9 +1,10 @@
 """This machine as the engine sees it: which CPUs a run may use and how its children are pinned
 to them, how much memory is left for another worker, whether a worker's threads have gone
-quiet, and what the machine is and which code runs on it (a results file's `machine` and
-`git` records)."""
+quiet, its GPU (one finding: find_gpu) and what cannot run here, and what the machine is and
+which code runs on it (a results file's `machine` and `git` records)."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -13,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .envs import ROOT, project_root
+from impls.registry import get_spec
+
+from ..errors import UsageError
+from .interpreters import ROOT, project_root
 
 # Settling between participants: a library's idle threads keep spinning after a round
 # (OpenBLAS ~0.1 s, ONNX Runtime, OpenMP), and on 2 cores they slowed whoever ran next by a
@@ -155,21 +159,66 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _gpu() -> dict[str, str] | None:
+@functools.lru_cache(maxsize=1)
+def find_gpu() -> dict[str, str] | None:
+    """This machine's GPU, the one finding every reader uses (the results' `machine`, --device
+    gpu's refusal): NVIDIA's as nvidia-smi names it (name, driver, memory); else an NVIDIA driver
+    with a device (/proc/driver/nvidia/gpus, /dev/nvidia0) that nvidia-smi cannot name; else AMD's
+    ROCm (/dev/kfd), named by rocm-smi where it is installed. None without any."""
+    got = _smi(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    if got:
+        name, driver, mem = ([s.strip() for s in got.splitlines()[0].split(",")] + ["?", "?"])[:3]
+        return {"name": name, "driver": driver, "memory": mem}
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        nvidia = any(Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        nvidia = False
+    if nvidia or Path("/dev/nvidia0").exists():
+        return {"name": "NVIDIA GPU", "driver": "nvidia", "memory": "?"}
+    if Path("/dev/kfd").exists():
+        out = _smi(["rocm-smi", "--showproductname"]) or ""
+        card = next((ln.split(":", 2)[-1].strip() for ln in out.splitlines() if "Card series" in ln), "")
+        return {"name": card or "AMD ROCm GPU", "driver": "rocm", "memory": "?"}
+    return None
+
+
+def _smi(cmd: list[str]) -> str | None:
+    """A vendor tool's output, None where it is missing, fails or says nothing."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if r.returncode or not r.stdout.strip():
-        return None
-    name, driver, mem = [s.strip() for s in r.stdout.splitlines()[0].split(",")]
-    return {"name": name, "driver": driver, "memory": mem}
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def gpu_present() -> bool:
+    """Whether this machine has a GPU a backend could use (find_gpu). LSTMBENCH_GPU=1 or 0
+    overrides the answer (a GPU these signs miss; tests)."""
+    forced = os.environ.get("LSTMBENCH_GPU", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return find_gpu() is not None
+
+
+def require_device(device: str, precision: str, backends: "list[str] | tuple[str, ...]" = (),
+                   here: bool = True) -> None:
+    """Refuse, before any worker starts, what cannot run here (`run` and `check` alike): a
+    backend whose spec lacks the device, tf32 off a GPU, --device gpu on a machine without one
+    (where the work runs `here`; a cluster's nodes are chosen by harness.cluster.tasks)."""
+    for b in backends:
+        if device not in get_spec(b).devices:
+            raise UsageError(f"backend {b} does not run on {device}")
+    if precision == "tf32" and device != "gpu":
+        raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
+    if device == "gpu" and here and not gpu_present():
+        raise UsageError("--device gpu: this machine has no GPU (no NVIDIA or ROCm driver found); "
+                         "run on the CPU (--device cpu), or set LSTMBENCH_GPU=1 if it has one "
+                         "this check misses")
 
 
 def machine_info() -> dict[str, Any]:
     cpu = _cpu_model()
-    gpu = _gpu()
+    gpu = find_gpu()
     return {"hostname": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
             "memory_bytes": _meminfo("MemTotal"), "os": platform.platform(), "arch": platform.machine(),
             "gpu": gpu, "slug": machine_slug(cpu, os.cpu_count() or 0, gpu)}

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from impls.registry import get_spec
 
-from .envs import ROOT, _is_lstmbench_checkout, code_root, interpreter_for, project_root
+from .interpreters import ROOT, _is_lstmbench_checkout, code_root, interpreter_for, project_root
 from ..errors import UsageError
 from .host import git_info
 
@@ -55,7 +55,7 @@ class Variant:
 
     def interpreter(self, backend: str, overrides: dict[str, str] | None = None) -> str:
         """The interpreter that runs `backend` in this variant: python.BACKEND, python, or the
-        run's own resolution (harness.engine.envs.interpreter_for, --python overrides included)."""
+        run's own resolution (harness.envs.interpreters.interpreter_for, --python overrides included)."""
         own = dict(self.pythons)
         if backend in own:
             return own[backend]

@@ -1,6 +1,5 @@
-"""Which Python interpreter runs each backend, the environment its worker gets, and
-`lstmbench setup` for the environments the harness builds itself (chainer needs NumPy < 2, so
-it cannot share the main environment).
+"""Which Python interpreter runs each backend and the environment its worker gets (the
+environments the harness builds itself, `lstmbench setup`, are harness.envs.setup's).
 
 Resolution order for a backend whose environment is E:
   1. --python BACKEND=INTERPRETER on the command line
@@ -17,19 +16,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
-from impls.files import write_atomic
 from impls.registry import BACKENDS, BackendError, BackendSpec, get_spec
 
 from ..errors import UsageError
 
 # The folder holding the imported `harness` and `impls` packages: the checkout in an editable
 # install or a source tree, site-packages in a non-editable one (never look for environments here).
-ROOT = Path(__file__).resolve().parents[2]  # harness/engine/envs.py -> the folder holding harness/
+ROOT = Path(__file__).resolve().parents[2]  # harness/envs/interpreters.py -> the folder holding harness/
 
 # environment name -> (pip arguments in order, each list one `pip install` call)
 RECIPES: dict[str, list[list[str]]] = {
@@ -41,6 +37,7 @@ RECIPES: dict[str, list[list[str]]] = {
         ["--no-build-isolation", "chainer==7.8.1"],
     ],
 }
+
 
 
 def parse_python_overrides(items: list[str] | None) -> dict[str, str]:
@@ -57,43 +54,6 @@ def parse_python_overrides(items: list[str] | None) -> dict[str, str]:
                              "give the path of a python inside that environment")
         out[name] = str(p)
     return out
-
-
-def gpu_present() -> bool:
-    """Whether this machine has a GPU a backend could use: an NVIDIA driver with a device
-    (/proc/driver/nvidia/gpus, /dev/nvidia0, or `nvidia-smi -L` listing one) or AMD's ROCm
-    (/dev/kfd). LSTMBENCH_GPU=1 or 0 overrides the answer (a GPU these signs miss; tests)."""
-    forced = os.environ.get("LSTMBENCH_GPU", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        if any(Path("/proc/driver/nvidia/gpus").iterdir()):
-            return True
-    except OSError:
-        pass
-    if Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists():
-        return True
-    try:
-        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and "GPU" in r.stdout
-
-
-def require_device(device: str, precision: str, backends: "list[str] | tuple[str, ...]" = (),
-                   here: bool = True) -> None:
-    """Refuse, before any worker starts, what cannot run here (`run` and `check` alike): a
-    backend whose spec lacks the device, tf32 off a GPU, --device gpu on a machine without one
-    (where the work runs `here`; a cluster's nodes are chosen by harness.engine.cluster)."""
-    for b in backends:
-        if device not in get_spec(b).devices:
-            raise UsageError(f"backend {b} does not run on {device}")
-    if precision == "tf32" and device != "gpu":
-        raise UsageError("--precision tf32 exists only on a GPU: add --device gpu")
-    if device == "gpu" and here and not gpu_present():
-        raise UsageError("--device gpu: this machine has no GPU (no NVIDIA or ROCm driver found); "
-                         "run on the CPU (--device cpu), or set LSTMBENCH_GPU=1 if it has one "
-                         "this check misses")
 
 
 def _is_lstmbench_checkout(d: Path) -> bool:
@@ -148,14 +108,13 @@ def env_candidates(env: str) -> list[Path]:
 
 
 def _can_import_here(spec: BackendSpec) -> bool:
-    """This interpreter has the backend's framework (e.g. run inside chainer's own env), and
-    the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside NumPy 2
-    cannot load, and a proper environment elsewhere is then the better choice."""
-    name = spec.framework
-    if not name:
+    """This interpreter has every module the backend requires (e.g. run inside chainer's own
+    env), and the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside
+    NumPy 2 cannot load, and a proper environment elsewhere is then the better choice."""
+    if not spec.requires:
         return False
     try:
-        if importlib.util.find_spec(name) is None:
+        if any(importlib.util.find_spec(name) is None for name in spec.requires):
             return False
     except (ImportError, ValueError):
         return False
@@ -210,7 +169,7 @@ def worker_env(threads: int | None, backend: str | None = None,
     folder is site-packages, which must not reach another environment's path (it would bring
     NumPy 2 into chainer's): the worker then loads the two packages by location instead
     (pool.Worker's bootstrap), and LSTMBENCH_CODE_ROOT names that folder. `root` gives another
-    source tree's folder instead (a variant's src=, harness.engine.variants)."""
+    source tree's folder instead (a variant's src=, harness.envs.variants)."""
     env = dict(os.environ)
     here = code_root()
     root = Path(root).resolve() if root is not None else here
@@ -293,85 +252,3 @@ def harness_command(python: str, *args: str) -> list[str]:
     env=worker_env(...). (`python -m harness` would import whatever `harness` that
     interpreter's path or working directory holds, or none: chainer's env has no lstmbench.)"""
     return [python, "-c", bootstrap_code("from harness.cli import main\nsys.exit(main())"), *args]
-
-
-def setup_dir(env_name: str) -> Path:
-    """Where `lstmbench setup ENV` builds: the checkout's .venv-ENV when the working directory
-    is in a checkout, else the user data folder; never beside the installed package."""
-    root = project_root()
-    return root / f".venv-{env_name}" if root is not None else data_dir() / f"venv-{env_name}"
-
-
-def pip_command(python: str | os.PathLike[str], *args: str) -> list[str]:
-    """pip of the environment `python` belongs to, seeing that environment alone: -I keeps the
-    working directory, PYTHONPATH and the user's site off its sys.path. Otherwise, run from a
-    checkout or under tox (PYTHONPATH = the checkout), pip found lstmbench's own metadata there
-    (lstmbench.egg-info), took it for installed, and after installing NumPy < 2 printed
-    "ERROR: pip's dependency resolver ... lstmbench 0.1.0 requires tqdm" although the
-    install had worked; a PYTHONPATH holding NumPy 2 would even pass for NumPy installed."""
-    return [str(python), "-I", "-m", "pip", *args]
-
-
-def pip_env() -> dict[str, str]:
-    """This process's environment less what points Python at other packages (PYTHONPATH,
-    PYTHONHOME), for pip and the builds it starts (a --no-build-isolation setup.py runs in a
-    child that -I does not reach)."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-
-
-def setup_named(name: str, packages: list[str], *, log=print) -> Path:
-    """`lstmbench setup --name NAME PACKAGE...`: an environment at setup_dir(NAME) holding NumPy
-    and the packages given (e.g. jax==0.9.2 jaxlib==0.9.2), for a variant that runs another
-    release of a framework (`--variant old:python.jax=PATH`). The workers need nothing else: the
-    harness's code reaches them by location (bootstrap_code). Idempotent; the packages asked
-    for are recorded beside the interpreter (lstmbench-env.json)."""
-    if not _ENV_NAME.match(name) or ".." in name:
-        raise UsageError(f"--name {name!r}: use letters, digits, '_', '-', '+' and '.' (it names "
-                         "the folder .venv-NAME)")
-    if name in RECIPES:
-        raise UsageError(f"--name {name}: that is the recipe `lstmbench setup {name}` builds; choose "
-                         "another name")
-    if not packages:
-        raise UsageError(f"--name {name}: give the packages to install, e.g. `lstmbench setup --name "
-                         f"{name} jax==0.9.2`")
-    bad = [p for p in packages if p.startswith("-")]
-    if bad:
-        raise UsageError(f"--name {name}: {bad[0]!r} is not a package; give requirement specifiers only")
-    return _build(name, [["numpy", *packages]], log=log,
-                  record={"name": name, "packages": packages})
-
-
-def setup(env_name: str, *, log=print) -> Path:
-    """Create (or update) the environment at setup_dir(env_name) with its recipe; idempotent."""
-    if env_name not in RECIPES:
-        raise UsageError(f"no environment named {env_name!r} to set up; choose from {', '.join(RECIPES)} "
-                         "(the main environment is this one: pip install -e '.[torch,tensorflow,jax]')")
-    py = _build(env_name, RECIPES[env_name], log=log)
-    users = [b.name for b in BACKENDS.values() if b.env == env_name]
-    log(f"ready: {py} (backends: {', '.join(users)})")
-    return py
-
-
-def _build(env_name: str, steps: list[list[str]], *, log=print, record: dict | None = None) -> Path:
-    """Create (or update) the venv at setup_dir(env_name) and pip install each step into it."""
-    where = setup_dir(env_name)
-    py = where / "bin" / "python"
-    if not py.exists():
-        log(f"creating {where}")
-        venv.EnvBuilder(with_pip=True, clear=False).create(where)
-    for i, args in enumerate(steps, 1):
-        log(f"[{i}/{len(steps)}] pip install {' '.join(args)}")
-        r = subprocess.run(pip_command(py, "install", "-q", "--disable-pip-version-check", *args),
-                           env=pip_env())
-        if r.returncode:
-            raise UsageError(f"installing {' '.join(args)} into {where} failed (pip exit {r.returncode}); "
-                             "see pip's output above")
-    if record is not None:
-        import json
-        write_atomic(where / "lstmbench-env.json", (json.dumps(record, indent=1) + "\n").encode(), replace=True)
-        log(f"ready: {py}\n  use it as a variant's interpreter, e.g. "
-            f"--variant {env_name}:python={py} (or python.BACKEND={py} for one backend)")
-    return py

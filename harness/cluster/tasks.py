@@ -5,7 +5,7 @@ when --cluster is given (`pip install 'lstmbench[cluster]'`); without it nothing
 Nodes. Every node that takes lstmbench work is started with the custom resource
 `lstmbench_node: 1` and, optionally, a kind label (`ray start ... --resources
 '{"lstmbench_node": 1}' --labels lstmbench/kind=cpu-2c`); a node without the label is of the
-kind its machine slug names (harness.engine.host.machine_slug). Before anything runs, the driver
+kind its machine slug names (harness.envs.host.machine_slug). Before anything runs, the driver
 asks every such node who it is (a function made at run time, sent by value: a node with other
 or no lstmbench answers rather than failing to import) and refuses, in one line naming the node,
 one whose lstmbench (version and a digest of the harness/ and impls/ sources) differs from its
@@ -27,7 +27,7 @@ NO_NEWS_S seconds after it started (a node that froze without closing its connec
 Ray reports only after minutes) counts as lost too. Ctrl-C or SIGTERM in the driver cancels
 every outstanding task: gracefully first (KeyboardInterrupt in the task, whose `finally`
 stops its worker processes), then by force; the workers die with their task either way
-(PR_SET_PDEATHSIG, harness.engine.envs)."""
+(PR_SET_PDEATHSIG, harness.envs.interpreters)."""
 from __future__ import annotations
 
 import hashlib
@@ -124,7 +124,7 @@ def code_identity() -> dict[str, Any]:
         version: str | None = metadata.version("lstmbench")
     except metadata.PackageNotFoundError:
         version = None
-    from .host import git_info
+    from ..envs.host import git_info
     return {"version": version, "commit": git_info().get("commit"), "digest": h.hexdigest()[:16]}
 
 
@@ -136,8 +136,8 @@ def _identity_probe() -> Callable[[], dict[str, Any]]:
         ctx = ray.get_runtime_context()
         out: dict[str, Any] = {"node_id": ctx.get_node_id(), "labels": dict(ctx.get_node_labels())}
         try:
-            from harness.engine.cluster import code_identity as ident
-            from harness.engine.host import machine_info
+            from harness.cluster.tasks import code_identity as ident
+            from harness.envs.host import machine_info
             out.update(code=ident(), machine=machine_info())
         except Exception as e:  # noqa: BLE001 - no lstmbench, or one without this module
             import socket as s
@@ -216,11 +216,11 @@ def _here() -> dict[str, Any]:
     """Set a task's process up as a local run's would be, and say where it is."""
     import ray
     os.environ.pop("OMP_NUM_THREADS", None)  # Ray sets it (1 for a task with no CPU): the run sets its own
-    from .envs import ROOT, _is_lstmbench_checkout
+    from ..envs.interpreters import ROOT, _is_lstmbench_checkout
     if _is_lstmbench_checkout(ROOT):  # environments (.venv-chainer) are looked up from the checkout
         os.chdir(ROOT)
     ctx = ray.get_runtime_context()
-    from .host import machine_info
+    from ..envs.host import machine_info
     m = machine_info()
     labels = dict(ctx.get_node_labels())
     return {"node_id": ctx.get_node_id(), "node": labels.get(NAME_LABEL) or m.get("hostname"),
@@ -232,13 +232,13 @@ def workload_task(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One workload on this node (a streaming task): {"event": "started", ...where}, then
     {"event": "done", "record", "info", "start", "end", "blas", "flop", "best_s"}. The local
     engine measures it, from fresh workers; they are stopped whatever happens."""
-    from .bench import Cell
-    from .executor import LocalExecutor, Setup
-    from .host import worker_cpus
-    from .scheduler import Schedule
-    from .signals import interruptible
-    from .variants import parse_variants
-    from .workers import Launcher
+    from ..engine.bench import Cell
+    from ..engine.executor import LocalExecutor, Setup
+    from ..envs.host import worker_cpus
+    from ..engine.scheduler import Schedule
+    from ..engine.signals import interruptible
+    from ..envs.variants import parse_variants
+    from ..engine.workers import Launcher
     where = _here()
     yield {"event": "started", **where}
     lines: list[str] = []
@@ -473,7 +473,7 @@ class Lanes:
         return max(1, sum(int(n.cpus // self.threads) for n in self.nodes))
 
     def call(self, fn: str, kwargs: dict[str, Any], children: Any, log: Log, what: str) -> dict[str, Any]:
-        from .lanes import Stopped
+        from ..engine.lanes import Stopped
         ray = self.ray
         for attempt in range(1, MAX_TRIES + 1):
             sel = {KIND_LABEL: f"in({','.join(self.kinds)})"} if all(
