@@ -9,8 +9,9 @@ pure functions of `jax`. Flax's current API, NNX (flax >= 0.10):
 - optax optimisers chained after optax's clipping (`clip_by_global_norm`, `clip`), held by
   `nnx.Optimizer`; the train step (forward, `nnx.value_and_grad`, clip, update) is one
   `nnx.jit` function, as are eval and the forward pass.
-- Generation: one `nnx.jit` single-token step per token (nnx.cached_partial), the draw on the host with
-  impls.sampling.draw (docs/SPEC.md §5).
+- Generation: one compiled program for the whole sequence (`_generate`: nnx.split, then
+  nnx.merge and lax.scan over the module's own cells inside `jax.jit`), drawing with
+  docs/SPEC.md §5's rule on the device.
 
 optax's formulas against docs/SPEC.md §4: `adam` (eps_root = 0) and `sgd` are SPEC's; `rmsprop` is
 configured with eps_in_sqrt=False, which is SPEC's g / (sqrt(v) + eps) (optax's default puts
@@ -20,6 +21,7 @@ against NumpyBackend(eps_form="eps_inside").
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -28,10 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import layouts
+from . import jax_impl, layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
-from .sampling import draw
 
 State = tuple[jax.Array, jax.Array]  # (h, c), each (L, B, H)
 
@@ -41,7 +42,6 @@ def configure(threads: int | None, device: str) -> dict[str, str]:
     if device != "cpu":
         raise ValueError(f"the flax backend runs on the CPU only here, got device {device!r}")
     import flax
-    from . import jax_impl
     info = jax_impl.configure(threads, device)
     info["jax"] = info.pop("version")
     info.update({"version": flax.__version__, "optax": optax.__version__})
@@ -144,6 +144,46 @@ def _train_step(model: CharLSTM, opt: nnx.Optimizer, tok: jax.Array, tgt: jax.Ar
     return loss, h, c
 
 
+# graphdef as an argument, not static: it holds no arrays, so jax keys its cache on the
+# argument's tree structure, where a static graphdef is hashed and compared on every call
+# (0.7 ms of a 2.7 ms call at char-rnn's sizes)
+@functools.partial(jax.jit, static_argnames=("greedy", "top_k"))
+def _generate(graphdef: Any, state: Any, prefix: jax.Array, uniforms: jax.Array,  # type: ignore[no-untyped-def]
+              temperature: jax.Array, greedy: bool, top_k: int):
+    """prefix (P,) int32, uniforms (n,) -> (n,) int32: the whole generation in one XLA program,
+    as Flax's docs write a loop over a module: nnx.split outside, nnx.merge inside the jitted
+    function, and lax.scan over the module's own layers (nnx.Embed, each
+    nnx.OptimizedLSTMCell called on one step, nnx.Linear): a scan feeds the prefix, a second
+    one draws the n tokens with docs/SPEC.md §5's rule (jax_impl._draw, the `jax` backend's).
+    Measured at char-rnn's sizes (docs/speed.md): 13 us a character, the `jax` backend's time,
+    against 540 for an nnx.jit one-token step per token."""
+    model = nnx.merge(graphdef, state)
+    m, L = model.m, len(model.cells)
+
+    def step(carry, tok):  # type: ignore[no-untyped-def]
+        hs, cs = carry  # L x (1, H) each
+        x = model.embed(tok[None]) if model.embed is not None else jax.nn.one_hot(tok[None], m.vocab_size)  # (1, D)
+        nh, nc = [], []
+        for l, cell in enumerate(model.cells):
+            (c, h), x = cell((cs[l], hs[l]), x)  # Flax's LSTM carry is (c, h)
+            nh.append(h)
+            nc.append(c)
+        return (tuple(nh), tuple(nc)), model.out(x)[0]  # logits (V,)
+
+    zero = tuple(jnp.zeros((1, m.hidden_size), jnp.float32) for _ in range(L))
+    # all but the last prefix token only advance the state; the first draw step feeds the last
+    (hs, cs), _ = jax.lax.scan(lambda c, t: (step(c, t)[0], None), (zero, zero), prefix[:-1])
+
+    def draw(carry, u):  # type: ignore[no-untyped-def]
+        tok, st = carry
+        st, logits = step(st, tok)
+        nxt = jax_impl._draw(logits, u, temperature, greedy, top_k)
+        return (nxt, st), nxt
+
+    _, toks = jax.lax.scan(draw, (prefix[-1], (hs, cs)), uniforms)
+    return toks
+
+
 # ---- the backend ---------------------------------------------------------------------
 
 def _to_flax(w: np.ndarray, H: int) -> np.ndarray:
@@ -180,7 +220,29 @@ class FlaxBackend:
         for name, var, _ in slots:
             assert tuple(var.get_value().shape) == shapes[name], (name, var.get_value().shape, shapes[name])
         self._last: Any = None
+        self._split: Any = None
+        self._steps: dict[str, Any] = {}
+        self._training: bool | None = None
         self.load(params)
+
+    def _mode(self, training: bool) -> None:
+        """nnx's train()/eval() walk the whole module in Python (0.8 ms at char-rnn's sizes):
+        only when the mode changes."""
+        if self._training is not training:
+            self.net.train() if training else self.net.eval()
+            self._training = training
+            self._split = None  # the mode is part of the module's structure
+            self._steps = {}
+
+    def _step(self, name: str) -> Any:
+        """The eval or train step as `nnx.cached_partial` (Flax's way for a step called in a
+        loop): nnx.jit's walk of the module (and optimiser) graph is done once, not per call
+        (smoke sizes: 2.3 -> 0.4 ms an eval step, 3.1 -> 1.3 ms a train step). Taken again
+        after a change of mode or parameters (_mode, load), which changes that graph."""
+        if name not in self._steps:
+            self._steps[name] = (nnx.cached_partial(_eval_step, self.net) if name == "eval" else
+                                 nnx.cached_partial(_train_step, self.net, self.opt))
+        return self._steps[name]
 
     # ---- parameters and data -----------------------------------------------------------
     def load(self, params: Params) -> None:
@@ -192,6 +254,8 @@ class FlaxBackend:
             assert w.shape == tuple(var.get_value().shape), (name, w.shape, var.get_value().shape)
             var.set_value(jnp.asarray(w, jnp.float32))
         self.opt = nnx.Optimizer(self.net, self._tx, wrt=nnx.Param)  # fresh state, count 0
+        self._split = None  # generate's nnx.split of the module, taken again after a change
+        self._steps: dict[str, Any] = {}  # the cached steps hold the old optimiser
 
     def _canonical(self, values: list[Any]) -> Params:
         H = self.model.hidden_size
@@ -221,49 +285,42 @@ class FlaxBackend:
 
     # ---- compute -------------------------------------------------------------------------
     def forward(self, tokens: jax.Array, state: State) -> tuple[np.ndarray, State]:
-        self.net.eval()
+        self._mode(False)
         logits, h, c = _forward(self.net, tokens, state[0], state[1])
         self._last = (h, c)
         return np.asarray(logits, np.float64).transpose(1, 0, 2), (h, c)  # (B, T, V)
 
     def eval_step(self, tokens: jax.Array, targets: jax.Array, state: State) -> tuple[jax.Array, State]:
-        self.net.eval()
-        loss, h, c = _eval_step(self.net, tokens, targets, state[0], state[1])
+        self._mode(False)
+        loss, h, c = self._step("eval")(tokens, targets, state[0], state[1])
         self._last = (loss, h, c)
         return loss, (h, c)
 
     def loss_and_grads(self, tokens: jax.Array, targets: jax.Array, state: State
                        ) -> tuple[float, np.ndarray, State, Params]:
-        self.net.train()
+        self._mode(True)
         loss, logits, h, c, g = _grads(self.net, tokens, targets, state[0], state[1])
         grads = nnx.merge(nnx.graphdef(self.net), g, nnx.state(self.net, nnx.Not(nnx.Param)))
         return (float(loss), np.asarray(logits, np.float64).transpose(1, 0, 2), (h, c),
                 self._canonical([var.get_value() for _, var, _ in grads.slots()]))
 
     def train_step(self, tokens: jax.Array, targets: jax.Array, state: State) -> tuple[jax.Array, State]:
-        self.net.train()
-        loss, h, c = _train_step(self.net, self.opt, tokens, targets, state[0], state[1])
+        self._mode(True)
+        self._split = None  # the update replaces the parameters' arrays
+        loss, h, c = self._step("train")(tokens, targets, state[0], state[1])
         self._last = (loss, h, c)
         return loss, (h, c)
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        m = self.model
-        self.net.eval()
-        prefix = np.asarray(prefix, np.int64).reshape(-1, 1)  # (P, 1)
+        prefix = np.asarray(prefix, np.int32).reshape(-1)  # (P,)
         if prefix.size == 0:
             raise ValueError("generate needs a prefix of at least one token")
-        zero = jnp.zeros((m.num_layers, 1, m.hidden_size), jnp.float32)
-        # nnx.jit splits and merges the module's graph in Python on every call: 1.3 ms a token
-        # at char-rnn's sizes, most of the loop. nnx.cached_partial (Flax's way for a step
-        # called in a loop) caches that traversal: 270 -> 106-136 ms for 200 tokens, the same
-        # tokens (measured 5 December 2026; `lstmbench baselines`, generate)
-        forward = nnx.cached_partial(_forward, self.net)
-        logits, h, c = forward(self.put(prefix.T), zero, zero)  # (P, 1, V)
-        out = np.empty(n, np.int64)
-        for k in range(n):
-            out[k] = draw(np.asarray(logits)[-1, 0], temperature, top_k, float(uniforms[k]))
-            if k + 1 < n:
-                tok = jnp.full((1, 1), out[k], jnp.int32)
-                logits, h, c = forward(tok, h, c)  # (1, 1, V)
-        return out
+        if n == 0:
+            return np.empty(0, np.int64)
+        if self._split is None:  # nnx.split walks the module in Python: 1.4 ms, 7 us a character
+            self._split = nnx.split(self.net)  # (structure: static, arrays); until they change
+        graphdef, state = self._split
+        toks = _generate(graphdef, state, jnp.asarray(prefix), jnp.asarray(np.asarray(uniforms[:n], np.float32)),
+                         jnp.asarray(temperature, jnp.float32), greedy=temperature == 0, top_k=int(top_k))
+        return np.asarray(toks, np.int64)

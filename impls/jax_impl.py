@@ -5,8 +5,9 @@
   `_to_native`/`_to_canonical` map names to pytree paths through an explicit table with
   shape asserts, so a load/params round trip is exact.
 - Time runs in `lax.scan` (time-major, (T, B, ...)). Per layer, the window's input
-  projection is hoisted out of the scan: one (T*B, D) @ (D, 4H) matmul, or a row gather of
-  W_x for one-hot layer 0; the scan body only adds h @ W_h and does the gate arithmetic.
+  projection is either hoisted out of the scan (one (T*B, D) @ (D, 4H) matmul, or a row
+  gather of W_x for one-hot layer 0) or done per step beside h @ W_h, whichever XLA:CPU ran
+  faster at that size (_forward, docs/speed.md).
 - The whole train step (forward, loss, value_and_grad, clip, optimiser update, next dropout
   key) is one `jax.jit` program; parameters and optimiser state are donated, so the update
   reuses their buffers. Optimisers are written out to docs/SPEC.md §4's formulas (no optax: its
@@ -201,6 +202,10 @@ class _Static:
     dtype: str
     precision: str  # a PRECISIONS key
     unroll: int  # lax.scan unroll factor of the time loop
+    hoist: bool | None = None  # input products before the time loop, inside it, None: by size (_forward)
+
+
+HOIST_BELOW_B = 8  # one-hot input: the input product inside the time loop from this batch on (_forward)
 
 
 def _mm(st: _Static, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -228,36 +233,53 @@ def _dropout(x: jax.Array, key: jax.Array | None, p: float) -> jax.Array:
 def _forward(st: _Static, p: dict[str, Any], tok: jax.Array, h0: jax.Array, c0: jax.Array,
              key: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """tok (T, B) int32, h0/c0 (L, B, H) -> logits (T, B, V), h, c (L, B, H).
-    key None: eval mode (no dropout); otherwise train-mode dropout with p from the model."""
+    key None: eval mode (no dropout); otherwise train-mode dropout with p from the model.
+
+    Where a layer's input product runs is `st.hoist`: True, one (T*B, D) @ (D, 4H) matmul (a
+    row gather for one-hot layer 0) before the time loop; False, inside the loop, per step,
+    beside h @ W_h; None (the default) chooses by size, as measured on XLA:CPU (docs/speed.md,
+    one thread): inside the loop for one-hot input at B >= 8 (char-rnn B50: eval 0.63x,
+    train 0.88x the hoisted time; tutorial B128 eval 0.84x), hoisted otherwise (char-rnn B1
+    train 1.32x and chainer-ptb's embedding model 1.39-1.55x slower inside the loop)."""
     m = st.model
     T, B = tok.shape
     H, V, L = m.hidden_size, m.vocab_size, m.num_layers
     keys: list[jax.Array | None] = [None] * (L + 1)
     if key is not None and m.dropout > 0:
         keys = list(jax.random.split(key, L + 1))
+    hoist = st.hoist if st.hoist is not None else not (m.input == "onehot" and B >= HOIST_BELOW_B)
     h_out, c_out = [], []
     hs: Any = None  # (T, B, H): the previous layer's outputs, the input of layer l > 0
     for l in range(L):
         lp = p["lstm"][l]
-        if l == 0 and m.input == "onehot":
-            xw = lp["W_x"][tok]  # (T, B, 4H): one-hot row times W_x is a row gather
+        W_x, W_h, b = lp["W_x"], lp["W_h"], lp["b"]  # (D_l, 4H), (H, 4H), (4H,)
+        gather = l == 0 and m.input == "onehot"  # one-hot row times W_x is a row gather
+        if gather:
+            xs = tok  # (T, B) ids
             if keys[0] is not None:  # only the hot entry of each one-hot row can be dropped
-                xw = xw * _dropout(jnp.ones((T, B, 1), xw.dtype), keys[0], m.dropout)
+                xs = (tok, _dropout(jnp.ones((T, B, 1), W_x.dtype), keys[0], m.dropout))
         else:
             x = p["embed"][tok] if l == 0 else hs  # (T, B, D_l)
-            x = _dropout(x, keys[l], m.dropout)
-            # the whole window's input projection in one matmul, outside the time loop
-            xw = _mm(st, x.reshape(T * B, -1), lp["W_x"]).reshape(T, B, 4 * H)
-        xw = xw + lp["b"]  # (T, B, 4H)
-        W_h = lp["W_h"]  # (H, 4H)
+            xs = _dropout(x, keys[l], m.dropout)
+        if hoist:  # the whole window's input projection in one product, outside the loop
+            if gather:
+                xw = W_x[tok] if keys[0] is None else W_x[tok] * xs[1]  # (T, B, 4H)
+            else:
+                xw = _mm(st, xs.reshape(T * B, -1), W_x).reshape(T, B, 4 * H)
+            xs, project = xw + b, None
+        else:
+            project = ((lambda x: W_x[x] + b) if gather and keys[0] is None else
+                       (lambda x: W_x[x[0]] * x[1] + b) if gather else
+                       (lambda x: _mm(st, x, W_x) + b))  # (B, 4H)
 
-        def step(carry: tuple[jax.Array, jax.Array], xw_t: jax.Array
+        def step(carry: tuple[jax.Array, jax.Array], x_t: Any, project: Any = project
                  ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
             h, c = carry  # (B, H) each
-            h, c = _gates(xw_t + _mm(st, h, W_h), c, H)
+            z = (x_t if project is None else project(x_t)) + _mm(st, h, W_h)  # (B, 4H)
+            h, c = _gates(z, c, H)
             return (h, c), h
 
-        (h, c), hs = lax.scan(step, (h0[l], c0[l]), xw, unroll=st.unroll)  # hs (T, B, H)
+        (h, c), hs = lax.scan(step, (h0[l], c0[l]), xs, unroll=st.unroll)  # hs (T, B, H)
         h_out.append(h)
         c_out.append(c)
     y = _dropout(hs, keys[L], m.dropout)  # (T, B, H)
@@ -462,7 +484,7 @@ class JaxBackend:
 
     def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
                  device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                 precision: str = "float32", unroll: int = 1) -> None:
+                 precision: str = "float32", unroll: int = 1, hoist: bool | None = None) -> None:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         if precision not in PRECISIONS:
@@ -481,7 +503,7 @@ class JaxBackend:
             raise ValueError(f"device must be cpu or gpu, got {device!r}")
         self.model, self.train = model, train
         self.dtype = np.dtype(dtype)
-        self._st = _Static(model, train, dtype, precision, unroll)
+        self._st = _Static(model, train, dtype, precision, unroll, hoist)
         self._fn = _programs(self._st)
         self._key = jax.device_put(jax.random.key(seed), self.device)  # dropout masks
         self._last: Any = None  # the latest outputs, for sync()

@@ -22,8 +22,13 @@ Keras picks its engine when it is first imported, so a process hosts one of thes
 only if KERAS_BACKEND was set before that: the registry entries carry env_vars, the harness
 starts their workers with them, and tests run them in a child process.
 
-Generation feeds one token at a time through the same model (a (1, 1) window, the state
-carried in and out) and draws on the host with impls.sampling.draw (docs/SPEC.md §5).
+Generation: on jax one compiled program (the model's stateless_call over the prefix, then a
+lax.scan of one-token stateless_calls drawing with docs/SPEC.md §5's rule: 17 us a character at
+char-rnn's sizes, against ~250 for a jitted call per token); on torch each token through the
+layers' LSTMCells eagerly, drawn on the host with impls.sampling.draw (0.88 ms a token; the
+per-token step under torch.compile took 0.21 ms but compiles anew, 6 s, for every backend
+object, since Dynamo guards on the Keras layers, and a whole-loop while_loop cannot capture
+Keras' layer call: docs/speed.md).
 
 The optimisers are Keras' own, so the `tensorflow` backend's documented formula differences
 (registry.KERAS_DEVIATIONS: Adam's epsilon-hat, epsilon inside the root for RMSprop and
@@ -55,6 +60,8 @@ if ENGINE not in ENGINES:
 
 if ENGINE == "jax":
     import jax
+
+    from . import jax_impl
 else:
     import torch
 
@@ -190,6 +197,25 @@ class KerasBackend:
             logits, h, c, _ = run(tv, ntv, tok, h0, c0, False)
             return logits, h, c
 
+        def generate(tv, ntv, prefix, uniforms, temperature, greedy, top_k):  # type: ignore[no-untyped-def]
+            """prefix (1, P) int32, uniforms (n,) -> (n,) int32: the prefix through the model
+            once, then a lax.scan over the uniforms, each step the model's stateless_call on
+            the drawn (1, 1) token with the state carried, drawn with docs/SPEC.md §5's rule
+            (jax_impl._draw, the `jax` backend's), all in one program."""
+            logits, h, c, _ = run(tv, ntv, prefix, h0, c0, False)  # (1, P, V)
+
+            def draw(carry, u):  # type: ignore[no-untyped-def]
+                logits, h, c = carry
+                nxt = jax_impl._draw(logits, u, temperature, greedy, top_k)
+                logits, h, c, _ = run(tv, ntv, nxt.reshape(1, 1), h, c, False)
+                return (logits[0, -1], h, c), nxt
+
+            _, toks = jax.lax.scan(draw, (logits[0, -1], h, c), uniforms)
+            return toks
+
+        zero = jax.numpy.zeros((self.model.num_layers, 1, self.model.hidden_size), "float32")
+        h0 = c0 = zero
+        self._j_generate = jax.jit(generate, static_argnames=("greedy", "top_k"))
         self._j_train = jax.jit(train_step, donate_argnums=(0, 2))
         self._j_grads = jax.jit(grad_fn)
         self._j_eval = jax.jit(eval_step)
@@ -255,15 +281,34 @@ class KerasBackend:
         prefix = np.asarray(prefix, np.int64).reshape(1, -1)  # (1, P)
         if prefix.size == 0:
             raise ValueError("generate needs a prefix of at least one token")
-        zero = np.zeros((m.num_layers, 1, m.hidden_size), np.float32)
-        h, c = self.state(zero, zero)
-        logits, h, c = self._forward(self.put(prefix), h, c)  # (1, P, V)
+        if ENGINE == "jax":
+            if n == 0:
+                return np.empty(0, np.int64)
+            toks = self._j_generate(self._tv, self._ntv, self.put(prefix),
+                                    jax.numpy.asarray(np.asarray(uniforms[:n], np.float32)),
+                                    jax.numpy.asarray(temperature, "float32"),
+                                    greedy=temperature == 0, top_k=int(top_k))
+            return np.asarray(toks, np.int64)
+        # torch: one token at a time through each layer's LSTMCell (the layer's own weights,
+        # no time loop for one step: 0.88 against 1.28 ms a token for the LSTM layer's call)
+        # and the Dense layer, eagerly, each token drawn on the host (docs/speed.md)
+        H = m.hidden_size
         out = np.empty(n, np.int64)
-        tok = np.empty((1, 1), np.int32)
-        for k in range(n):
-            out[k] = draw(np.asarray(ops.convert_to_numpy(logits))[0, -1], temperature, top_k,
-                          float(uniforms[k]))
-            if k + 1 < n:
-                tok[0, 0] = out[k]
-                logits, h, c = self._forward(self.put(tok), h, c)  # (1, 1, V)
+        with torch.no_grad():
+            hs = [torch.zeros(1, H) for _ in range(m.num_layers)]
+            cs = [torch.zeros(1, H) for _ in range(m.num_layers)]
+
+            def step(token: int) -> np.ndarray:
+                x = self.net.inputs_of(torch.tensor([token], dtype=torch.int32))  # (1, D)
+                for l, lstm in enumerate(self.net.lstms):
+                    x, (hs[l], cs[l]) = lstm.cell(x, [hs[l], cs[l]], training=False)  # (1, H)
+                return self.net.dense(x)[0].numpy()  # (V,)
+
+            for t in prefix[0, :-1]:
+                step(int(t))
+            logits = step(int(prefix[0, -1]))
+            for k in range(n):
+                out[k] = draw(logits, temperature, top_k, float(uniforms[k]))
+                if k + 1 < n:
+                    logits = step(int(out[k]))
         return out

@@ -18,9 +18,11 @@ halves end to end: the row layouts.ONNX converts (explicit table, shape checks);
 recurrent half is held at 0. Weights are graph initializers, so `load` builds new sessions
 and `params` reads the initializers back through the same table.
 
-Generation runs the forward graph on one token with the state as input and output (the
-prefix in one call), and draws each next token on the host with impls.sampling.draw (docs/SPEC.md §5):
-an ONNX graph cannot take the caller's sampling rule without reimplementing it in ONNX ops.
+Generation is one graph too (build_generate_graph): the prefix through the layers, then an
+ONNX `Loop` whose body draws each token with docs/SPEC.md §5's rule written in float64 ONNX
+ops and feeds it back, so a sequence is one session run. Measured at char-rnn's sizes, one
+thread (docs/speed.md): 38 us a character, against 59 for the forward graph run per token with
+the draw on the host (I/O binding took 8 us off each of those runs: not enough).
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ from onnx import TensorProto, helper, numpy_helper
 from . import layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
-from .sampling import draw
 
 OPSET = 17  # LSTM-14, SoftmaxCrossEntropyLoss-13, OneHot-11, Squeeze/Slice-13: all in ORT >= 1.12
 _THREADS: int | None = None  # intra-op threads for every session made after configure()
@@ -150,6 +151,121 @@ def build_graph(model: ModelConfig, native: dict[str, np.ndarray], with_loss: bo
     return proto
 
 
+def _layers(nodes: list[onnx.NodeProto], x: str, L: int, H: int, h0: str, c0: str,
+            tag: str) -> tuple[str, list[str], list[str]]:
+    """Append the L LSTM layers from input `x` (T, B, D) and states `h0`, `c0` (L, B, H) or ""
+    (zeros); returns the top layer's output name (T, B, H) and each layer's Y_h, Y_c names."""
+    n = helper.make_node
+    hs, cs = [], []
+    for l in range(L):
+        hl = cl = ""
+        if h0:
+            hl, cl = f"{tag}h0_{l}", f"{tag}c0_{l}"
+            nodes.append(n("Slice", [h0, f"l{l}", f"l{l + 1}", "axis0"], [hl]))  # (1, B, H)
+            nodes.append(n("Slice", [c0, f"l{l}", f"l{l + 1}", "axis0"], [cl]))
+        nodes.append(n("LSTM", [x, f"W{l}", f"R{l}", f"B{l}", "", hl, cl],
+                       [f"{tag}y{l}", f"{tag}yh{l}", f"{tag}yc{l}"], hidden_size=H))  # (T, 1, B, H)
+        nodes.append(n("Squeeze", [f"{tag}y{l}", "axis1"], [f"{tag}x{l + 1}"]))  # (T, B, H)
+        x = f"{tag}x{l + 1}"
+        hs.append(f"{tag}yh{l}")
+        cs.append(f"{tag}yc{l}")
+    return x, hs, cs
+
+
+def build_generate_graph(model: ModelConfig, native: dict[str, np.ndarray], filtered: bool
+                         ) -> onnx.ModelProto:
+    """The whole generation as one graph: inputs prefix (P, 1) int64, uniforms (n,) double,
+    temperature () double (0: greedy), top_k () int64 (read by the `filtered` graph only, for
+    0 < top_k < V); output tokens (n,) int64. The prefix runs through the LSTM layers in one
+    pass; then a Loop of n iterations, each drawing a token from the last logits with
+    docs/SPEC.md §5's rule in float64 ONNX ops (Softmax, CumSum, a count of cdf <= u, the last
+    non-zero id for rounding, ArgMax for greedy, TopK's k-th value and ties kept for top-k) and
+    feeding it through the layers (the same LSTM operator, one step). One session run per
+    sequence instead of one per token, and no host draw."""
+    m = model
+    V, H, L = m.vocab_size, m.hidden_size, m.num_layers
+    n = helper.make_node
+    f32, f64, i64, b = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
+    consts = {"axis0": np.array([0], np.int64), "axis1": np.array([1], np.int64),
+              "axis_m1": np.array([-1], np.int64), "onehot_values": np.array([0.0, 1.0], np.float32),
+              "depth": np.array(V, np.int64), "last_t": np.array([-1], np.int64),
+              "end_t": np.array([2 ** 62], np.int64), "zero64": np.array(0.0), "one64": np.array(1.0),
+              "ninf64": np.array(-np.inf), "ids": np.arange(V, dtype=np.int64),
+              "minus1": np.array(-1, np.int64), "one_i": np.array([1], np.int64),
+              "true": np.array(True)}
+    consts.update({f"l{l}": np.array([l], np.int64) for l in range(L + 1)})
+
+    def inputs_of(tok: str, out: str, nodes: list[onnx.NodeProto]) -> None:
+        """(T, 1) int64 ids -> the first layer's input (T, 1, D)."""
+        if m.input == "embedding":
+            nodes.append(n("Gather", ["embed", tok], [out]))
+        else:
+            nodes.append(n("OneHot", [tok, "depth", "onehot_values"], [out], axis=-1))
+
+    # the prefix, in one pass from zero states
+    nodes: list[onnx.NodeProto] = []
+    inputs_of("prefix", "px0", nodes)
+    x, hs, cs = _layers(nodes, "px0", L, H, "", "", "p")
+    nodes += [n("Slice", [x, "last_t", "end_t", "axis0"], ["p_last"]),  # (1, 1, H)
+              n("MatMul", ["p_last", "out_W"], ["p_xw"]), n("Add", ["p_xw", "out_b"], ["p_lg"]),
+              n("Squeeze", ["p_lg", "axis0"], ["logits0"]),  # (1, V)
+              n("Concat", hs, ["h_start"], axis=0) if L > 1 else n("Identity", hs, ["h_start"]),
+              n("Concat", cs, ["c_start"], axis=0) if L > 1 else n("Identity", cs, ["c_start"]),
+              n("Shape", ["uniforms"], ["n_shape"]), n("Squeeze", ["n_shape", "axis0"], ["n_trip"])]
+
+    # the loop body: draw from the carried logits, then one step of the network
+    body: list[onnx.NodeProto] = [
+        n("Gather", ["uniforms", "i"], ["u"]),  # () double
+        n("Greater", ["temperature", "zero64"], ["sampled"]),
+        n("Where", ["sampled", "temperature", "one64"], ["t_div"]),
+        n("Cast", ["logits_in"], ["z64"], to=f64), n("Div", ["z64", "t_div"], ["z"])]  # (1, V)
+    z = "z"
+    if filtered:  # keep every logit >= the k-th largest (ties kept)
+        body += [n("Reshape", ["top_k", "one_i"], ["k1"]),
+                 n("TopK", ["z", "k1"], ["topv", "topi"], axis=-1),
+                 n("ReduceMin", ["topv"], ["kth"], axes=[-1], keepdims=1),
+                 n("GreaterOrEqual", ["z", "kth"], ["keep"]),
+                 n("Where", ["keep", "z", "ninf64"], ["zk"])]
+        z = "zk"
+    body += [n("Softmax", [z], ["p"], axis=-1),
+             n("CumSum", ["p", "axis_m1"], ["cdf"]),
+             n("LessOrEqual", ["cdf", "u"], ["below"]), n("Cast", ["below"], ["below_i"], to=i64),
+             n("ReduceSum", ["below_i", "axis_m1"], ["first"], keepdims=1),  # (1, 1): the first id with u < cdf
+             n("Greater", ["p", "zero64"], ["nonzero"]), n("Where", ["nonzero", "ids", "minus1"], ["nz_ids"]),
+             n("ReduceMax", ["nz_ids"], ["last"], axes=[-1], keepdims=1),  # rounding: u >= cdf[-1]
+             n("Min", ["first", "last"], ["drawn"]),
+             n("ArgMax", ["logits_in"], ["greedy"], axis=-1, keepdims=1),  # first maximum
+             n("Where", ["sampled", "drawn", "greedy"], ["tok"]),  # (1, 1) int64
+             n("Squeeze", ["tok", "axis0"], ["tok_out"]),  # (1,)
+             n("Identity", ["cond_in"], ["cond_out"])]
+    inputs_of("tok", "bx0", body)
+    x, hs, cs = _layers(body, "bx0", L, H, "h_in", "c_in", "b")
+    body += [n("MatMul", [x, "out_W"], ["b_xw"]), n("Add", ["b_xw", "out_b"], ["b_lg"]),
+             n("Squeeze", ["b_lg", "axis0"], ["logits_out"]),
+             n("Concat", hs, ["h_out"], axis=0) if L > 1 else n("Identity", hs, ["h_out"]),
+             n("Concat", cs, ["c_out"], axis=0) if L > 1 else n("Identity", cs, ["c_out"])]
+    vi = helper.make_tensor_value_info
+    state = [vi("logits_in", f32, [1, V]), vi("h_in", f32, [L, 1, H]), vi("c_in", f32, [L, 1, H])]
+    graph_body = helper.make_graph(
+        body, "draw_and_step", [vi("i", i64, []), vi("cond_in", b, []), *state],
+        [vi("cond_out", b, []), vi("logits_out", f32, [1, V]), vi("h_out", f32, [L, 1, H]),
+         vi("c_out", f32, [L, 1, H]), vi("tok_out", i64, [1])])
+    nodes += [n("Loop", ["n_trip", "true", "logits0", "h_start", "c_start"],
+                ["logits_end", "h_end", "c_end", "toks"], body=graph_body),  # toks (n, 1)
+              n("Squeeze", ["toks", "axis1"], ["tokens"])]
+    inits = [numpy_helper.from_array(v, k) for k, v in {**native, **consts}.items()]
+    used = {name for node in nodes for name in node.input} | {name for node in body for name in node.input}
+    inits = [t for t in inits if t.name in used]
+    graph = helper.make_graph(nodes, "lstmbench_char_lstm_generate",
+                              [vi("prefix", i64, ["P", 1]), vi("uniforms", f64, ["n"]),
+                               vi("temperature", f64, []), vi("top_k", i64, [])],
+                              [vi("tokens", i64, ["n"])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="lstmbench")
+    onnx.checker.check_model(proto)
+    return proto
+
+
 # ---- the backend ---------------------------------------------------------------------
 
 class OnnxBackend:
@@ -187,6 +303,8 @@ class OnnxBackend:
         self._fwd_proto = build_graph(self.model, native, with_loss=False)
         self._fwd = self._session(self._fwd_proto)
         self._eval = self._session(build_graph(self.model, native, with_loss=True))
+        self._native = native
+        self._gen: dict[bool, ort.InferenceSession] = {}  # top-k filter? -> generation session
 
     def params(self) -> Params:
         native = {t.name: numpy_helper.to_array(t) for t in self._fwd_proto.graph.initializer}
@@ -230,18 +348,15 @@ class OnnxBackend:
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        m = self.model
         prefix = np.asarray(prefix, np.int64).reshape(-1, 1)  # (P, 1)
         if prefix.size == 0:
             raise ValueError("generate needs a prefix of at least one token")
-        zero = np.zeros((m.num_layers, 1, m.hidden_size), np.float32)
-        run = self._fwd.run
-        logits, h, c = run(None, {"tokens": prefix, "h0": zero, "c0": zero})  # (P, 1, V)
-        out = np.empty(n, np.int64)
-        tok = np.empty((1, 1), np.int64)
-        for k in range(n):
-            out[k] = draw(logits[-1, 0], temperature, top_k, float(uniforms[k]))
-            if k + 1 < n:
-                tok[0, 0] = out[k]
-                logits, h, c = run(None, {"tokens": tok, "h0": h, "c0": c})  # (1, 1, V)
-        return out
+        if n == 0:
+            return np.empty(0, np.int64)
+        filtered = 0 < int(top_k) < self.model.vocab_size
+        if filtered not in self._gen:
+            self._gen[filtered] = self._session(build_generate_graph(self.model, self._native, filtered))
+        tokens, = self._gen[filtered].run(None, {
+            "prefix": prefix, "uniforms": np.ascontiguousarray(np.asarray(uniforms, np.float64)[:n]),
+            "temperature": np.array(float(temperature)), "top_k": np.array(int(top_k), np.int64)})
+        return np.asarray(tokens, np.int64)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .base import Backend
 
 MODES: tuple[str, ...] = ("train", "eval", "generate")  # what a cell can measure
+# The libraries a user writes the model in: every backend belongs to one (BackendSpec.framework),
+# so that the backends of one framework can be grouped ("Each framework at its fastest").
+FRAMEWORKS: tuple[str, ...] = ("torch", "tensorflow", "keras", "jax", "flax", "onnxruntime",
+                               "chainer", "numpy")
 DEVICES: tuple[str, ...] = ("cpu", "gpu")
 # tf32: TensorFloat-32 matmuls, a GPU mode; float64: the reference oracle's only precision
 # (never timed: `run --precision` offers float32 and tf32)
@@ -58,7 +62,7 @@ class BackendSpec:
     name: str  # what users type: --backend NAME
     module: str  # impls.<framework>_impl
     cls: str  # the class implementing impls.base.Backend
-    framework: str  # the import name whose absence makes this backend unavailable
+    framework: str  # the library a user writes it in: one of FRAMEWORKS (keras-jax is keras)
     env: str  # the environment it lives in: "main" (NumPy 2) or "chainer" (NumPy < 2)
     dtype: str  # the dtype it computes in by default
     description: str  # what it is, honestly: fused kernel, per-step loop, ...
@@ -75,15 +79,25 @@ class BackendSpec:
     # benchmarks/baselines/<baseline>_baseline.py, or None where there is none
     baseline: str | None = None
     baseline_note: str = ""  # why that baseline is the fair one, or why there is none
+    # the import names whose absence makes it unavailable here (default: the framework's own);
+    # a framework on another engine needs both (keras-jax: keras and jax)
+    requires: tuple[str, ...] = ()
     # mode ("*": every mode) -> the measured cause of this backend being more than the threshold
     # slower than its baseline (`lstmbench baselines` prints it; measured causes only)
     baseline_slower: dict[str, str] = field(default_factory=dict)
-    default_matrix: bool = False  # in the `default` matrix: one idiomatic backend per framework
+    # the modes in which it is in the `default` matrix: its framework's fastest there
+    # (docs/speed.md: the interleaved runs at char-rnn's sizes, one thread)
+    default_matrix: tuple[str, ...] = ()
     # median seconds of one train step at char-rnn's sizes with one thread (30-step probes, 2
     # December 2026, two other jobs on the cores): the quality matrix's lanes take the slowest first
     train_step_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"backend {self.name}: framework {self.framework!r} must be one of "
+                             f"{FRAMEWORKS!r}: the library a user writes the model in")
+        if not self.requires:
+            object.__setattr__(self, "requires", (self.framework,))
         # a typo in an entry must fail at import, not as a silently skipped cell
         for what, got, allowed in (("modes", self.modes, MODES), ("devices", self.devices, DEVICES),
                                    ("precisions", self.precisions, PRECISIONS)):
@@ -136,88 +150,139 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline_note="the float64 oracle: hand-written NumPy itself, never timed"),
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",
                 "the reference in float32: what you get with no framework",
-                baseline=None, default_matrix=True, train_step_s=0.14,
-                baseline_note="the backend is itself hand-written NumPy: it is what a user writes"),
+                baseline=None,
+                baseline_note="the backend is itself hand-written NumPy: it is what a user writes",
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.14),
     BackendSpec("torch", "impls.torch_impl", "TorchBackend", "torch", "main", "float32",
                 "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)",
                 devices=_GPU, precisions=_TF32,
-                baseline="torch", default_matrix=True, train_step_s=0.09,
-                baseline_note="nn.LSTM with torch.optim: the baseline's own layers"),
+                baseline="torch",
+                baseline_note="nn.LSTM with torch.optim: the baseline's own layers",
+                default_matrix=('train', 'eval'),
+                train_step_s=0.09),
     BackendSpec("torch-cell", "impls.torch_impl", "TorchCellBackend", "torch", "main", "float32",
                 "char-rnn's cell: per-step loop of i2h + h2h Linear layers",
                 devices=_GPU, precisions=_TF32,
                 baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM",
-                baseline_slower={"*": "char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
-                                      "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"},
+                baseline_slower={
+                    '*': ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls per time step"
+                        ', where nn.LSTM runs one fused oneDNN kernel per layer')},
                 train_step_s=0.14),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
                 devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS,
-                baseline="tensorflow", default_matrix=True, train_step_s=0.13,
-                baseline_note="Keras layers + GradientTape in a tf.function"),
+                baseline="tensorflow",
+                baseline_note="Keras layers + GradientTape in a tf.function",
+                requires=('tensorflow', 'keras'),
+                default_matrix=('train',),
+                train_step_s=0.13),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
                 devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
                 deviations=KERAS_DEVIATIONS,
                 baseline="tensorflow", baseline_note="the same step without jit_compile",
-                baseline_slower={"train": "jit_compile=True by design: XLA:CPU's compiled while-loop LSTM "
-                                          "and its gradient are slower here than TF's oneDNN graph kernels; "
-                                          "the same step without XLA (tensorflow) matches the baseline"},
+                requires=('tensorflow', 'keras'),
+                baseline_slower={
+                    'train': ('jit_compile=True by design, and thread-bound: at one thread XLA:CPU trains in te'
+                        "nsorflow's time (1.02x, 0.99x in the run of docs/speed.md); at two it took 77 ag"
+                        'ainst its own 65 ms a step (its pool splits each small op of the backward loop a'
+                        "cross threads) while TF's kernels stayed at 63 ms: 1.23x (5 December: 1.49x)")},
+                default_matrix=('eval',),
                 train_step_s=0.12),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
                 "pure functions, lax.scan over time, whole step under jax.jit",
                 devices=_GPU, precisions=_TF32,
                 baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit",
-                default_matrix=True, train_step_s=0.16),
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.16),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
                 "RNNForLM shape: one L.LSTM per layer called per time step",
                 deviations=CHAINER_DEVIATIONS,
-                baseline="chainer", default_matrix=True, train_step_s=0.37,
-                baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
+                baseline="chainer",
+                baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example",
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.37),
     BackendSpec("torch-compile", "impls.torch_compile_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
-                baseline="torch", baseline_note="the eager nn.LSTM step it compiles", train_step_s=0.10),
+                baseline="torch", baseline_note="the eager nn.LSTM step it compiles",
+                baseline_slower={
+                    'generate': ('Dynamo graph-breaks at nn.LSTM, so each token runs the compiled step as three fr'
+                        'ames around the eager LSTM: three guard checks and ~70 us of compiled-region ove'
+                        'rhead a token (torch.profiler, char-rnn sizes: 16% of the loop) where the baseli'
+                        'ne makes one eager call; the loop compiled whole is torch-genloop (docs/speed.md'
+                        ')'),
+                    'train': ("the same kernels, its ratio the machine's: in one process it trains in torch's t"
+                        'ime (45.5 against 46.1 ms, 0.99x), torch.profiler puts 93% of both steps in the '
+                        'same oneDNN RNN kernels and the compiled regions under 3%; across worker process'
+                        'es on a busy machine the step moved 13% (between-process sd, 7 December), where '
+                        'torch itself read 1.23x its identical baseline (docs/speed.md)')},
+                train_step_s=0.1),
+    BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
+                "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
+                "torch.compile'd program: one torch while_loop over the LSTM step written as "
+                "tensor ops on the nn.LSTM's weights, pre-transposed; inductor's C++ wrapper; "
+                "on a GPU one CUDA graph per (prefix, n) (written, not measured here); eval is "
+                "torch's own nn.LSTM step; no train mode",
+                devices=_GPU, precisions=_TF32, modes=("eval", "generate"),
+                baseline="torch",
+                baseline_note="its compiled generation loop against the plain PyTorch loop a "
+                              "user writes (one nn.LSTM call and one torch.multinomial per "
+                              "character); its eval step is torch's own, and it has no train mode",
+                default_matrix=('generate',)),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
-                "i,o,f,c) run by ONNX Runtime's CPU provider; generation a one-step graph per "
-                "token, drawn on the host", modes=("eval", "generate"),
+                "i,o,f,c) run by ONNX Runtime's CPU provider; generation one graph (the prefix, "
+                "then a Loop drawing each token in float64 ONNX ops and feeding it back)",
+                modes=("eval", "generate"),
                 baseline=None,
-                baseline_note="the exported graph is what a user runs; no train mode"),
+                baseline_note="the exported graph is what a user runs; no train mode",
+                requires=('onnxruntime', 'onnx')),
     BackendSpec("keras-jax", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the JAX engine: stateless_call + "
-                "jax.grad + optimizer.stateless_apply, the step under jax.jit",
+                "jax.grad + optimizer.stateless_apply, the step under jax.jit; generation one "
+                "jitted program (lax.scan of one-token stateless_calls)",
                 env_vars={"KERAS_BACKEND": "jax"}, kwargs={"engine": "jax"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
                 baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)",
+                requires=('keras', 'jax'),
                 train_step_s=0.15),
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
                 "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
-                "projection one matmul per window, the recurrent step a loop of torch ops",
+                "projection one matmul per window, the recurrent step a loop of torch ops; "
+                "generation the layers' LSTMCells per token, eager",
                 env_vars={"KERAS_BACKEND": "torch"}, kwargs={"engine": "torch"},
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
                 baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)",
+                requires=('keras', 'torch'),
                 train_step_s=0.32),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
-                "step under nnx.jit; generation a jitted one-token step per token",
+                "step under nnx.jit; generation one compiled program (nnx.split, then nnx.merge "
+                "and lax.scan over the cells inside jax.jit)",
                 deviations={"adagrad": Deviation(
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
                                   "(no option to move it out)")},
-                baseline="jax", baseline_note="the plain-JAX step Flax wraps", train_step_s=0.14),
+                baseline="jax", baseline_note="the plain-JAX step Flax wraps",
+                requires=('flax', 'optax', 'jax'),
+                train_step_s=0.14),
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
-                "tf.function (tf.while_loop); eval is tensorflow's own step; no train mode",
+                "tf.function (tf.while_loop) compiled by XLA (jit_compile=True on that function); "
+                "eval is tensorflow's own step; no train mode",
                 modes=("eval", "generate"),
                 baseline="tensorflow",
                 baseline_note="its compiled generation loop against the plain Keras loop a user "
                               "writes (one model call per character); its eval step is "
-                              "tensorflow's own, and it has no train mode"),
+                              "tensorflow's own, and it has no train mode",
+                requires=('tensorflow', 'keras'),
+                default_matrix=('generate',)),
 )}
 
 
@@ -231,9 +296,17 @@ def timed() -> list[str]:
     return [b for b in BACKENDS if b != ORACLE]
 
 
-def default_matrix() -> tuple[str, ...]:
-    """The backends of the `default` matrix (BackendSpec.default_matrix), in registry order."""
-    return tuple(b for b, s in BACKENDS.items() if s.default_matrix)
+def default_matrix() -> dict[str, tuple[str, ...]]:
+    """The `default` matrix's backends by mode (BackendSpec.default_matrix): one per framework,
+    in the order the frameworks first appear here."""
+    first: dict[str, int] = {}
+    for s in BACKENDS.values():
+        first.setdefault(s.framework, len(first))
+    out: dict[str, tuple[str, ...]] = {}
+    for mode in MODES:
+        names = [b for b, s in BACKENDS.items() if mode in s.default_matrix]
+        out[mode] = tuple(sorted(names, key=lambda b: first[BACKENDS[b].framework]))
+    return out
 
 
 def get_spec(name: str) -> BackendSpec:
@@ -314,10 +387,13 @@ def create(name: str, model: Any, train: Any, params: Any, *, device: str = "cpu
 
 
 def availability(name: str) -> tuple[bool, str]:
-    """(available, version or reason), importing the framework in this process."""
+    """(available, the framework's version or the reason), importing every module the backend
+    requires in this process."""
     spec = get_spec(name)
-    try:
-        mod = importlib.import_module(spec.framework)
-    except ImportError as e:
-        return False, str(e)
-    return True, str(getattr(mod, "__version__", "?"))
+    mods = {}
+    for req in spec.requires:
+        try:
+            mods[req] = importlib.import_module(req)
+        except ImportError as e:
+            return False, str(e)
+    return True, str(getattr(mods.get(spec.framework), "__version__", "?"))

@@ -103,11 +103,14 @@ def kernel_info(backend_name: str, device: str) -> dict[str, str]:
     kwargs) is compiled whole by XLA; the others run Keras' cuDNN LSTM on a GPU and the
     tf.while_loop cell (oneDNN or Eigen matmuls) on the CPU."""
     from .registry import get_spec
-    if get_spec(backend_name).kwargs.get("jit_compile"):
-        return {"kernel": "XLA:GPU" if device == "gpu" else "XLA:CPU"}
-    if device == "gpu":
-        return {"kernel": "cuDNN"}
-    return {"kernel": "oneDNN" if _onednn_enabled() else "Eigen"}
+    spec = get_spec(backend_name)
+    xla = "XLA:GPU" if device == "gpu" else "XLA:CPU"
+    if spec.kwargs.get("jit_compile"):
+        return {"kernel": xla}
+    own = "cuDNN" if device == "gpu" else "oneDNN" if _onednn_enabled() else "Eigen"
+    if spec.cls == "TensorflowGenLoopBackend" and spec.kwargs.get("jit_loop", True):
+        return {"kernel": f"{xla} (the generation loop); eval: {own}"}
+    return {"kernel": own}
 
 
 def device_peak_memory(device: str, reset: bool) -> int | None:
@@ -189,7 +192,7 @@ class TensorflowBackend:
         self._eval_fn = tf.function(self._eval_impl, jit_compile=jit)
         self._grads_fn = tf.function(self._grads_impl, jit_compile=jit)
         self._train_fn = tf.function(self._train_impl, jit_compile=jit)
-        self._gen_fn = tf.function(self._gen_step_impl, jit_compile=jit)
+        self._gen_fns: dict[tuple[float, int], Any] = {}  # (temperature, top_k) -> per-token step
         self._last: Any = None  # the latest result tensor, fetched by sync()
         self.load(params)
 
@@ -316,26 +319,41 @@ class TensorflowBackend:
         self._last = loss
         return loss, (h, c)
 
+    def _gen_fn(self, temperature: float, top_k: int) -> Any:
+        """The per-token tf.function for one sampling rule: (tok (1, 1), (h, c) stacked
+        (2, L, 1, H), u) -> (next token (1, 1), the new (h, c)). The rule is a constant of the
+        trace and the state one tensor, because a tf.function call costs ~25 us per tensor
+        argument here (205 us with 3, 280 with 6: measured), a per-token toll: with the rule and
+        h, c as six arguments this loop ran 1.19x the baseline's three-argument step."""
+        key = (temperature, top_k)
+        if key not in self._gen_fns:
+            temp, k = tf.constant(temperature, tf.float64), tf.constant(top_k, tf.int32)
+
+            def step(tok, hc, u):  # type: ignore[no-untyped-def]
+                nxt, h, c = self._gen_step_impl(tok, hc[0], hc[1], temp, k, u)
+                return nxt, tf.stack([h, c])
+
+            self._gen_fns[key] = tf.function(step, jit_compile=bool(self.jit_compile))
+        return self._gen_fns[key]
+
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         prefix = np.asarray(prefix, np.int64).reshape(-1)
         if prefix.size == 0:
             raise ValueError("generate needs a prefix of at least one token")
         m = self.model
+        step = self._gen_fn(float(temperature), int(top_k))
         with tf.device(self._dev):
-            zeros = tf.zeros((m.num_layers, 1, m.hidden_size), self.dtype)
-            h, c = zeros, zeros
-            temp = tf.constant(float(temperature), tf.float64)
-            k = tf.constant(int(top_k), tf.int32)
+            hc = tf.zeros((2, m.num_layers, 1, m.hidden_size), self.dtype)  # (h, c) stacked
             us = [tf.constant(float(x), tf.float64) for x in np.asarray(uniforms)[:n]]
             toks = [tf.constant(np.full((1, 1), t, np.int32)) for t in prefix]
         # Prefix steps: their draws are discarded, except the last one's (the first token).
         for t in toks[:-1]:
-            _, h, c = self._gen_fn(t, h, c, temp, k, us[0])
-        nxt, h, c = self._gen_fn(toks[-1], h, c, temp, k, us[0])
+            _, hc = step(t, hc, us[0])
+        nxt, hc = step(toks[-1], hc, us[0])
         out = [nxt]
         for j in range(1, n):  # the drawn token stays on the device and is fed straight back
-            nxt, h, c = self._gen_fn(nxt, h, c, temp, k, us[j])
+            nxt, hc = step(nxt, hc, us[j])
             out.append(nxt)
         return np.concatenate([o.numpy().reshape(1) for o in out]).astype(np.int64)
 
@@ -367,20 +385,25 @@ def _check_xla(device: str) -> None:
 class TensorflowGenLoopBackend(TensorflowBackend):
     """`tensorflow` with generation compiled whole: the prefix, every step and every draw
     (the same `_gen_step_impl` body as the per-token variant) inside one `tf.function`, the
-    loops autograph-converted to `tf.while_loop`s, so one call returns all n tokens. This is
-    what `jax` does with `lax.scan`; the per-token `tensorflow` variant pays one function call
-    and its Python dispatch per token instead. Registry modes=("eval", "generate"): its eval
+    loops autograph-converted to `tf.while_loop`s, compiled by XLA (`jit_compile=True` on that
+    function alone: `jit_loop`), so one call returns all n tokens. This is what `jax` does with
+    `lax.scan`; the per-token `tensorflow` variant pays one function call and its Python
+    dispatch per token instead. Measured at char-rnn's sizes, one thread (docs/speed.md): 20 us
+    a character under XLA, 90 without it (TF's executor runs the while loop's ops one by one),
+    530 per token. Registry modes=("eval", "generate"): its eval
     step is the `tensorflow` backend's own (kept so that the conformance suite, whose
     no-train path needs eval, checks it whole; matrices need only its generate cells); train
     raises NotImplementedError."""
 
-    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, **kw: Any) -> None:
+    def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
+                 jit_loop: bool = True, **kw: Any) -> None:
         super().__init__(model, train, params, **kw)
-        # any prefix length and n: one trace per backend object
+        # any prefix length and n: one trace per backend object; XLA compiles per shape
         sig = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float64),
                tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int32)]
+        self.jit_loop = bool(jit_loop or self.jit_compile)
         self._gen_loop_fn = tf.function(self._gen_loop_impl, input_signature=sig,
-                                        jit_compile=bool(self.jit_compile))
+                                        jit_compile=self.jit_loop)
 
     def _gen_loop_impl(self, prefix, uniforms, temperature, top_k):  # type: ignore[no-untyped-def]
         """prefix (P,) int32 with P >= 1, uniforms (n,) float64 with n >= 1 -> (n,) int32."""

@@ -8,7 +8,8 @@
   Linear(D, 4H) and an `h2h` Linear(H, 4H), gate blocks in char-rnn's order i, f, o, g, and an
   explicit Python loop over time in eager PyTorch. The whole window's i2h product is hoisted
   out of the loop (one matrix product per layer); the recurrence is one addmm per step.
-- `torch-compile` is impls/torch_compile_impl.py: TorchBackend's model under torch.compile.
+- `torch-compile` is impls/torch_compile_impl.py: TorchBackend's model under torch.compile;
+  `torch-genloop` is impls/torch_genloop_impl.py: generation as one compiled program.
 
 Both keep the second LSTM bias (`bias_hh_l{k}`, `h2h.bias`) fixed at 0: it is not trained
 and not clipped, so it never moves (docs/SPEC.md §2). Internally everything is time-major:

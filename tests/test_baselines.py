@@ -176,7 +176,7 @@ def test_every_registered_backend_has_a_baseline_or_a_reason() -> None:
 
 def test_a_spec_without_a_baseline_note_is_refused() -> None:
     with pytest.raises(ValueError, match="baseline_note"):
-        registry.BackendSpec("x", "impls.x_impl", "X", "x", "main", "float32", "x", baseline="torch")
+        registry.BackendSpec("x", "impls.x_impl", "X", "numpy", "main", "float32", "x", baseline="torch")
 
 
 def test_reasons_name_real_backends_and_modes() -> None:
@@ -263,6 +263,21 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert set(w["participants"]) == {"torch", "baseline:torch"}
         assert all(p["result"]["status"] == "ok" for p in w["participants"].values())
     assert "| tiny | train | torch | torch |" in cap.out
+    # v3: each workload's backends to their fastest (baselines are no backend), the peak GEMM and
+    # every result's efficiency against it, the frontier line per workload; and the file reads as
+    # a run of its backends (report, compare, load_dataframe)
+    assert doc["schema_version"] == 3 and doc["peak"]["gflops"] > 0
+    assert doc["peak"]["gflops"] == max(doc["peak"]["probe_gflops"], doc["peak"]["gemm_gflops"])
+    for w in doc["workloads"]:
+        assert set(w["ratios"]) == {"torch"} and w["ratios"]["torch"]["ratio"] == 1.0
+        for p in w["participants"].values():
+            assert p["result"]["efficiency"] == pytest.approx(p["result"]["gflops"] / doc["peak"]["gflops"])
+    assert cap.out.count("each framework at its fastest: torch 1.00") == 2
+    from harness.results.model import read_run
+    run, cells = read_run(out)
+    assert [(c.cell.backend, c.cell.mode) for c in cells] == [("torch", "train"), ("torch", "eval")]
+    assert run.doc["converted_from"] == baselines.SCHEMA and all(c.measured for c in cells)
+    assert {c.workload for c in cells} == {w["id"] for w in doc["workloads"]}
     with pytest.raises(UsageError, match="give a folder"):  # a file's name: refused before measuring
         baselines.cmd_baselines(baselines_args(out=str(out)))
 
@@ -335,6 +350,9 @@ def test_run_resume_continues_a_baselines_journal(tmp_path: Path, monkeypatch: p
 
     class FakeExecutor:  # this machine's executor without workers: the session is what is tested
         setup = argparse.Namespace(launch=argparse.Namespace(cpus=None), extra={})
+        probe = argparse.Namespace(flop=2 * 256 ** 3)
+
+        def gemm_peak(self): return None
 
         def describe(self, log): return {"torch": {"available": True, "version": "2"}}
         def serve(self, name, host): pass

@@ -173,12 +173,39 @@ def test_backends_listing_cuts_nothing_and_names_each_precision():
     assert f"kernel: {kernel}" in [ln.strip() for ln in lines]
     assert "3.15.1.dev20261203+cpu.long" in rows["keras-torch"].split()
     for name, ln in rows.items():  # every row's columns start where the header's do
-        for col in ("status", "version", "modes", "devices", "precisions"):
+        for col in ("framework", "status", "version", "modes", "devices", "precisions"):
             at = head.index(col)
             assert ln[at - 1] == " " and ln[at] != " ", (name, col, ln)
         assert ln.split()[-1] == ",".join(registry.BACKENDS[name].precisions)
     assert rows["numpy"].split()[-1] == "float64" and rows["torch"].split()[-1] == "float32,tf32"
     assert "missing" in rows["chainer"] and "reason: No module named 'chainer'" in "\n".join(lines)
+    assert {name: ln.split()[1] for name, ln in rows.items()} == \
+        {name: spec.framework for name, spec in registry.BACKENDS.items()}
+
+
+def test_every_backend_names_the_framework_a_user_writes_it_in(monkeypatch):
+    """`framework` groups backends (the report's "Each framework at its fastest"); `requires`
+    is what must import for the backend to be available, its framework among it."""
+    import dataclasses
+    from impls import registry
+    want = {"numpy": "numpy", "numpy-f32": "numpy", "torch": "torch", "torch-cell": "torch",
+            "torch-compile": "torch", "torch-genloop": "torch", "tensorflow": "tensorflow",
+            "tensorflow-xla": "tensorflow", "tensorflow-genloop": "tensorflow", "jax": "jax",
+            "flax": "flax", "keras-jax": "keras", "keras-torch": "keras",
+            "onnxruntime": "onnxruntime", "chainer": "chainer"}
+    assert {n: s.framework for n, s in registry.BACKENDS.items() if n in want} == want
+    for name, spec in registry.BACKENDS.items():
+        assert spec.framework in registry.FRAMEWORKS and spec.requires[0] == spec.framework, name
+    assert registry.get_spec("keras-jax").requires == ("keras", "jax")
+    with pytest.raises(ValueError, match="framework 'pytorch' must be one of"):
+        dataclasses.replace(registry.get_spec("torch"), framework="pytorch")
+    # a required module that is missing makes the backend unavailable, with the reason
+    spec = dataclasses.replace(registry.get_spec("numpy-f32"), name="numpy-needs",
+                               requires=("numpy", "lstmbench_no_such_module"))
+    monkeypatch.setitem(registry.BACKENDS, spec.name, spec)
+    ok, why = registry.availability("numpy-needs")
+    assert not ok and "lstmbench_no_such_module" in why
+    assert registry.availability("numpy-f32") == (True, __import__("numpy").__version__)
 
 
 # case and check rows: tests/test_bad_inputs.py (one row per bad input and fault)

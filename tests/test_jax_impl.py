@@ -119,6 +119,35 @@ def test_float64_matches_reference_to_float64_precision():
         jax.config.update("jax_enable_x64", was)
 
 
+@pytest.mark.parametrize("model", [ModelConfig(9, 6, 3, dropout=0.3), ModelConfig(11, 5, 2, "embedding", 4)],
+                         ids=["onehot3-dropout", "embed2"])
+def test_input_products_inside_or_before_the_loop_agree(model):
+    """Both placements of the input product (jax_impl._forward) give the reference's logits and
+    gradients, and the same dropout masks; B = 8 is where the default places it inside the loop
+    for one-hot input (the conformance suite's windows are smaller)."""
+    p = init_params(model, 1)
+    tok, tgt = _tokens(model, 8, 6)
+    zeros = np.zeros((model.num_layers, 8, model.hidden_size))
+    out = {}
+    for hoist in (True, False, None):
+        be = ji.JaxBackend(model, TrainConfig(), p, seed=4, hoist=hoist)
+        out[hoist] = be.loss_and_grads(be.put(tok), be.put(tgt), be.state(zeros, zeros))
+    for hoist in (False, None):
+        assert out[hoist][0] == pytest.approx(out[True][0], rel=1e-6)
+        for k, g in out[True][3].items():
+            np.testing.assert_allclose(out[hoist][3][k], g, rtol=1e-5, atol=1e-7, err_msg=k)
+    import dataclasses
+    m0 = dataclasses.replace(model, dropout=0.0)
+    ref = registry.create("numpy", m0, TrainConfig(), p)
+    want, _ = ref.forward(ref.put(tok), ref.state(zeros, zeros))
+    for hoist in (True, False):
+        be = ji.JaxBackend(m0, TrainConfig(), p, hoist=hoist)
+        logits, _ = be.forward(be.put(tok), be.state(zeros, zeros))
+        np.testing.assert_allclose(logits, want, rtol=2e-5, atol=1e-6)
+    small = ji._Static(model, TrainConfig(), "float32", "float32", 1)
+    assert small.hoist is None and ji.HOIST_BELOW_B == 8
+
+
 def test_gpu_absent_raises_value_error():
     try:
         jax.devices("gpu")

@@ -10,7 +10,9 @@ tests/test_published.py --write`, which only a deliberate change of a judgement 
 One deliberate change so far: "tc r1,r2 pooled -> r3", the one comparison with 31-60 degrees
 of freedom, took its t quantiles from the normal table before the t tables became one
 (harness.judge.tdist: 2.00 and 1.67 there); its intervals widened by up to 1.1%, no mark or
-reason moved. Every other entry is what the code gave before the restructuring."""
+reason moved. Another (issue 29): the baselines rows' reasons of tensorflow-xla's train and
+torch-compile's train became the measured causes of docs/speed.md (REASONS); no mark or ratio
+moved. Every other entry is what the code gave before the restructuring."""
 from __future__ import annotations
 
 import copy

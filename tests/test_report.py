@@ -85,13 +85,92 @@ def test_report_end_to_end_files_plots_failures_and_equivalence(tmp_path):
         assert "RuntimeError: boom" in text
     # what matters first: the cross-backend tables, then the noise, the plots, then the long detail
     heads = re.findall(r"^## (.+)$", md, re.M)
-    assert heads[:4] == ["Backends against the fastest, per workload", "Machine noise", "Plots", "Results"]
+    assert heads[:5] == ["Each framework at its fastest", "Backends against the fastest, per workload",
+                         "Machine noise", "Plots", "Results"]
     assert "1 (fastest)" in md
     # runs with different thread counts are told apart, not pooled
     assert "jax (2 threads)" in html and "numpy-f32 (1 thread)" in html and "numpy-f32 (2 threads)" in html
     manifest = json.loads((out / MANIFEST).read_text())
     assert sorted(manifest["files"]) == sorted([*pngs, "report.html", "report.md"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep.")]  # no temp folder left
+
+
+def _res(est: float, *, gflops: float = 1.0, status: str = "ok", us: float | None = None, **kw) -> dict:
+    r = {"status": status, "estimate_s": est, "chars_per_s": 200 / est if est else None, "gflops": gflops, **kw}
+    return {**r, "us_per_char": us} if us is not None else r
+
+
+def test_frontier_is_each_frameworks_fastest_with_its_stored_interval():
+    """Per framework the backend with the smallest estimate, its ratio and interval as the
+    workload stored them (not recomputed), efficiency from the result or gflops / peak,
+    baselines and unsupported cells left out, a framework that never measured last."""
+    from harness.report.frontier import frontier, ratio_text, summary_line
+    cells = [("torch", _res(8e-3, us=40.0)), ("torch-genloop", _res(2e-3, us=10.0, efficiency=0.05)),
+             ("jax", _res(1e-3, us=5.0, gflops=4.0)), ("flax", _res(1.5e-3, us=7.5, noisy=True)),
+             ("baseline:torch", _res(0.5e-3)),  # a baseline is no framework's backend
+             ("onnxruntime", {"status": "unsupported"}), ("chainer", _res(0, status="timeout")),
+             ("numpy-f32", _res(9e-3, status="nan"))]
+    ratios = {"jax": {"to": "jax", "ratio": 1.0, "lo": 1.0, "hi": 1.0},
+              "torch-genloop": {"to": "jax", "ratio": 2.1, "lo": 1.9, "hi": 2.3},
+              "torch": {"to": "jax", "ratio": 8.0, "lo": 7.5, "hi": 8.5},
+              "flax": {"to": "jax", "ratio": 1.4, "lo": 1.3, "hi": 1.6, "noisy": True}}
+    rows = frontier(cells, ratios, peak_gflops=40.0)
+    assert [(f.framework, f.backend, f.status) for f in rows] == [
+        ("jax", "jax", "ok"), ("flax", "flax", "ok"), ("torch", "torch-genloop", "ok"),
+        ("chainer", "chainer", "timeout"), ("numpy", "numpy-f32", "nan")]
+    jax_, flax_, torch_ = rows[:3]
+    assert jax_.fastest and not torch_.fastest and torch_.of == 2 and flax_.of == 1
+    assert (torch_.ratio, torch_.lo, torch_.hi) == (2.1, 1.9, 2.3)  # stored, not 2e-3 / 1e-3
+    assert torch_.efficiency == 0.05 and jax_.efficiency == 4.0 / 40.0  # stored, else gflops / peak
+    assert torch_.us_per_char == 10.0 and flax_.noisy
+    assert [ratio_text(f) for f in rows] == ["1 (fastest)", "1.40 [1.30, 1.60] noisy",
+                                             "2.10 [1.90, 2.30]", "timeout", "nan"]
+    assert summary_line(rows) == ("jax 1.00 (jax, 5.0 us/char); flax 1.40x [1.30, 1.60]* (flax, "
+                                  "7.5 us/char); torch 2.10x [1.90, 2.30] (torch-genloop, 10.0 us/char); "
+                                  "chainer timeout (chainer); numpy nan (numpy-f32)")
+    # no stored ratios (a v1 file): the ratio of the estimates, no interval
+    v1 = frontier(cells, None)
+    assert [round(f.ratio, 6) for f in v1[:3]] == [1.0, 1.5, 2.0] and math.isnan(v1[2].lo)
+    # variants: one row per framework and variant
+    var = frontier([("jax@a", _res(1e-3)), ("jax@b", _res(2e-3)), ("flax@a", _res(3e-3))], None)
+    assert [(f.framework, f.backend) for f in var] == [("jax@a", "jax@a"), ("jax@b", "jax@b"),
+                                                        ("flax@a", "flax@a")]
+
+
+def test_report_and_run_summary_show_each_framework_at_its_fastest(tmp_path):
+    """The section's rows are, per workload, the fastest of each framework's backends in the
+    file, with the ratio the workload stored; `run`'s summary prints the same per workload."""
+    from harness.report.console import summary_table
+    from harness.report.frontier import framework_of
+    doc = synth_v2(["numpy-f32", "torch", "torch-cell", "jax", "flax"], seed=3)
+    path = save(doc, tmp_path / "synth.json")
+    write_report([str(path)], tmp_path / "rep", log=lambda s: None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md[md.index("## Each framework at its fastest"):md.index("## Backends against the fastest")]
+    summary = summary_table(doc)
+    for w in doc["workloads"]:
+        cells = [c for c in doc["cells"] if c["workload"] == w["id"]]
+        best: dict[str, dict] = {}
+        for c in cells:
+            fw = framework_of(c["cell"]["backend"])
+            if fw not in best or c["result"]["estimate_s"] < best[fw]["result"]["estimate_s"]:
+                best[fw] = c
+        table = section[section.index(f"#### {w['preset']} {w['mode']} B{w['batch']} T{w['seq_len']}"):]
+        table = table[:table.index("\n\n", table.index("|"))]
+        body = [ln for ln in table.splitlines() if ln.startswith("|")][2:]  # under the header
+        shown = {ln.split("|")[1].strip(): ln.split("|")[2].strip().split(" (of")[0] for ln in body}
+        assert shown == {fw: c["cell"]["backend"] for fw, c in best.items()}, (w["id"], table)
+        for fw, c in best.items():
+            r = w["ratios"][c["cell"]["backend"]]
+            row = next(ln for ln in body if ln.split("|")[1].strip() == fw)
+            want = "1 (fastest)" if r["ratio"] == 1.0 else f"{r['ratio']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+            assert want in row, (row, want)
+            eff = f"{100 * c['result']['efficiency']:.2f}%"
+            assert eff in row, (row, eff)
+        torch_best = best["torch"]["cell"]["backend"]
+        block = summary[summary.index(w["id"]):]
+        line = next(ln for ln in block.splitlines() if "each framework at its fastest" in ln)
+        assert f"({torch_best}" in line and line.index("torch") > 0
 
 
 def test_noisy_cells_and_efficiency_above_100_percent_are_marked(tmp_path):
@@ -142,7 +221,9 @@ def test_runs_by_date_narrow_tables_plots_first_and_a_legend_off_the_data(tmp_pa
     write_report([str(p) for p in docs], tmp_path / "rep", log=lambda s: None)
     md = (tmp_path / "rep" / "report.md").read_text()
     order = ["b-early.json", "c-middle.json", "a-late.json", "d-last.json"]
-    ratio = md.split("## Machine noise")[0]
+    front = md.split("## Backends against the fastest")[0]
+    assert [ln[4:] for ln in front.splitlines() if ln.startswith("### ")] == order
+    ratio = md.split("## Backends against the fastest")[1].split("## Machine noise")[0]
     assert [ln[4:] for ln in ratio.splitlines() if ln.startswith("### ")] == order
     noise = md.split("## Machine noise")[1].split("## Plots")[0]
     assert [ln.split("|")[1].strip() for ln in noise.splitlines() if ln.startswith("| ") and ".json" in ln] == order

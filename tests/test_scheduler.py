@@ -201,6 +201,9 @@ def _cell(b: str) -> Cell:
     ('threads = 0\n', "threads = 0 is invalid"),
     ('threads = "all"\n', "threads = 'all' is invalid"),
     ('round_time = 0\n', "round_time = 0 is invalid"),
+    ('[mode_backends]\nfly = ["jax"]\n', "unknown mode(s) fly"),
+    ('[mode_backends]\ntrain = ["nope"]\n', "unknown backend(s) nope"),
+    ('[mode_backends]\ntrain = "jax"\n', "give a list of backend names"),
 ])
 def test_matrix_file_validation(tmp_path, text, message):
     p = tmp_path / "m.toml"
@@ -221,6 +224,40 @@ def test_matrix_group_validation(tmp_path, group, message):
     p.write_text('[[group]]\n' + group + '\n')
     with pytest.raises(UsageError, match=message):
         load_matrix(str(p))
+
+
+def test_default_measures_each_frameworks_fastest_backend_per_mode(tmp_path):
+    """`default` runs one backend per framework in each mode, the one measured fastest there
+    (torch-genloop generates, torch trains); backends named on the command line run in every
+    mode; a matrix file may name a mode's backends too."""
+    from harness.commands.run import run_settings
+    from harness.cli import build_parser
+    from impls import registry
+    m = load_matrix("default")
+    want = {"train": ["numpy-f32", "torch", "tensorflow", "jax", "chainer"],
+            "eval": ["numpy-f32", "torch", "tensorflow-xla", "jax", "chainer"],
+            "generate": ["numpy-f32", "torch-genloop", "tensorflow-genloop", "jax", "chainer"]}
+    by_mode: dict[str, list[str]] = {}
+    for c in m.cells(list(m.default_backends), "cpu", "float32"):
+        by_mode.setdefault(c.mode, [])
+        if c.backend not in by_mode[c.mode]:
+            by_mode[c.mode].append(c.backend)
+    assert {k: sorted(v) for k, v in by_mode.items()} == {k: sorted(v) for k, v in want.items()}
+    for mode, names in want.items():  # one per framework, as the registry names them
+        fws = [registry.get_spec(b).framework for b in names]
+        assert fws == ["numpy", "torch", "tensorflow", "jax", "chainer"] and len(set(fws)) == 5, mode
+    parser = build_parser()
+    opts = run_settings(parser.parse_args(["run", "--backends", "torch,jax"]), default_matrix="default")
+    cells = opts.matrix.cells(list(opts.backends), "cpu", "float32")
+    assert {(c.mode, c.backend) for c in cells} == {(md, b) for md in want for b in ("torch", "jax")}
+    opts = run_settings(parser.parse_args(["run"]), default_matrix="default")
+    assert opts.matrix.mode_backends == m.mode_backends
+    p = tmp_path / "m.toml"
+    p.write_text('[mode_backends]\ngenerate = ["jax"]\n[[group]]\nvocab_size = 10\nhidden_size = 8\n')
+    f = load_matrix(str(p))
+    assert Matrix.from_dict(f.to_dict()) == f
+    assert {(c.mode, c.backend) for c in f.cells(["torch", "jax"], "cpu", "float32") if c.mode == "generate"} \
+        == {("generate", "jax")}
 
 
 def test_matrix_round_trip_and_file_name(tmp_path):

@@ -1,5 +1,5 @@
-"""`lstmbench backends` (every backend: available here or not, version, kernel path, what it
-runs, its baseline) and `lstmbench presets` (the presets' sizes and FLOPs per character)."""
+"""`lstmbench backends` (every backend: its framework, available here or not, version, kernel
+path, what it runs, its baseline) and `lstmbench presets` (the presets' sizes and FLOPs per character)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from typing import Any
 
 from impls import registry
 from impls.config import PRESETS, flops_per_char
+from impls.porting import FORMATS
 
 from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.workers import Worker, WorkerFailed
@@ -46,9 +47,11 @@ def cmd_backends(a: argparse.Namespace) -> int:
         finally:
             w.close()
     for name, spec in registry.BACKENDS.items():  # what it can run, from its spec
-        info[name].update(modes=list(spec.modes), devices=list(spec.devices),
+        info[name].update(framework=spec.framework, requires=list(spec.requires),
+                          modes=list(spec.modes), devices=list(spec.devices),
                           precisions=list(spec.precisions), env=spec.env)
-    text_log(target)("\n".join(backends_text(info)))
+    text_log(target)("\n".join(backends_text(info)) + f"\n\nformats of convert and crosscheck: {', '.join(FORMATS)} "
+                     "(lstmbench convert --help says what each reads and writes)")
     write_json(target, info)
     return 0
 
@@ -60,9 +63,10 @@ def backends_text(info: dict[str, dict]) -> list[str]:
     rows = []
     for name, spec in registry.BACKENDS.items():
         i = info.get(name, {})
-        rows.append([name, "available" if i.get("available") else "missing", str(i.get("version") or "-"),
-                     ",".join(spec.modes), ",".join(spec.devices), ",".join(spec.precisions)])
-    head = ["backend", "status", "version", "modes", "devices", "precisions"]
+        rows.append([name, spec.framework, "available" if i.get("available") else "missing",
+                     str(i.get("version") or "-"), ",".join(spec.modes), ",".join(spec.devices),
+                     ",".join(spec.precisions)])
+    head = ["backend", "framework", "status", "version", "modes", "devices", "precisions"]
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
     pad = " " * (widths[0] + 1)
 

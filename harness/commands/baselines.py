@@ -38,9 +38,11 @@ from typing import Any, Callable
 from impls import registry
 from impls.config import get_preset
 
-from ..engine import stats
-from ..engine.bench import Cell
+from ..engine import explain, stats
+from ..engine.assemble import workload_ratios
+from ..engine.bench import PEAK_N, Cell
 from ..engine.executor import LocalExecutor, Setup
+from ..engine.participants import PROBE_N
 from ..engine.scheduler import Schedule
 from ..engine.workers import Launcher
 from ..envs.host import worker_cpus
@@ -48,6 +50,7 @@ from ..envs.interpreters import ROOT, _is_lstmbench_checkout, parse_python_overr
 from ..errors import UsageError
 from ..judge import duet
 from ..report.console import describe
+from ..report.frontier import frontier, summary_line
 from ..results.store import check_writable, default_path
 from ..results.store import new_document as results_document
 from ..session.journal import is_workload_record
@@ -60,7 +63,10 @@ THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fix
 MODES = ("train", "eval", "generate")
 DEFAULT_PRESETS = ("char-rnn", "tutorial")
 SCHEMA = "lstmbench.baselines"
-SCHEMA_VERSION = 2  # 2: rows judged by harness.judge.duet (marks faster|slower|unchanged|inconclusive|failed)
+# 2: rows judged by harness.judge.duet (marks faster|slower|unchanged|inconclusive|failed);
+# 3: workloads carry `ratios` (each backend to the fastest backend, paired rounds), the run a
+# `peak` GEMM and every result its `efficiency`: `lstmbench report` reads the file as a run
+SCHEMA_VERSION = 3
 
 
 def baseline_file(name: str) -> str:
@@ -264,7 +270,7 @@ def new_document(plan: Plan, cpus: list[int] | None, command: list[str] | None) 
                            schedule=dataclasses.asdict(plan.schedule()), estimator=stats.estimator_info(),
                            backends=None, baselines_dir=str(plan.base_dir), cpus=cpus, baselines=None,
                            mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()}, noise=None,
-                           wall_s=None)
+                           peak=None, wall_s=None)
     doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
     return doc
 
@@ -283,25 +289,60 @@ def _workload(plan: Plan, i: int, n: int, pname: str, mode: str, avail: list[str
 
 
 def _entry(rec: dict[str, Any]) -> dict[str, Any]:
-    """A workload's journal record as the baselines document keeps it."""
+    """A workload's journal record as the baselines document keeps it, with each backend's time
+    ratio to the fastest backend (baselines are no backend)."""
     w = rec["workload"]
+    parts = {c["cell"]["backend"]: {"cell": c["cell"], "result": c["result"]} for c in rec["cells"]}
     return {**{k: w[k] for k in ("id", "preset", "mode", "batch", "seq_len", "rounds", "remeasured_rounds",
                                   "cut_short", "order", "probe_s", "probe_best_s")},
-            "participants": {c["cell"]["backend"]: {"cell": c["cell"], "result": c["result"]} for c in rec["cells"]}}
+            "ratios": workload_ratios({n: p["result"] for n, p in parts.items() if n in registry.BACKENDS}),
+            "participants": parts}
 
 
-def finish_document(doc: dict[str, Any], records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    """The rows (every backend against its baseline), the run's noise and the workloads."""
+def _peak(workloads: list[dict[str, Any]], flop: int, gemms: list[float | None], threads: int | None
+          ) -> dict[str, Any]:
+    """The run's peak GEMM (as `run` takes it: the faster of the probe's best round and the larger
+    GEMM at the start and the end), and every result's efficiency against it."""
+    probes = [s for w in workloads for s in w["probe_s"] if s]
+    probe_best = flop / min(probes) / 1e9 if probes else None
+    gemm = max([g for g in gemms if g], default=None)
+    peak = explain.peak_of("cpu", probe_best, gemm)
+    for w in workloads:
+        for part in w["participants"].values():
+            r = part["result"]
+            if r.get("status") == "ok" and r.get("gflops"):
+                r["efficiency"] = r["gflops"] / peak if peak else None
+    return {"gflops": peak, "via": "numpy BLAS (the noise probe's worker)", "dtype": "float32",
+            "probe_gflops": probe_best, "probe_n": PROBE_N, "gemm_gflops": gemm, "gemm_n": PEAK_N,
+            "threads": threads}
+
+
+def finish_document(doc: dict[str, Any], records: list[dict[str, Any]], wall: float, flop: int,
+                    gemms: list[float | None]) -> dict[str, Any]:
+    """The rows (every backend against its baseline), the run's noise and peak, the workloads."""
     workloads = [_entry(r) for r in records]
+    peak = _peak(workloads, flop, gemms, doc.get("threads"))
     between_sd, rows = judge_rows([(w["preset"], w["mode"], w["id"], b, w["participants"][b]["result"],
                                     w["participants"][participant_name(b)]["result"])
                                    for w in workloads for b in w["participants"] if b in registry.BACKENDS])
     probes = [s for w in workloads for s in w["probe_s"] if s]
     frac, verdict = stats.noise_verdict(probes, min(probes) if probes else None, sum(stats.collapses(probes)))
     doc["noise"] = {"contended_fraction": frac, "verdict": verdict, "between_process_sd": between_sd}
+    doc["peak"] = peak
     doc["wall_s"] = round(wall + float(doc.get("wall_s") or 0), 1)
     doc["workloads"], doc["rows"] = workloads, rows
     return doc
+
+
+def frontier_lines(doc: dict[str, Any]) -> list[str]:
+    """Per workload, each framework at its fastest (harness.report.frontier), as `run` says it."""
+    out = []
+    for w in doc.get("workloads") or []:
+        cells = [(n, p["result"]) for n, p in w["participants"].items()]
+        rows = frontier(cells, w.get("ratios"), (doc.get("peak") or {}).get("gflops"))
+        if rows:
+            out.append(f"{w['id']}: each framework at its fastest: {summary_line(rows)}")
+    return out
 
 
 def run_baselines(plan: Plan, *, out: Path = Path("results"), overrides: dict[str, str] | None = None,
@@ -338,6 +379,7 @@ def run_baselines(plan: Plan, *, out: Path = Path("results"), overrides: dict[st
                                             for q, h in hosts.items()}
                 session.begin()
             ex.start_probe(log)
+            gemms = [ex.gemm_peak()]  # the larger GEMM at the start and the end, as run times it
             done = {r["workload"]["id"] for r in session.records}
             plan_ = [(p, m) for p in plan.presets for m in plan.modes]
             for i, (pname, mode) in enumerate(plan_, 1):
@@ -351,9 +393,10 @@ def run_baselines(plan: Plan, *, out: Path = Path("results"), overrides: dict[st
                 for c in rec["cells"]:
                     log(f"      {c['cell']['backend']:34} " + describe(c["result"]))
                 session.keep(rec)
+            gemms.append(ex.gemm_peak())
         finally:
             ex.close()
-    doc = finish_document(session.doc, session.records, time.monotonic() - t_start)
+    doc = finish_document(session.doc, session.records, time.monotonic() - t_start, ex.probe.flop, gemms)
     return session.finish(doc), doc
 
 
@@ -400,6 +443,8 @@ def cmd_baselines(a: argparse.Namespace) -> int:
     path, doc = run_baselines(plan, out=out, overrides=parse_python_overrides(a.python),
                               command=["lstmbench", *sys.argv[1:]])
     print(markdown_table(doc["rows"]))
+    print("")
+    print("\n".join(frontier_lines(doc)))
     print(f"\nmachine noise: {doc['noise']['verdict']}; results: {path}", file=sys.stderr)
     return 0
 
@@ -418,6 +463,8 @@ def resume_baselines(a: argparse.Namespace, resume: Resume) -> int:
     path, doc = run_baselines(plan, overrides=parse_python_overrides(a.python),
                               resume=resume.only(is_workload_record))
     print(markdown_table(doc["rows"]))
+    print("")
+    print("\n".join(frontier_lines(doc)))
     print(f"\nmachine noise: {doc['noise']['verdict']}; results: {path}", file=sys.stderr)
     return 0
 

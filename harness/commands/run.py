@@ -6,6 +6,7 @@ here, and checked into one RunSettings (harness.session.settings)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -100,7 +101,10 @@ def run_settings(a: argparse.Namespace, *, default_matrix: str, variants: list[V
         matrix = load_matrix(a.matrix or default_matrix)
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
                    if a.device in registry.BACKENDS[b].devices]
-        got = dict(matrix=matrix, backends=backend_list(a.backends, default), device=a.device,
+        backends = backend_list(a.backends, default)
+        if a.backends and matrix.mode_backends:  # named backends: each runs in every mode
+            matrix = dataclasses.replace(matrix, mode_backends={})
+        got = dict(matrix=matrix, backends=backends, device=a.device,
                    precision=a.precision, threads=threads_for(a.threads, matrix.threads),
                    omp_wait_policy=a.omp_wait_policy, variants=list(variants or []), seed=a.seed,
                    processes=a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes),

@@ -349,14 +349,14 @@ class LocalExecutor:
             self.probe.see(s)
         return stats.probe_summary(got, self.probe.flop)
 
-    def _gemm_peak(self) -> float | None:
+    def gemm_peak(self) -> float | None:
         """A larger GEMM's best GFLOP/s now: NumPy's BLAS in the probe's worker on the CPU; the
         device_matmul_peak hook of an available backend's worker on a GPU."""
         device, workers = self.setup.device, self.workers
         if device == "cpu":
             try:
                 return answer(workers.healthy(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
-            except (WorkerFailed, ParticipantFailed):
+            except (WorkerFailed, ParticipantFailed, OSError):
                 workers.drop(PROBE)
                 return None
         for name in self.setup.participants:  # the first whose module has the hook (asked in its own worker)
@@ -381,7 +381,7 @@ class LocalExecutor:
             self._revive = self.start_probe(log)
         else:
             self._revive_probe(log)
-        return Burst(self._noise_burst(log), self._gemm_peak())
+        return Burst(self._noise_burst(log), self.gemm_peak())
 
     def start(self, log: Log) -> None:
         self._start = self.machine("start", log)

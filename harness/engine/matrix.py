@@ -10,6 +10,8 @@ optional batch sizes; it expands to cells for each chosen backend. File form (TO
     modes = ["train", "eval"]
     batch = [1, 50]         # optional sweep; default: the preset's B
     seq_len = 50            # optional; for generate, characters drawn per sample
+    [mode_backends]         # optional: a mode's own backends, when --backends names none
+    generate = ["torch-genloop", "jax"]
 """
 from __future__ import annotations
 
@@ -44,6 +46,10 @@ class Matrix:
     workload_time: float = 60.0  # `run`: seconds of base rounds per workload, at most
     round_time: float = 0.03  # `run`: target seconds of one participant's timed round
     threads: int | None = None  # `run`: threads per framework unless --threads; None: the cores
+    # mode -> the backends that mode measures (of those the run measures) when --backends names
+    # none; a mode not listed measures them all. `default` so picks each framework's fastest
+    # backend per mode (torch-genloop generates, torch trains).
+    mode_backends: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -56,8 +62,9 @@ class Matrix:
                 if mode not in MODES:
                     raise UsageError(f"matrix {self.name}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
                 batches = [1] if mode == "generate" else g.get("batch", [preset.batch_size])
+                mine = self.mode_backends.get(mode)
                 for b in batches:
-                    for be in backends:
+                    for be in (backends if mine is None else [x for x in backends if x in mine]):
                         out.append(Cell.from_preset(preset, be, mode, batch=b,
                                                     seq_len=g.get("gen_len" if mode == "generate" else "seq_len"),
                                                     device=device, precision=precision))
@@ -70,7 +77,8 @@ class Matrix:
                 "extra_time": self.extra_time, "processes": self.processes,
                 "workload_time": self.workload_time, "round_time": self.round_time,
                 "threads": self.threads,
-                "default_backends": list(self.default_backends)}
+                "default_backends": list(self.default_backends),
+                "mode_backends": {k: list(v) for k, v in self.mode_backends.items()}}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Matrix":
@@ -81,7 +89,12 @@ class Matrix:
         backends = d.get("default_backends") or ()
         if not isinstance(backends, (list, tuple)) or not all(isinstance(b, str) for b in backends):
             raise UsageError("the stored matrix's default_backends is not a list of names")
-        return Matrix(**{k: v for k, v in d.items() if k in known}, default_backends=tuple(backends))
+        per_mode = d.get("mode_backends") or {}
+        if not isinstance(per_mode, dict) or not all(
+                isinstance(v, (list, tuple)) and all(isinstance(b, str) for b in v) for v in per_mode.values()):
+            raise UsageError("the stored matrix's mode_backends is not an object of lists of names")
+        return Matrix(**{k: v for k, v in d.items() if k in known}, default_backends=tuple(backends),
+                      mode_backends={k: tuple(v) for k, v in per_mode.items()})
 
 
 # setting -> (type, what it must be); validated for built-in and file matrices alike
@@ -112,6 +125,20 @@ def _validate(m: "Matrix") -> None:
     if m.threads is not None and not (_pos_int(m.threads) and m.threads <= 1024):
         raise UsageError(f"matrix {m.name}: threads = {m.threads!r} is invalid; it must be an "
                          "integer from 1 to 1024 (or left out: the cores)")
+    if not isinstance(m.mode_backends, dict):
+        raise UsageError(f"matrix {m.name}: mode_backends must be a table of mode = [backend, ...]")
+    from impls.registry import BACKENDS
+    for mode, names in m.mode_backends.items():
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(b, str) for b in names):
+            raise UsageError(f"matrix {m.name}: mode_backends.{mode} = {names!r}; give a list of backend names")
+        unknown = [b for b in names if b not in BACKENDS]
+        if unknown:
+            raise UsageError(f"matrix {m.name}: mode_backends.{mode} names unknown backend(s) "
+                             f"{', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    bad = [k for k in m.mode_backends if k not in MODES]
+    if bad:
+        raise UsageError(f"matrix {m.name}: mode_backends names unknown mode(s) {', '.join(bad)}; "
+                         f"choose from {', '.join(MODES)}")
     if m.min_rounds > m.max_rounds:
         raise UsageError(f"matrix {m.name}: min_rounds = {m.min_rounds} exceeds max_rounds = {m.max_rounds}")
     if not isinstance(m.groups, list) or not m.groups:
@@ -158,7 +185,14 @@ def _group_preset(g: dict[str, Any]) -> Preset:
 
 SMOKE_SIZES = {"vocab_size": 65, "hidden_size": 32, "num_layers": 1}
 
-DEFAULT_BACKENDS = registry.default_matrix()  # one idiomatic backend per framework (its registry entry)
+# One backend per framework (numpy, torch, tensorflow, jax, chainer) and mode: each framework's
+# fastest in that mode, from the interleaved runs of docs/speed.md (char-rnn sizes, one thread):
+# torch trains and evaluates with nn.LSTM (torch-compile is no faster) and generates with
+# torch-genloop (8x torch); tensorflow-xla evaluates 0.75x tensorflow's time and trains at
+# the same, so tensorflow trains; tensorflow-genloop generates (24x tensorflow). Each backend's
+# registry entry says the modes it takes here (BackendSpec.default_matrix).
+DEFAULT_MODE_BACKENDS = registry.default_matrix()
+DEFAULT_BACKENDS = tuple(dict.fromkeys(b for bs in DEFAULT_MODE_BACKENDS.values() for b in bs))
 # the four presets of docs/SPEC.md §6, then char-rnn's batch sweep (B = 50 is in its group)
 FULL_GROUPS = [
     {"preset": "polstm", "modes": list(MODES)},
@@ -183,10 +217,10 @@ MATRICES: dict[str, Matrix] = {
     "default": Matrix("default", FULL_GROUPS, min_time=1.0, min_rounds=3, max_rounds=20, timeout=300,
         rounds=20, extra_rounds=40,
         extra_time=15.0, workload_time=40.0,
-        # one idiomatic backend per framework plus plain NumPy, so that the run fits its budget
-        # (about 15 min on 2 cores); every other registered variant runs in `full` (README,
-        # "Benchmarks", names them and why), so a new backend needs no line here
-        default_backends=DEFAULT_BACKENDS),
+        # each framework's fastest backend per mode plus plain NumPy, so that the run fits its
+        # budget (about 15 min on 2 cores); every other registered variant runs in `full`
+        # (README, "Benchmarks", names them and why), so a new backend needs no line here
+        default_backends=DEFAULT_BACKENDS, mode_backends=DEFAULT_MODE_BACKENDS),
     "full": Matrix("full", FULL_GROUPS, min_time=1.0, min_rounds=3, max_rounds=20, timeout=600,
                    rounds=20, extra_rounds=40, extra_time=15.0, workload_time=40.0),
     "gpu": Matrix("gpu", [
@@ -227,11 +261,15 @@ def load_matrix(name_or_path: str) -> Matrix:
         raise UsageError(f"matrix file {p} cannot be parsed ({type(e).__name__}: {e})".splitlines()[0]) from None
     if not isinstance(d, dict) or not isinstance(d.get("group"), list) or not d["group"]:
         raise UsageError(f"matrix file {p} needs at least one [[group]] table")
-    unknown = sorted(set(d) - set(SETTINGS) - {"name", "group", "threads"})
+    unknown = sorted(set(d) - set(SETTINGS) - {"name", "group", "threads", "mode_backends"})
     if unknown:
         raise UsageError(f"matrix file {p}: unknown key(s) {', '.join(unknown)}; "
-                         f"known: name, group, threads, {', '.join(SETTINGS)}")
+                         f"known: name, group, threads, mode_backends, {', '.join(SETTINGS)}")
     settings = {k: v for k, v in d.items() if k in SETTINGS or k == "threads"}
+    if "mode_backends" in d:
+        mb = d["mode_backends"]
+        settings["mode_backends"] = ({k: tuple(v) if isinstance(v, list) else v for k, v in mb.items()}
+                                     if isinstance(mb, dict) else mb)
     return Matrix(d.get("name", _stem_name(p)), d["group"], **settings)
 
 

@@ -99,14 +99,13 @@ def env_candidates(env: str) -> list[Path]:
 
 
 def _can_import_here(spec: BackendSpec) -> bool:
-    """This interpreter has the backend's framework (e.g. run inside chainer's own env), and
-    the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside NumPy 2
-    cannot load, and a proper environment elsewhere is then the better choice."""
-    name = spec.framework
-    if not name:
+    """This interpreter has every module the backend requires (e.g. run inside chainer's own
+    env), and the NumPy its environment's recipe pins ("numpy<2"): a chainer installed beside
+    NumPy 2 cannot load, and a proper environment elsewhere is then the better choice."""
+    if not spec.requires:
         return False
     try:
-        if importlib.util.find_spec(name) is None:
+        if any(importlib.util.find_spec(name) is None for name in spec.requires):
             return False
     except (ImportError, ValueError):
         return False

@@ -16,6 +16,7 @@ from ..envs.variants import participant
 from ..judge.crossrun import Comparison
 from ..judge.marks import pct
 from ..results.model import Side
+from .frontier import frontier, summary_line
 
 
 def entry_name(c: dict[str, Any]) -> str:
@@ -97,7 +98,8 @@ def describe(res: dict[str, Any]) -> str:
 
 def summary_table(doc: dict[str, Any]) -> str:
     """Per workload: each backend's time ratio to the fastest with its interval (paired
-    rounds), then characters per second; noisy figures are marked, never shown as clean."""
+    rounds), then characters per second; noisy figures are marked, never shown as clean; then
+    one line, each framework at its fastest (harness.report.frontier)."""
     n_clean = explain.min_clean_of(doc)
     lines = [f"time ratio to the fastest backend per workload (95% interval, paired rounds); "
              f"chars/s from the {doc.get('estimator', {}).get('name', '?')} estimator; * = noisy"
@@ -124,6 +126,10 @@ def summary_table(doc: dict[str, Any]) -> str:
                 efft += " (>100%: measurement error)"
             lines.append(f"  {b:15} {rtxt:26}{mark} {res['chars_per_s']:>14,.0f} chars/s"
                          f"{' NOISY' if res.get('noisy') else ''}  eff {efft}")
+        front = frontier([(entry_name(c), c["result"]) for c in cs], rs,
+                         (doc.get("peak") or {}).get("gflops"))
+        if front:
+            lines.append(f"  each framework at its fastest: {summary_line(front)}")
     return "\n".join(lines)
 
 

@@ -28,8 +28,8 @@ from ..results.model import Run, RunCell, read_runs
 from .entries import Entry, entries
 from .plots import figures
 from .quality import sections as quality_sections, split_inputs
-from .tables import (Table, backends_table, equivalence_table, failures_table, header_table, noise_table,
-                     kinds_tables, ratio_tables, results_tables)
+from .tables import (Table, backends_table, equivalence_table, failures_table, frontier_tables,
+                     header_table, noise_table, kinds_tables, ratio_tables, results_tables)
 
 MANIFEST = ".lstmbench-report.json"  # what a report wrote into its folder (name -> sha256)
 
@@ -197,13 +197,27 @@ Section = tuple[str, list[tuple[str, Any]]]  # (heading, [(kind, payload)]): kv,
 
 def _benchmark_sections(runs: list[tuple[Run, list[RunCell]]], docs: list[dict[str, Any]], es: list[Entry],
                         figs: list[tuple[Path, str, str]], plot_notes: list[str]) -> list[Section]:
-    """What the report says of the benchmark runs: ratios per workload, the machine's noise,
+    """What the report says of the benchmark runs: each framework at its fastest, ratios per
+    workload, the machine's noise,
     the plots, the results per cell, the cells that did not run, machine and software."""
     fails = failures_table(es)
     n_over = sum(e.ok and math.isfinite(e.efficiency) and e.efficiency > 1 for e in es)
     est = sorted({e.estimator for e in es if e.ok}) or ["median"]
     sections: list[tuple[str, list[tuple[str, Any]]]] = []  # (heading, [(kind, payload)])
     noisy_legend = _noisy_legend(docs)
+    front_items: list[tuple[str, Any]] = [(
+        "note", "Per workload, each framework's fastest backend (the library a user writes the model "
+                "in: `lstmbench backends` names each backend's framework; \"of N\": of the N of its "
+                "backends that measured), its time per step relative to the fastest backend of the "
+                "workload with the 95% interval from the rounds measured side by side, its efficiency "
+                "(achieved GFLOP/s over the run's peak GEMM) and, for generation, microseconds per "
+                "character." + noisy_legend)]
+    for name, tables in frontier_tables(runs):
+        if len(runs) > 1:
+            front_items.append(("h3", name))
+        for wid, t in tables:
+            front_items += [("h4", wid), ("table", t)]
+    sections.append(("Each framework at its fastest", front_items))
     ratio_items: list[tuple[str, Any]] = [(
         "note", "Each backend's time per step relative to the fastest backend of the workload "
                 "(1 = fastest; 2.00 = twice as slow), with its 95% interval: from rounds measured "

@@ -19,6 +19,7 @@ from ..results.model import Run, RunCell
 from ..results.schema import CHECK_QUANTITIES as QUANTITIES, check_tolerance, check_worst, load_check_report
 from .console import fmt_time
 from .entries import Entry, groups as _groups, labels as _labels
+from .frontier import frontier, ratio_text
 
 
 @dataclass
@@ -229,6 +230,48 @@ def ratio_tables(runs: list[tuple[Run, list[RunCell]]]) -> list[tuple[str, list[
                    for r in rows]
             tables.append((wid, Table(["backend", "time ratio to the fastest [95% CI]", "chars/s"], rows,
                                       {1, 2}, css)))
+        out.append((run_name(run.doc), tables))
+    return out
+
+
+def frontier_tables(runs: list[tuple[Run, list[RunCell]]]) -> list[tuple[str, list[tuple[str, Table]]]]:
+    """Per run, per workload: each framework's fastest backend (harness.report.frontier) with
+    its time ratio to the workload's fastest backend and the interval from the paired rounds
+    (the workload's stored ratios, as ratio_tables shows them), its efficiency against the run's
+    peak GEMM, chars/s and, for generation, us/char; fastest first."""
+    out = []
+    for run, rcs in runs:
+        stored = {w.get("id"): w.get("ratios") for w in (run.doc.get("workloads") or [])
+                  if isinstance(w, dict) and isinstance(w.get("ratios"), dict)}
+        peak = run.doc.get("peak")
+        peak = peak.get("gflops") if isinstance(peak, dict) else None
+        groups: dict[str, list[RunCell]] = {}
+        for rc in rcs:
+            c = rc.cell
+            groups.setdefault(f"{c.preset} {c.mode} B{c.batch} T{c.seq_len}", []).append(rc)
+        tables = []
+        for wid, members in groups.items():
+            ratios = stored.get(members[0].workload) if members[0].workload else None
+            cells = [(rc.name, rc.result if rc.measured or rc.status == "unsupported"
+                      else {**rc.result, "status": rc.status}) for rc in members]
+            rows_f = frontier(cells, ratios, peak if isinstance(peak, (int, float)) else None)
+            if not rows_f:
+                continue
+            gen = members[0].cell.mode == "generate"
+            rows, css = [], []
+            for f in rows_f:
+                eff = "-" if f.efficiency is None else f"{100 * f.efficiency:.2f}%" + (
+                    " (above 100%: measurement error)" if f.efficiency > 1 else "")
+                row = [f.framework, f.backend + (f" (of {f.of})" if f.of > 1 else ""), ratio_text(f), eff]
+                if gen:
+                    row.append("-" if f.us_per_char is None else f"{f.us_per_char:.1f}")
+                row.append(si(f.chars_per_s) if f.status == "ok" else "-")
+                rows.append(row)
+                css.append(["", "", "warn" if f.noisy else "ok" if f.fastest else
+                            "bad" if f.status != "ok" else ""] + [""] * (len(row) - 3))
+            head = ["framework", "its fastest backend", "time ratio to the fastest [95% CI]",
+                    "efficiency"] + (["us/char"] if gen else []) + ["chars/s"]
+            tables.append((wid, Table(head, rows, set(range(2, len(head))), css)))
         out.append((run_name(run.doc), tables))
     return out
 

@@ -270,8 +270,56 @@ def migrate_v2(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+BASELINES_SCHEMA = "lstmbench.baselines"  # harness.commands.baselines' documents
+BASELINES_READABLE = (2, 3)  # 3 adds the workloads' ratios, the peak GEMM and efficiencies
+
+
+def baselines_as_results(doc: dict[str, Any], p: Path) -> dict[str, Any]:
+    """A `lstmbench baselines` document as a results v3 document, so that report, compare and
+    load_dataframe read its backends as a run's cells: one workload per (preset, mode), its
+    backend participants the cells (the hand-written baselines, no backend of any framework,
+    are left out: their ratios to each backend are the document's `rows`), the workload's
+    stored ratios to its fastest backend (version 3; version 2 has none: ratios of the
+    estimates), the probe's rounds, peak GEMM and noise as stored."""
+    version = doc.get("schema_version")
+    if version not in BASELINES_READABLE or isinstance(version, bool):
+        raise ResultsError(f"{p}: baselines schema version {version!r}; this lstmbench reads versions "
+                           f"{', '.join(map(str, BASELINES_READABLE))}")
+    ws = doc.get("workloads")
+    if not isinstance(ws, list) or not all(isinstance(w, dict) and isinstance(w.get("participants"), dict)
+                                          for w in ws):
+        raise ResultsError(f"{p}: a baselines document without workloads of participants; the file "
+                           "is corrupt or was edited")
+    baselines = doc.get("baselines") if isinstance(doc.get("baselines"), dict) else {}
+    cells, workloads, probe = [], [], []
+    for w in ws:
+        for name, part in w["participants"].items():
+            if name in baselines or not isinstance(part, dict):
+                continue
+            cells.append({"cell": part.get("cell"), "workload": w.get("id"), "variant": None,
+                          "result": part.get("result")})
+        rs = [v for v in w.get("probe_s") or []]
+        probe += rs
+        workloads.append({k: w.get(k) for k in ("id", "mode", "preset", "batch", "seq_len", "rounds",
+                                               "order", "probe_s", "probe_best_s", "ratios")})
+    flop = 2 * 256 ** 3  # the noise probe's GEMM (harness.engine.participants.PROBE_N)
+    best = min((v for v in probe if isinstance(v, (int, float)) and v > 0), default=None)
+    noise = doc.get("noise") if isinstance(doc.get("noise"), dict) else {}
+    return {"schema": SCHEMA, "schema_version": 3, "converted_from": BASELINES_SCHEMA,
+            **{k: doc.get(k) for k in ("created", "machine", "git", "command", "device", "threads",
+                                       "seed", "wall_s", "backends", "peak", "estimator")},
+            "precision": "float32", "processes": (doc.get("schedule") or {}).get("processes"),
+            "matrix": {"name": "baselines"}, "variants": None,
+            "probe": {"kind": "gemm", "n": 256, "flop": flop, "rounds_s": probe,
+                      "best_gflops": flop / best / 1e9 if best else None},
+            "noise": {"contended_fraction": noise.get("contended_fraction"),
+                      "verdict": noise.get("verdict")},
+            "workloads": workloads, "cells": cells}
+
+
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check one results file (version 1 is migrated to 2); ResultsError, one line
+    """Read and check one results file (version 1 is migrated to 2; a `lstmbench baselines`
+    document is read as a run of its backends: baselines_as_results); ResultsError, one line
     naming the file (and the cell), when it cannot be used."""
     p = Path(path)
     if p.is_dir():
@@ -286,6 +334,8 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ResultsError(f"{p}: not valid JSON ({e}); the file is corrupt or truncated") from None
     except (OSError, RecursionError) as e:
         raise ResultsError(f"{p}: cannot be read ({type(e).__name__}: {e})") from None
+    if isinstance(doc, dict) and doc.get("schema") == BASELINES_SCHEMA:
+        doc = baselines_as_results(doc, p)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsError(f"{p}: not an lstmbench results file (no schema {SCHEMA!r})")
     version = doc.get("schema_version")
