@@ -166,8 +166,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 devices=_GPU, precisions=_TF32,
                 baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM",
                 baseline_slower={
-                    '*': ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls per time step"
-                        ', where nn.LSTM runs one fused oneDNN kernel per layer')},
+                    '*': ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
+                          'per time step, where nn.LSTM runs one fused oneDNN kernel per layer')},
                 train_step_s=0.14),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
@@ -184,10 +184,12 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline="tensorflow", baseline_note="the same step without jit_compile",
                 requires=('tensorflow', 'keras'),
                 baseline_slower={
-                    'train': ('jit_compile=True by design, and thread-bound: at one thread XLA:CPU trains in te'
-                        "nsorflow's time (1.02x, 0.99x in the run of docs/speed.md); at two it took 77 ag"
-                        'ainst its own 65 ms a step (its pool splits each small op of the backward loop a'
-                        "cross threads) while TF's kernels stayed at 63 ms: 1.23x (5 December: 1.49x)")},
+                    'train': ('jit_compile=True by design, and thread-bound: at one thread '
+                              "XLA:CPU trains in tensorflow's time (1.02x, 0.99x in the run of "
+                              'docs/speed.md); at two it took 77 against its own 65 ms a step '
+                              '(its pool splits each small op of the backward loop across '
+                              "threads) while TF's kernels stayed at 63 ms: 1.23x (5 December: "
+                              '1.49x)')},
                 default_matrix=('eval',),
                 train_step_s=0.12),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
@@ -209,16 +211,21 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 "optimiser step compiled; generation a compiled one-token step",
                 baseline="torch", baseline_note="the eager nn.LSTM step it compiles",
                 baseline_slower={
-                    'generate': ('Dynamo graph-breaks at nn.LSTM, so each token runs the compiled step as three fr'
-                        'ames around the eager LSTM: three guard checks and ~70 us of compiled-region ove'
-                        'rhead a token (torch.profiler, char-rnn sizes: 16% of the loop) where the baseli'
-                        'ne makes one eager call; the loop compiled whole is torch-genloop (docs/speed.md'
-                        ')'),
-                    'train': ("the same kernels, its ratio the machine's: in one process it trains in torch's t"
-                        'ime (45.5 against 46.1 ms, 0.99x), torch.profiler puts 93% of both steps in the '
-                        'same oneDNN RNN kernels and the compiled regions under 3%; across worker process'
-                        'es on a busy machine the step moved 13% (between-process sd, 7 December), where '
-                        'torch itself read 1.23x its identical baseline (docs/speed.md)')},
+                    'generate': ('Dynamo graph-breaks at nn.LSTM, so each token runs the '
+                                 'compiled step as three frames around the eager LSTM: three '
+                                 'guard checks and ~70 us of compiled-region overhead a token '
+                                 '(torch.profiler, char-rnn sizes: 16% of the loop) where the '
+                                 'baseline makes one eager call; the loop compiled whole is '
+                                 'torch-genloop (docs/speed.md)'),
+                    'train': ('the same kernels, slower in its typical round: in one process it'
+                              " trains in torch's time (0.99x; 1.04x with the caches flushed "
+                              'between steps), torch.profiler puts 93% of both steps in the '
+                              'same oneDNN RNN kernels and the compiled regions under 3%; '
+                              'interleaved, its best rounds come within 1.02-1.17x the '
+                              "baseline's (7 December, 4 runs) while the paired median ratio is"
+                              ' 1.12-1.35x: under the busy machine its rounds slow more than '
+                              "the baseline's, for a cause not yet isolated (not garbage "
+                              'collection: none ran; docs/speed.md)')},
                 train_step_s=0.1),
     BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
                 "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
