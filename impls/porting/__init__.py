@@ -97,7 +97,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "StandardCheckpointer().save of nnx.state of a model with embed, cells.{l} "
            "(nnx.OptimizedLSTMCell), out: restorable into an NNX model of that shape",
            "the template checkpoint's tree (attribute names, cell kind)", "flax-optimized", False,
-           "Orbax StandardCheckpointer.restore into an NNX model, nnx.RNN"),
+           "Orbax StandardCheckpointer.restore into an NNX model, its cells stepped over time"),
 )}
 
 

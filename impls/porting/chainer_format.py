@@ -114,12 +114,19 @@ def read(path: str | Path, like: str | Path | None = None, lenient: bool = False
     b = arrays[dec.key("b")]
     W = oriented(arrays[dec.key("W")], (b.shape[0], H), dec.key("W"), faults, "L.Linear's W (out, in)")
     common = lstms[0].path.rpartition("/")[0]
+    ours = {k[len(common) + 1 if common else 0:] for k in arrays} == {n for v in default_names(
+        _sizes(len(lstms))).values() for n in v}
     return assemble("chainer", path, "chainer", layers, W.T, b,
                     {"out.W": [dec.key("W")], "out.b": [dec.key("b")]}, faults,
                     embed=arrays[emb.key("W")] if emb else None, embed_name=emb.key("W") if emb else None,
-                    describe=f"save_npz of a Chain{f' under {common}/' if common else ''}: "
+                    describe=f"save_npz of {'RNNForLM' if ours else 'a Chain'}{f' under {common}/' if common else ''}: "
                              f"{'EmbedID ' + emb.path + ', ' if emb else ''}L.LSTM "
                              f"{', '.join(x.path.rpartition('/')[2] for x in lstms)}, Linear {dec.path.rpartition('/')[2]}")
+
+
+def _sizes(layers: int) -> ModelConfig:
+    """A model of `layers` layers (default_names needs only the count)."""
+    return ModelConfig(1, 1, layers, "embedding", 1)
 
 
 def default_names(m: ModelConfig) -> dict[str, list[str]]:

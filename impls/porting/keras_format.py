@@ -96,6 +96,9 @@ def chain(model: Any, path: str | Path) -> tuple[Any, list[Any], Any]:
         if dense is not None:
             raise PortError(f"{path}: layer {layer.name} ({kind}) comes after the Dense decoder: another model")
         if isinstance(layer, keras.layers.Embedding) and first is None and not lstms:
+            if layer.mask_zero:
+                raise PortError(f"{path}: Embedding {layer.name} has mask_zero=True: its LSTM layers skip "
+                                "token 0's steps, which docs/SPEC.md's model does not; save it with mask_zero=False")
             first = layer
         elif (isinstance(layer, keras.layers.CategoryEncoding) and first is None and not lstms
               and layer.output_mode == "one_hot"):

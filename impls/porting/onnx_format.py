@@ -1,8 +1,9 @@
 """The `onnx` format: an ONNX graph that ONNX Runtime runs, one LSTM operator per layer.
 
-Written (opset 17): inputs `tokens` int64 (B, T) and, optional, `h0`, `c0` float32 (L, B, H)
-(graph inputs with a zero initializer of batch 1 as their default, expanded to B: leave them
-out for a zero state); outputs `logits` (B, T, V) first, then `h`, `c`. Inside: Gather(embed)
+Written (opset 18): inputs `tokens` int64 (B, T) and, optional, `h0`, `c0` float32 (L, B, H)
+(ONNX optional-typed inputs: leave them out for a zero state, which an If node makes; a zero
+initializer standing in for them would have had ONNX Runtime warn on every session); outputs
+`logits` (B, T, V) first, then `h`, `c`. Inside: Gather(embed)
 or OneHot, a Transpose to time-major, per layer an LSTM operator (W (1, 4H, D), R (1, 4H, H),
 B (1, 8H): gates i, o, f, c, the row layouts.ONNX, recurrent half of B zero), a Transpose back,
 MatMul + Add. The vocabulary, where known, is the model's metadata `lstmbench` (JSON).
@@ -30,12 +31,13 @@ from . import PortError
 from .assemble import Faults, Layer, assemble, check_template, lstm_layer, oriented
 from .model import Outputs, Ported, Probe
 
-OPSET = 17
+OPSET = 18  # LSTM-14, OneHot-11, Squeeze/Slice-13, optional inputs (OptionalHasElement-18)
 META = "lstmbench"
 # what a graph of docs/SPEC.md's model may hold besides LSTM, Gather/OneHot and the decoder
 PLUMBING = {"Cast", "Transpose", "Shape", "Slice", "Squeeze", "Unsqueeze", "Concat", "Constant", "Expand",
             "Identity", "Reshape", "ConstantOfShape", "Gather", "OneHot", "LSTM", "MatMul", "Add", "Gemm",
-            "Split", "Range", "Equal", "Where", "Mul", "Sub", "Div", "Size", "NonZero", "Tile"}
+            "Split", "Range", "Equal", "Where", "Mul", "Sub", "Div", "Size", "NonZero", "Tile",
+            "If", "OptionalHasElement", "OptionalGetElement"}
 INSTALL = "pip install 'lstmbench[onnxruntime]'"
 
 
@@ -192,17 +194,27 @@ def build(p: Ported) -> Any:
     m = p.model
     V, H, L = m.vocab_size, m.hidden_size, m.num_layers
     n = helper.make_node
-    consts = {**_native(p), "h0": np.zeros((L, 1, H), np.float32), "c0": np.zeros((L, 1, H), np.float32),
+    consts = {**_native(p), "zero_state": np.zeros((L, 1, H), np.float32),
               "depth": np.array(V, np.int64), "onehot_values": np.array([0.0, 1.0], np.float32),
               "L": np.array([L], np.int64), "H": np.array([H], np.int64), "zero": np.array([0], np.int64),
               "one": np.array([1], np.int64), "squeeze_axis": np.array([1], np.int64)}
     consts.update({f"l{l}": np.array([l], np.int64) for l in range(L + 1)})
+    f32 = TensorProto.FLOAT
+
+    def given_or_zero(name: str) -> list[Any]:
+        """`name`_b (L, B, H): the optional input where given, else zeros of the tokens' batch."""
+        out = f"{name}_b"
+        then = helper.make_graph([n("OptionalGetElement", [name], [f"{name}_given"])], f"{name}_given", [],
+                                 [helper.make_tensor_value_info(f"{name}_given", f32, [L, "B", H])])
+        other = helper.make_graph([n("Expand", ["zero_state", "state_shape"], [f"{name}_zero"])], f"{name}_zero", [],
+                                  [helper.make_tensor_value_info(f"{name}_zero", f32, [L, "B", H])])
+        return [n("OptionalHasElement", [name], [f"has_{name}"]),
+                n("If", [f"has_{name}"], [out], then_branch=then, else_branch=other)]
     nodes = [n("Gather", ["embed", "tokens"], ["x_bt"]) if m.input == "embedding"
              else n("OneHot", ["tokens", "depth", "onehot_values"], ["x_bt"], axis=-1),  # (B, T, D0)
              n("Transpose", ["x_bt"], ["x0"], perm=[1, 0, 2]),  # (T, B, D0): the LSTM operator's layout
              n("Shape", ["tokens"], ["tok_shape"]), n("Slice", ["tok_shape", "zero", "one"], ["batch"]),
-             n("Concat", ["L", "batch", "H"], ["state_shape"], axis=0),
-             n("Expand", ["h0", "state_shape"], ["h0_b"]), n("Expand", ["c0", "state_shape"], ["c0_b"])]
+             n("Concat", ["L", "batch", "H"], ["state_shape"], axis=0), *given_or_zero("h0"), *given_or_zero("c0")]
     x = "x0"
     for l in range(L):
         nodes += [n("Slice", ["h0_b", f"l{l}", f"l{l + 1}", "zero"], [f"h0_{l}"]),  # (1, B, H)
@@ -215,13 +227,13 @@ def build(p: Ported) -> Any:
               n("Add", ["xw", "out.b"], ["logits"]),
               n("Concat", [f"h_last{l}" for l in range(L)], ["h"], axis=0),
               n("Concat", [f"c_last{l}" for l in range(L)], ["c"], axis=0)]
-    used = {i for node in nodes for i in node.input}
+    used = {i for node in nodes for i in node.input} | {"zero_state"}
     inits = [numpy_helper.from_array(v, k) for k, v in consts.items() if k in used]
-    f32 = TensorProto.FLOAT
+    optional = lambda name: helper.make_value_info(  # noqa: E731
+        name, helper.make_optional_type_proto(helper.make_tensor_type_proto(f32, [L, "B", H])))
     graph = helper.make_graph(
         nodes, "lstmbench_char_lstm",
-        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B", "T"]),
-         helper.make_tensor_value_info("h0", f32, [L, "B", H]), helper.make_tensor_value_info("c0", f32, [L, "B", H])],
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["B", "T"]), optional("h0"), optional("c0")],
         [helper.make_tensor_value_info("logits", f32, ["B", "T", V]),
          helper.make_tensor_value_info("h", f32, [L, "B", H]), helper.make_tensor_value_info("c", f32, [L, "B", H])],
         inits)
@@ -310,14 +322,14 @@ def run(path: str | Path, probe: Probe, like: str | Path | None = None) -> Outpu
         sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT's own exception types
         raise PortError(f"{path}: onnxruntime refuses it: {' '.join(str(e).split())[:200]}") from None
-    ins = list(sess.get_inputs()) + list(sess.get_overridable_initializers())
+    ins = list(sess.get_inputs())
     tok = [i for i in ins if "int" in i.type]
-    states = [i for i in ins if "float" in i.type and len(i.shape) == 3]
+    floats = [i for i in ins if "float" in i.type]
+    by_name = {x.name: x for x in floats}
+    states = [by_name["h0"], by_name["c0"]] if {"h0", "c0"} <= set(by_name) else \
+        [x for x in floats if x.type.startswith("tensor") and len(x.shape or ()) == 3]
     if len(tok) != 1:
         raise PortError(f"{path}: {len(tok)} integer inputs; lstmbench feeds one (the tokens)")
-    by_name = {s.name: s for s in states}
-    if {"h0", "c0"} <= set(by_name):
-        states = [by_name["h0"], by_name["c0"]]
     batch_major = _tokens_batch_major(proto)
     B, T = probe.tokens.shape
     tokens = probe.tokens if batch_major else probe.tokens.T
@@ -335,7 +347,7 @@ def run(path: str | Path, probe: Probe, like: str | Path | None = None) -> Outpu
         return [logits, *rest]
     if len(states) not in (0, 2):
         states = []
-    required = {i.name for i in sess.get_inputs()} & {x.name for x in states}
+    required = {x.name for x in states if not x.type.startswith("optional")}
     H = int(_attrs(s["lstms"][0])["hidden_size"])
     z = np.zeros((len(s["lstms"]), B, H)) if required else None  # a graph whose state is not optional
     out = dict(zip(("logits", "h", "c"), call(z, z)))
