@@ -16,6 +16,7 @@ cells a backend's registry entry cannot run (no train mode) are skipped with tha
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -52,7 +53,10 @@ def backends() -> list[str]:
 
 
 def cells() -> list[Cell]:
-    return matrix().cells(backends(), DEVICE, PRECISION)
+    m = matrix()
+    if os.environ.get("LSTMBENCH_BACKENDS") and m.mode_backends:  # named: every mode, as `run` does
+        m = dataclasses.replace(m, mode_backends={})
+    return m.cells(backends(), DEVICE, PRECISION)
 
 
 def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, Any]) -> None:

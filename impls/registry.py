@@ -165,7 +165,7 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
     BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
                 "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
-                "torch.compile'd program: two torch while_loops over the LSTM step written as "
+                "torch.compile'd program: one torch while_loop over the LSTM step written as "
                 "tensor ops on the nn.LSTM's weights, pre-transposed; inductor's C++ wrapper; "
                 "on a GPU one CUDA graph per (prefix, n) (written, not measured here); eval is "
                 "torch's own nn.LSTM step; no train mode",

@@ -105,7 +105,7 @@ def _genloop_program(L: int, H: int, onehot: bool, filtered: bool) -> Any:
     return program
 
 
-CPPW = True
+CPPW = True  # inductor's C++ wrapper: 30 against 53 us a character (docs/speed.md)
 # (L, H, one-hot input, top-k filter) -> the compiled generation program, shared by every backend object of
 # that shape in this process (the weights are arguments). Dynamo keeps one cache entry per
 # shape on the program's code object and falls back to eager, silently, past its recompile
@@ -119,26 +119,28 @@ class TorchGenLoopBackend(TorchBackend):
     prefix, every step and every draw (docs/SPEC.md §5) in one program, so that one call returns
     all n tokens. On the CPU: the LSTM step written as tensor ops on the nn.LSTM's own weights,
     pre-transposed at load (W_ih^T, W_hh^T, b_ih + b_hh; one-hot input: a row gather), inside
-    two `torch._higher_order_ops.while_loop`s, compiled by `torch.compile` (inductor,
-    fullgraph, dynamic sizes: one compilation serves every prefix length and n) with its C++
-    wrapper (`cpp_wrapper`), so the loop runs without returning to Python. Eval is the `torch`
+    one `torch._higher_order_ops.while_loop` over the prefix and the draws, compiled by
+    `torch.compile` (inductor, fullgraph, dynamic sizes: one compilation per model shape serves
+    every prefix length, n and sampling rule but the top-k filter) with its C++ wrapper
+    (`cpp_wrapper`), so the loop runs without returning to Python. Eval is the `torch`
     backend's own nn.LSTM step; no train mode (registry modes=("eval", "generate")).
 
     Measured at char-rnn's sizes, one thread (docs/speed.md): 30 us a character against
     nn.LSTM per token's 280; the same ops eager per token 74, their per-token step compiled
     98, the loop compiled without the C++ wrapper 53, TorchScript 48, AOTInductor 30 (the
     same program, packaged: no faster). On a GPU (written, not measured: no GPU was lent to this
-    project) the same eager step is captured per (P, n, greedy, top_k) into one CUDA graph of the
+    project) the same eager step is captured per (P, n, top-k filter) into one CUDA graph of the
     whole decode and replayed, the way to drop per-token launches there.
 
-    Compiling costs seconds on the first call per model and sampling rule (the harness's
-    first step); construction resets Dynamo's caches, as torch-compile's does, so that no
-    process runs out of Dynamo's recompile budget and silently falls back to eager."""
+    Compiling costs 5-12 s on the first call per model shape (the harness's first step); the
+    program is shared by every backend object of that shape in the process (_GENLOOP_PROGRAMS),
+    which is cleared, and Dynamo reset, before Dynamo's recompile budget would run out and
+    fall back to eager, silently."""
 
     def __init__(self, model: ModelConfig, train: TrainConfig, params: Params, *,
                  device: str = "cpu", dtype: str = "float32", seed: int = 0,
                  precision: str = "float32") -> None:
-        self._graphs: dict[tuple[int, int, bool, int], Any] = {}
+        self._graphs: dict[tuple[int, int, bool], Any] = {}
         super().__init__(model, train, params, device=device, dtype=dtype, seed=seed,
                          precision=precision)
 

@@ -68,3 +68,34 @@ def test_model_is_nnx_optimized_lstm_in_its_layout():
     np.testing.assert_array_equal(np.asarray(cell.dense_h.bias.get_value()),
                                   want["dense_h.bias"].astype(np.float32))
     assert not hasattr(cell.dense_i, "bias") or cell.dense_i.bias is None  # one bias, hidden side
+
+
+def test_generation_is_one_compiled_program_and_the_steps_are_cached(monkeypatch):
+    """generate makes one call of the compiled loop (flax_impl._generate: nnx.merge + lax.scan
+    inside jax.jit), drawing the reference's tokens; the module's split is taken once until the
+    parameters change; eval and train steps are nnx.cached_partial steps, dropped on a change
+    of mode or parameters (their graph changes)."""
+    m = ModelConfig(9, 6, 2)
+    p = init_params(m, 2, scale=1.2)
+    be = registry.create("flax", m, TrainConfig(), p)
+    calls = []
+    real = flax_impl._generate
+    monkeypatch.setattr(flax_impl, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    u = np.random.default_rng(0).random(25)
+    got = be.generate(np.array([1, 2, 3]), 25, 1.0, 0, u)
+    assert len(calls) == 1 and got.shape == (25,)
+    want = registry.create("numpy", m, TrainConfig(), p).generate(np.array([1, 2, 3]), 25, 1.0, 0, u)
+    np.testing.assert_array_equal(got, want)
+    split = be._split
+    be.generate(np.array([4]), 5, 0.0, 0, u[:5])
+    assert be._split is split and len(calls) == 2
+    tok = be.put(np.zeros((2, 3), np.int64))
+    st = be.state(np.zeros((2, 2, 6)), np.zeros((2, 2, 6)))
+    be.eval_step(tok, tok, st)
+    ev = be._steps["eval"]
+    be.eval_step(tok, tok, st)
+    assert be._steps["eval"] is ev  # reused while the mode stays
+    be.train_step(tok, tok, st)
+    assert "eval" not in be._steps and be._split is None  # a new mode, new parameters
+    be.load(p)
+    assert be._steps == {}

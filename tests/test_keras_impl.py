@@ -31,7 +31,13 @@ rng = np.random.default_rng(0)
 tok = be.put(rng.integers(0, 9, (2, 4)))
 z = np.zeros((2, 2, 5))
 logits, _ = be.forward(tok, be.state(z + 0.1, z - 0.1))
-print(json.dumps({"engine": keras.backend.backend(),
+u, calls = rng.random(12), []
+if keras.backend.backend() == "jax":  # generation: one call of the jitted program
+    real = be._j_generate
+    be._j_generate = lambda *a, **k: calls.append(1) or real(*a, **k)
+gen = be.generate(np.array([1, 2]), 12, 0.9, 0, u).tolist()
+ref = registry.create("numpy", m, TrainConfig(), init_params(m, 1)).generate(np.array([1, 2]), 12, 0.9, 0, u)
+print(json.dumps({"engine": keras.backend.backend(), "gen": gen, "ref": ref.tolist(), "calls": len(calls),
                   "layers": [type(l).__name__ for l in be.net._flatten_layers(include_self=False)],
                   "vars": [[v.path, list(v.shape)] for v in be.net.trainable_variables],
                   "logits": logits.tolist()}))
@@ -67,3 +73,6 @@ def test_one_model_definition_on_two_engines():
     a, b = (np.asarray(got[n]["logits"]) for n in ("keras-jax", "keras-torch"))
     assert a.shape == (2, 4, 9)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for n in ("keras-jax", "keras-torch"):  # generation: the reference's tokens
+        assert got[n]["gen"] == got[n]["ref"] and len(set(got[n]["gen"])) > 1, n
+    assert got["keras-jax"]["calls"] == 1  # the whole sequence in one jitted program

@@ -84,3 +84,24 @@ def test_threads_reach_the_sessions():
         onnx_impl.configure(None, "cpu")
     with pytest.raises(ValueError, match="CPU only"):
         onnx_impl.configure(1, "gpu")
+
+
+def test_generation_is_one_session_run(monkeypatch):
+    """A sequence is one run of the generation graph (a Loop that draws in the graph), the
+    top-k filter a second graph built once; the tokens are the reference's."""
+    from impls import onnx_impl
+    m = ModelConfig(10, 5, 2)
+    p = init_params(m, 3, scale=1.2)
+    be = registry.create("onnxruntime", m, TrainConfig(), p)
+    runs = []
+    real = onnx_impl.ort.InferenceSession.run
+    monkeypatch.setattr(onnx_impl.ort.InferenceSession, "run",
+                        lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    u = np.random.default_rng(1).random(20)
+    ref = registry.create("numpy", m, TrainConfig(), p)
+    for temp, k in ((1.0, 0), (0.8, 3), (0.0, 0), (1.0, 0)):
+        got = be.generate(np.array([2, 5]), 20, temp, k, u)
+        np.testing.assert_array_equal(got, ref.generate(np.array([2, 5]), 20, temp, k, u))
+    assert len(runs) == 4 and sorted(be._gen) == [False, True]
+    graph = onnx_impl.build_generate_graph(m, onnx_impl._native(m, p), filtered=False)
+    assert [n.op_type for n in graph.graph.node].count("Loop") == 1
