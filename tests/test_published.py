@@ -57,6 +57,7 @@ VARIANTS: list[tuple[str, Path, str | None]] = [
      "jax-0.9.2,jax-0.10.2"),
 ]
 BASELINES = [R / "intel-xeon-2c" / "20261205T125548Z-baselines-cpu.json",
+             EPYC / "20261207T130227Z-baselines-cpu.json",  # issue 29's run: every backend, one thread
              EPYC / "20261202T142310Z-baselines-cpu.json", EPYC / "20261202T144743Z-baselines-cpu.json"]
 KEEP = ("backend", "variant", "mode", "preset", "batch", "mark", "ratio", "ci", "ci90", "equivalence_ci",
         "machine_shift", "workload_shift", "p", "reason", "decided_by", "regression", "tau")
