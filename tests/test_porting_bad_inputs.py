@@ -134,6 +134,10 @@ def test_refused_before_any_work(tmp_path, row):
     before = sorted(p.name for p in d.iterdir())
     env = {k: v.replace("{d}", str(tmp_path)) for k, v in row.env.items()}
     if "LSTMBENCH_PYTHON_CHAINER" in env and not env["LSTMBENCH_PYTHON_CHAINER"]:
+        from harness.envs import interpreters
+        found = [c for c in interpreters.env_candidates("chainer") if c.is_file() and interpreters.ROOT in c.parents]
+        if found:  # a checkout this code runs from holds one (.tox/chainer after a tox run): it is found
+            pytest.skip(f"chainer's environment cannot be absent here: the checkout holds {found[0]}")
         env.pop("LSTMBENCH_PYTHON_CHAINER")
         os_env = {k: v for k, v in os.environ.items() if k != "LSTMBENCH_PYTHON_CHAINER"}
         r = subprocess.run([sys.executable, "-m", "harness", *row.args], cwd=d, capture_output=True, text=True,
