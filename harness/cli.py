@@ -12,14 +12,15 @@ from impls import registry
 from impls.case import CaseError
 from impls.config import ConfigError
 
-from .commands import (ab, backends, baselines, case, check, compare, data, report, run, setup,
-                       train)
+from .commands import (ab, backends, baselines, case, check, compare, convert, crosscheck, data, report,
+                       run, setup, train)
 from .engine.signals import exit_status, restore
 from .errors import UsageError
 from .results.schema import ResultsError
 
 # The verbs in the order `lstmbench --help` lists them.
-COMMANDS = (backends, case, check, run, setup, compare, report, baselines, ab, data, train)
+COMMANDS = (backends, case, check, run, setup, compare, report, baselines, ab, data, train, convert,
+            crosscheck)
 
 
 def build_parser() -> argparse.ArgumentParser:

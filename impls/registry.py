@@ -82,6 +82,15 @@ class BackendSpec:
     # the import names whose absence makes it unavailable here (default: the framework's own);
     # a framework on another engine needs both (keras-jax: keras and jax)
     requires: tuple[str, ...] = ()
+    # mode ("*": every mode) -> the measured cause of this backend being more than the threshold
+    # slower than its baseline (`lstmbench baselines` prints it; measured causes only)
+    baseline_slower: dict[str, str] = field(default_factory=dict)
+    # the modes in which it is in the `default` matrix: its framework's fastest there
+    # (docs/speed.md: the interleaved runs at char-rnn's sizes, one thread)
+    default_matrix: tuple[str, ...] = ()
+    # median seconds of one train step at char-rnn's sizes with one thread (30-step probes, 2
+    # December 2026, two other jobs on the cores): the quality matrix's lanes take the slowest first
+    train_step_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.framework not in FRAMEWORKS:
@@ -119,6 +128,21 @@ CHAINER_DEVIATIONS = {
 _GPU = ("cpu", "gpu")
 _TF32 = ("float32", "tf32")
 
+# The environments other than "main" that backends live in (BackendSpec.env), as `lstmbench setup
+# ENV` builds them: environment name -> pip arguments in order, each list one `pip install` call.
+ENVIRONMENTS: dict[str, list[list[str]]] = {
+    "chainer": [
+        # setuptools < 81 keeps pkg_resources (chainer's setup.py); < 70 keeps
+        # distutils.msvccompiler, which numpy.distutils imports when chainer loads
+        ["numpy<2", "setuptools<70", "wheel"],
+        # Chainer 7.8.1's sdist imports pkg_resources in setup.py: build without isolation
+        ["--no-build-isolation", "chainer==7.8.1"],
+    ],
+}
+
+ORACLE = "numpy"  # the float64 reference every check compares against; never timed
+REFERENCE = "numpy-f32"  # the reference in float32: the quality matrix's calibration, evaluate's default
+
 BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float64",
                 "the float64 reference: hand-written BPTT, the oracle", precisions=("float64",),
@@ -127,42 +151,82 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
     BackendSpec("numpy-f32", "impls.numpy_impl", "NumpyBackend", "numpy", "main", "float32",
                 "the reference in float32: what you get with no framework",
                 baseline=None,
-                baseline_note="the backend is itself hand-written NumPy: it is what a user writes"),
+                baseline_note="the backend is itself hand-written NumPy: it is what a user writes",
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.14),
     BackendSpec("torch", "impls.torch_impl", "TorchBackend", "torch", "main", "float32",
                 "nn.LSTM: fused kernel (oneDNN on CPU, cuDNN on GPU)",
                 devices=_GPU, precisions=_TF32,
                 baseline="torch",
-                baseline_note="nn.LSTM with torch.optim: the baseline's own layers"),
+                baseline_note="nn.LSTM with torch.optim: the baseline's own layers",
+                default_matrix=('train', 'eval'),
+                train_step_s=0.09),
     BackendSpec("torch-cell", "impls.torch_impl", "TorchCellBackend", "torch", "main", "float32",
                 "char-rnn's cell: per-step loop of i2h + h2h Linear layers",
                 devices=_GPU, precisions=_TF32,
-                baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM"),
+                baseline="torch", baseline_note="the same model a torch user writes with nn.LSTM",
+                baseline_slower={
+                    '*': ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
+                          'per time step, where nn.LSTM runs one fused oneDNN kernel per layer')},
+                train_step_s=0.14),
     BackendSpec("tensorflow", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow", "main",
                 "float32", "Keras 3 layers.LSTM, train step in tf.function",
                 devices=_GPU, precisions=_TF32, deviations=KERAS_DEVIATIONS,
                 baseline="tensorflow",
                 baseline_note="Keras layers + GradientTape in a tf.function",
-                requires=('tensorflow', 'keras')),
+                requires=('tensorflow', 'keras'),
+                default_matrix=('train',),
+                train_step_s=0.13),
     BackendSpec("tensorflow-xla", "impls.tensorflow_impl", "TensorflowBackend", "tensorflow",
                 "main", "float32", "as tensorflow, tf.function(jit_compile=True)",
                 devices=_GPU, precisions=_TF32, kwargs={"jit_compile": True},
                 deviations=KERAS_DEVIATIONS,
                 baseline="tensorflow", baseline_note="the same step without jit_compile",
-                requires=('tensorflow', 'keras')),
+                requires=('tensorflow', 'keras'),
+                baseline_slower={
+                    'train': ('jit_compile=True by design, and thread-bound: at one thread '
+                              "XLA:CPU trains in tensorflow's time (1.02x, 0.99x in the run of "
+                              'docs/speed.md); at two it took 77 against its own 65 ms a step '
+                              '(its pool splits each small op of the backward loop across '
+                              "threads) while TF's kernels stayed at 63 ms: 1.23x (5 December: "
+                              '1.49x)')},
+                default_matrix=('eval',),
+                train_step_s=0.12),
     BackendSpec("jax", "impls.jax_impl", "JaxBackend", "jax", "main", "float32",
                 "pure functions, lax.scan over time, whole step under jax.jit",
                 devices=_GPU, precisions=_TF32,
-                baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit"),
+                baseline="jax", baseline_note="lax.scan LSTM cell, optax, jax.jit",
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.16),
     BackendSpec("chainer", "impls.chainer_impl", "ChainerBackend", "chainer", "chainer", "float32",
                 "RNNForLM shape: one L.LSTM per layer called per time step",
                 deviations=CHAINER_DEVIATIONS,
                 baseline="chainer",
-                baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example"),
+                baseline_note="RNNForLM and BPTTUpdater of Chainer's ptb example",
+                default_matrix=('train', 'eval', 'generate'),
+                train_step_s=0.37),
     BackendSpec("torch-compile", "impls.torch_compile_impl", "TorchCompileBackend", "torch", "main",
                 "float32", "torch's nn.LSTM model under torch.compile (inductor): the LSTM itself "
                 "stays eager (Dynamo graph-breaks on it), input/output layers, loss, clip and "
                 "optimiser step compiled; generation a compiled one-token step",
-                baseline="torch", baseline_note="the eager nn.LSTM step it compiles"),
+                baseline="torch", baseline_note="the eager nn.LSTM step it compiles",
+                baseline_slower={
+                    'generate': ('Dynamo graph-breaks at nn.LSTM, so each token runs the '
+                                 'compiled step as three frames around the eager LSTM: three '
+                                 'guard checks and ~70 us of compiled-region overhead a token '
+                                 '(torch.profiler, char-rnn sizes: 16% of the loop) where the '
+                                 'baseline makes one eager call; the loop compiled whole is '
+                                 'torch-genloop (docs/speed.md)'),
+                    'train': ('the same kernels, slower in its typical round: in one process it'
+                              " trains in torch's time (0.99x; 1.04x with the caches flushed "
+                              'between steps), torch.profiler puts 93% of both steps in the '
+                              'same oneDNN RNN kernels and the compiled regions under 3%; '
+                              'interleaved, its best rounds come within 1.02-1.17x the '
+                              "baseline's (7 December, 4 runs) while the paired median ratio is"
+                              ' 1.12-1.35x: under the busy machine its rounds slow more than '
+                              "the baseline's, for a cause not yet isolated (not garbage "
+                              'collection: none ran; docs/speed.md)')},
+                train_step_s=0.1),
     BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
                 "float32", "torch with the whole generation loop (prefix, steps, draws) in one "
                 "torch.compile'd program: one torch while_loop over the LSTM step written as "
@@ -173,7 +237,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline="torch",
                 baseline_note="its compiled generation loop against the plain PyTorch loop a "
                               "user writes (one nn.LSTM call and one torch.multinomial per "
-                              "character); its eval step is torch's own, and it has no train mode"),
+                              "character); its eval step is torch's own, and it has no train mode",
+                default_matrix=('generate',)),
     BackendSpec("onnxruntime", "impls.onnx_impl", "OnnxBackend", "onnxruntime", "main", "float32",
                 "an ONNX graph built from the canonical parameters (LSTM operator, gate order "
                 "i,o,f,c) run by ONNX Runtime's CPU provider; generation one graph (the prefix, "
@@ -190,7 +255,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
                 baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=jax)",
-                requires=('keras', 'jax')),
+                requires=('keras', 'jax'),
+                train_step_s=0.15),
     BackendSpec("keras-torch", "impls.keras_impl", "KerasBackend", "keras", "main", "float32",
                 "the tensorflow backend's Keras 3 model on the PyTorch engine: eager, "
                 "loss.backward(), optimizer.apply; Keras' torch LSTM (use_cudnn='auto'): the input "
@@ -200,7 +266,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 deviations=KERAS_DEVIATIONS,
                 baseline="keras",
                 baseline_note="Sequential, compile, train_on_batch/test_on_batch (KERAS_BACKEND=torch)",
-                requires=('keras', 'torch')),
+                requires=('keras', 'torch'),
+                train_step_s=0.32),
     BackendSpec("flax", "impls.flax_impl", "FlaxBackend", "flax", "main", "float32",
                 "Flax NNX: nnx.OptimizedLSTMCell over time by nnx.RNN (scan), optax, the train "
                 "step under nnx.jit; generation one compiled program (nnx.split, then nnx.merge "
@@ -209,7 +276,8 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                     "eps_inside", "optax.adagrad adds eps inside the root: g*rsqrt(s+eps) "
                                   "(no option to move it out)")},
                 baseline="jax", baseline_note="the plain-JAX step Flax wraps",
-                requires=('flax', 'optax', 'jax')),
+                requires=('flax', 'optax', 'jax'),
+                train_step_s=0.14),
     BackendSpec("tensorflow-genloop", "impls.tensorflow_impl", "TensorflowGenLoopBackend",
                 "tensorflow", "main", "float32",
                 "tensorflow with the whole generation loop (prefix, steps, draws) in one "
@@ -220,12 +288,32 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                 baseline_note="its compiled generation loop against the plain Keras loop a user "
                               "writes (one model call per character); its eval step is "
                               "tensorflow's own, and it has no train mode",
-                requires=('tensorflow', 'keras')),
+                requires=('tensorflow', 'keras'),
+                default_matrix=('generate',)),
 )}
 
 
 class BackendError(Exception):
     """A backend cannot be used here; the message says why and how to fix it."""
+
+
+def timed() -> list[str]:
+    """Every backend but the oracle, in registry order: what `run`, `check` and `quality` take
+    where no --backends is given (a matrix may name its own)."""
+    return [b for b in BACKENDS if b != ORACLE]
+
+
+def default_matrix() -> dict[str, tuple[str, ...]]:
+    """The `default` matrix's backends by mode (BackendSpec.default_matrix): one per framework,
+    in the order the frameworks first appear here."""
+    first: dict[str, int] = {}
+    for s in BACKENDS.values():
+        first.setdefault(s.framework, len(first))
+    out: dict[str, tuple[str, ...]] = {}
+    for mode in MODES:
+        names = [b for b, s in BACKENDS.items() if mode in s.default_matrix]
+        out[mode] = tuple(sorted(names, key=lambda b: first[BACKENDS[b].framework]))
+    return out
 
 
 def get_spec(name: str) -> BackendSpec:

@@ -85,3 +85,13 @@ CURVES: dict[str, Tolerance] = {
                                "2.4369/2.4384/2.4384; 0.02 is ~3 standard errors of a difference "
                                "of 5-seed means; no dropout moves the mean by 0.057"),
 }
+
+
+# Porting (impls.porting.diagnose): two files' parameters are "the same" when
+# ||b - a|| / ||a|| is within this bound. A float64 value stored as float32 is off by at most
+# 2^-24 relative (6e-8) per element: the norm of that error is below 6e-8 of the norm; a
+# permuted gate block, a transposed matrix or a forget-bias offset of 1 are errors of order 1.
+PORTING: dict[str, Tolerance] = {
+    "params": Tolerance(1e-6, "float32 storage of float64 values: <= 2^-24 = 6e-8 relative per "
+                              "element (measured 3e-8 over the porting tests' files); a slip is O(1)"),
+}

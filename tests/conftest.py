@@ -80,3 +80,24 @@ def reference(cc: CrossCase) -> tuple[Case, dict[str, np.ndarray]]:
 @pytest.fixture(params=CROSS_CASES, ids=lambda c: c.id)
 def cross_case(request: pytest.FixtureRequest) -> CrossCase:
     return request.param
+
+
+_PORT: dict = {}  # the one porting session (below)
+
+
+@pytest.fixture(scope="session")
+def port_session():
+    """One porting session (a worker per environment: main, chainer) for the porting tests
+    (tests/test_porting*.py): each environment's frameworks are imported once, and reads and
+    runs of a file are cached across tests (harness.engine.porting). Its workers are closed
+    after the last of those tests (they would start again if asked), so that they do not sit
+    beside the rest of the suite."""
+    from harness.engine.porting import PortSession
+    _PORT["session"] = s = PortSession()
+    yield s
+    s.close()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if "session" in _PORT and (nextitem is None or not nextitem.path.name.startswith("test_porting")):
+        _PORT["session"].close()

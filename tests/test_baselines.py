@@ -13,6 +13,7 @@
 Frameworks missing here are skipped, or fail where LSTMBENCH_REQUIRE_ALL is set (tox)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,10 +24,12 @@ import numpy as np
 import pytest
 
 from harness.commands import baselines
+from harness.engine.bench import Cell
 from harness.envs import interpreters as envs
 from harness.cli import main
 from harness.errors import UsageError
 from impls import registry
+from impls.config import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
@@ -177,9 +180,14 @@ def test_a_spec_without_a_baseline_note_is_refused() -> None:
 
 
 def test_reasons_name_real_backends_and_modes() -> None:
-    for (b, mode), why in baselines.REASONS.items():
+    """A backend's measured reason for being slower than its baseline is in its registry entry."""
+    reasons = {(b, mode): why for b, s in registry.BACKENDS.items() for mode, why in s.baseline_slower.items()}
+    assert reasons, "no reason recorded: the README's table has two"
+    for (b, mode), why in reasons.items():
         assert baselines.BASELINES[b].baseline is not None, b
         assert mode in (*baselines.MODES, "*") and why.strip(), (b, mode)
+    assert baselines.reason_for("torch-cell", "generate") == reasons[("torch-cell", "*")]
+    assert baselines.reason_for("tensorflow-xla", "eval") is None
 
 
 def test_participants_share_a_baseline_only_within_an_environment() -> None:
@@ -237,6 +245,7 @@ def test_command_end_to_end_on_torch(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out, = (tmp_path / "res").glob("*/*-baselines-cpu.json")  # FOLDER/<machine>/<time>-baselines-cpu.json
     doc = json.loads(out.read_text())
     assert doc["schema"] == baselines.SCHEMA and doc["seed"] == 3
+    assert list(doc["backends"]) == ["torch"]  # the backends described; a baseline is its host's
     assert Path(doc["baselines_dir"]) == DIR.resolve()
     # one thread on a machine of more CPUs: every worker pinned to the last one, as `run` does
     from harness.envs.host import usable_cpus
@@ -317,3 +326,54 @@ def test_a_folder_without_the_needed_file_is_refused(tmp_path: Path,
     rc = main(["baselines", "--presets", "tiny", "--backends", "torch", "--dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "torch_baseline.py" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_run_resume_continues_a_baselines_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """An interrupted baselines run is a journal (harness.session) that `run --resume` continues
+    (harness.session.kinds) with the settings its header records: only the workloads it lacks
+    are measured, and the file holds them all, judged together."""
+    from harness.engine.assemble import workload_record
+    from harness.session.journal import Journal, journal_path
+    plan = baselines.Plan(("tiny",), ("train", "eval"), ("torch",), 1, DIR.resolve(), 3, rounds=12)
+    base = np.exp(np.random.default_rng(0).normal(0, 0.05, (1, 12))) * 1e-3
+    measured: list[str] = []
+
+    def record(wid: str, cells: list) -> dict:
+        from harness.engine import stats
+        res = {}
+        for c in cells:
+            r = _result((base * (1.3 if c.backend == "torch" else 1.0)).tolist())
+            r.update(stats.cell_estimate(r["samples"], min_clean=5), first_step_s=0.1)
+            res[c.backend] = {**r, "chars_per_s": c.chars_per_call() / r["estimate_s"]}
+        return workload_record(wid, {c.backend: (c, None) for c in cells}, res, None, 1, None)
+
+    class FakeExecutor:  # this machine's executor without workers: the session is what is tested
+        setup = argparse.Namespace(launch=argparse.Namespace(cpus=None), extra={})
+        probe = argparse.Namespace(flop=2 * 256 ** 3)
+
+        def gemm_peak(self): return None
+
+        def describe(self, log): return {"torch": {"available": True, "version": "2"}}
+        def serve(self, name, host): pass
+        def start_probe(self, log): return False
+        def close(self): pass
+
+        def run_workload(self, wid, cells, log, on_round=None):
+            measured.append(wid)
+            return record(wid, cells)
+
+    doc = baselines.new_document(plan, None, ["lstmbench", "baselines"])
+    doc.update(backends={"torch": {"available": True}}, baselines={})
+    target = tmp_path / "m" / "x-baselines-cpu.json"
+    target.parent.mkdir()
+    journal = Journal(journal_path(target))
+    journal.write_header({**doc, "target": str(target)})
+    cells = [Cell.from_preset(get_preset("tiny"), n, "train") for n in ("torch", "baseline:torch")]
+    journal.append(record(f"tiny/train/B{cells[0].batch}xT{cells[0].seq_len}", cells))
+    monkeypatch.setattr(baselines, "_executor", lambda plan, overrides: FakeExecutor())
+    assert main(["run", "--resume", str(journal.path)]) == 0, capsys.readouterr().err
+    out = json.loads(target.read_text())
+    assert measured == [w["id"] for w in out["workloads"]][1:] and len(measured) == 1  # eval only
+    assert [(r["mode"], r["mark"]) for r in out["rows"]] == [("train", "slower"), ("eval", "slower")]
+    assert out["seed"] == 3 and out["schedule"]["rounds"] == 12 and not journal.path.exists()

@@ -1,5 +1,6 @@
 """The shape of the code: no import circles between harness/'s modules, no module of harness/ or
-impls/ a reader must hold more than MAX_LINES of, every test file run by some tox environment
+impls/ a reader must hold more than MAX_LINES of, no function of harness/ over
+MAX_FUNCTION_LINES, every package in pyproject's list, every test file run by some tox environment
 (so CI runs it), and a worker side (what runs in other interpreters: chainer's NumPy < 2
 environment, an older source tree of a variant) that imports nothing but the standard library,
 NumPy, impls and itself.
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
 IMPLS = ROOT / "impls"
 MAX_LINES = 600
+MAX_FUNCTION_LINES = 80  # a function of harness/ a reader takes in at once (issue 30)
 # the worker side: what harness.engine.workers' bootstrap imports in the backend's interpreter
 # (the packages, then the worker's module) and what they import
 WORKER_ENTRY = ("harness", "harness.engine", "harness.engine.worker")
@@ -137,6 +139,35 @@ def test_no_module_over_max_lines():
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
 
 
+def long_functions(path: Path, limit: int) -> dict[str, int]:
+    """The functions (methods, nested ones) of a file longer than `limit` lines, by qualified name."""
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef) and (n := child.end_lineno - child.lineno + 1) > limit:
+                    out[name] = n
+                visit(child, name + ".")
+    visit(ast.parse(path.read_text(), str(path)), "")
+    return out
+
+
+def test_no_function_in_harness_over_max_function_lines():
+    long = {f"{name}.{fn}": n for name, p in modules().items()
+            for fn, n in long_functions(p, MAX_FUNCTION_LINES).items()}
+    assert long == {}, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_length_check_measures_methods_and_nested_functions(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("class C:\n    def m(self):\n" + "        x = 1\n" * 5 + "        def inner():\n"
+                 + "            y = 2\n" * 3 + "\ndef g():\n    pass\n")
+    assert long_functions(f, 3) == {"C.m": 10, "C.m.inner": 4}
+    assert long_functions(f, 10) == {}
+
+
 def tox_test_files(text: str) -> dict[str, set[str]]:
     """tox.ini's environments -> the test files their commands name (tests/test_*.py)."""
     cfg = configparser.ConfigParser(interpolation=None)
@@ -185,3 +216,32 @@ def test_every_package_is_in_pyprojects_packages_list():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for d in (HARNESS, IMPLS) for p in d.rglob("__init__.py")}
     assert found == listed, f"not listed: {sorted(found - listed)}; listed, not packages: {sorted(listed - found)}"
+
+
+def test_no_backend_name_outside_the_registry():
+    """A backend's facts live in its registry entry (impls/registry.py), so a new backend changes
+    nothing in harness/: no string literal there names one. A name that is also a framework's, an
+    environment's or a module's to import (torch, jax, chainer, numpy) may stand for that."""
+    sys.path.insert(0, str(ROOT))
+    from impls import registry
+    other = {*registry.FRAMEWORKS, *registry.ENVIRONMENTS, *(m for s in registry.BACKENDS.values() for m in s.requires)}
+    names = set(registry.BACKENDS) - other
+    assert {"numpy-f32", "torch-cell", "tensorflow-xla", "keras-jax"} <= names  # the check checks something
+    named = [f"{name}:{n.lineno} {n.value!r}" for name, p in modules().items()
+             for n in ast.walk(ast.parse(p.read_text(), str(p)))
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
+    assert named == [], f"backend names outside impls/registry.py: {named}"
+
+
+def test_every_registry_entry_names_what_is_there():
+    """The registries that make a new executor, run kind or participant kind one module and an
+    entry: every entry imports and is what it says (nothing of Ray is imported to check it)."""
+    import importlib
+    sys.path.insert(0, str(ROOT))
+    from harness.engine.executor import EXECUTORS
+    from harness.engine.kinds import KINDS
+    from harness.session.kinds import RUN_KINDS
+    for entry in [*EXECUTORS.values(), *RUN_KINDS.values()]:
+        module, _, name = entry.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), entry
+    assert {k.name for k in KINDS.values()} == set(KINDS) and {k.op for k in KINDS.values()} >= {"prepare", "probe"}

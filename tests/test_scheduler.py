@@ -230,7 +230,7 @@ def test_default_measures_each_frameworks_fastest_backend_per_mode(tmp_path):
     """`default` runs one backend per framework in each mode, the one measured fastest there
     (torch-genloop generates, torch trains); backends named on the command line run in every
     mode; a matrix file may name a mode's backends too."""
-    from harness.commands.run import run_options
+    from harness.commands.run import run_settings
     from harness.cli import build_parser
     from impls import registry
     m = load_matrix("default")
@@ -247,11 +247,11 @@ def test_default_measures_each_frameworks_fastest_backend_per_mode(tmp_path):
         fws = [registry.get_spec(b).framework for b in names]
         assert fws == ["numpy", "torch", "tensorflow", "jax", "chainer"] and len(set(fws)) == 5, mode
     parser = build_parser()
-    opts = run_options(parser.parse_args(["run", "--backends", "torch,jax"]), default_matrix="default")
-    cells = opts["matrix"].cells(opts["backends"], "cpu", "float32")
+    opts = run_settings(parser.parse_args(["run", "--backends", "torch,jax"]), default_matrix="default")
+    cells = opts.matrix.cells(list(opts.backends), "cpu", "float32")
     assert {(c.mode, c.backend) for c in cells} == {(md, b) for md in want for b in ("torch", "jax")}
-    opts = run_options(parser.parse_args(["run"]), default_matrix="default")
-    assert opts["matrix"].mode_backends == m.mode_backends
+    opts = run_settings(parser.parse_args(["run"]), default_matrix="default")
+    assert opts.matrix.mode_backends == m.mode_backends
     p = tmp_path / "m.toml"
     p.write_text('[mode_backends]\ngenerate = ["jax"]\n[[group]]\nvocab_size = 10\nhidden_size = 8\n')
     f = load_matrix(str(p))

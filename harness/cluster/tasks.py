@@ -136,8 +136,12 @@ def _identity_probe() -> Callable[[], dict[str, Any]]:
         ctx = ray.get_runtime_context()
         out: dict[str, Any] = {"node_id": ctx.get_node_id(), "labels": dict(ctx.get_node_labels())}
         try:
-            from harness.cluster.tasks import code_identity as ident
-            from harness.envs.host import machine_info
+            try:
+                from harness.cluster.tasks import code_identity as ident
+                from harness.envs.host import machine_info
+            except ModuleNotFoundError:  # an lstmbench of the layout before harness/cluster/
+                from harness.engine.cluster import code_identity as ident  # type: ignore[no-redef]
+                from harness.engine.host import machine_info  # type: ignore[no-redef]
             out.update(code=ident(), machine=machine_info())
         except Exception as e:  # noqa: BLE001 - no lstmbench, or one without this module
             import socket as s

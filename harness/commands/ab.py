@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from ..report.console import RunConsole, fmt_time, text_table
 from ..results.model import RunCell, read_run
 from ..results.store import expand_paths
 from .options import add_json, json_target, percent, positive_threads, text_log, write_json
-from .run import add_run_options, run_options
+from .run import add_run_options, run_settings
 
 
 def _entries(cells: list[RunCell], variant: str) -> dict[tuple[str, str], RunCell]:
@@ -182,8 +181,9 @@ def cmd_ab(a: argparse.Namespace) -> int:
     positive_threads(a.threads)
     target = json_target(a.json)  # before anything is measured
     log = text_log(target)
-    run = run_options(a, default_matrix="smoke", variants=[base, new])
-    path = run_matrix(**run, reporter=RunConsole(summary=False), command=["lstmbench", *sys.argv[1:]], log=log)
+    paths = run_matrix(run_settings(a, default_matrix="smoke", variants=[base, new]),
+                       reporter=RunConsole(summary=False), log=log)
+    path = paths[0]
     log("")
     return run_compare_variants(str(path), "base,new", threshold=threshold,
                                 fail_on_regression=a.fail_on_regression, json_path=target, log=log)

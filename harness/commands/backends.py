@@ -7,6 +7,7 @@ from typing import Any
 
 from impls import registry
 from impls.config import PRESETS, flops_per_char
+from impls.porting import FORMATS
 
 from ..envs.interpreters import interpreter_for, parse_python_overrides
 from ..engine.workers import Worker, WorkerFailed
@@ -49,7 +50,8 @@ def cmd_backends(a: argparse.Namespace) -> int:
         info[name].update(framework=spec.framework, requires=list(spec.requires),
                           modes=list(spec.modes), devices=list(spec.devices),
                           precisions=list(spec.precisions), env=spec.env)
-    text_log(target)("\n".join(backends_text(info)))
+    text_log(target)("\n".join(backends_text(info)) + f"\n\nformats of convert and crosscheck: {', '.join(FORMATS)} "
+                     "(lstmbench convert --help says what each reads and writes)")
     write_json(target, info)
     return 0
 

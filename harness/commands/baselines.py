@@ -4,8 +4,11 @@ write? (issue 11, item 6: fair to every framework.)
 benchmarks/baselines/ holds, per framework, a hand-written train step, eval step and
 generation loop (`make_step`, `make_eval`, `make_generate`). For every (preset, mode) this
 command measures one workload whose participants are the selected backends AND the baselines
-they need, interleaved by the same engine as `lstmbench run` (harness.engine.scheduler.measure_workload:
-seeded random order per round, the GEMM noise probe, clean rounds, re-measurement). Each
+they need (participants of kind `baseline`, harness.engine.kinds.baseline), interleaved by the
+same executor as `lstmbench run` (harness.engine.executor.LocalExecutor: seeded random order per
+round, the GEMM noise probe, clean rounds, re-measurement), through one session
+(harness.session.session: each finished workload journaled, `run --resume JOURNAL` after an
+interruption measures the rest). Each
 participant lives in a worker process of its own; a baseline's worker runs in its backend's
 interpreter with its backend's environment variables (KERAS_BACKEND) and is set up by its
 backend module's configure() (thread pools, library flags), so the ratio measures the step's
@@ -14,8 +17,8 @@ code, not process settings.
 Per backend: the time ratio backend / baseline, judged exactly as `compare --variants` judges
 two variants of one run (harness.judge.duet: paired rounds, per-process centres, the between-process
 variance pooled over the run's cells; marks `faster`, `slower`, `unchanged`, `inconclusive`,
-`failed` at the 10% threshold). A backend more than 10% slower carries its reason from REASONS
-(measured causes only). Results: one JSON document (schema lstmbench.baselines), written
+`failed` at the 10% threshold). A backend more than 10% slower carries its reason from its registry entry
+(BackendSpec.baseline_slower: measured causes only). Results: one JSON document (schema lstmbench.baselines), written
 atomically and never over an existing file, and a Markdown table on stdout; progress on stderr.
 
 The mapping backend -> baseline is each backend's registry entry (BackendSpec.baseline and
@@ -35,24 +38,26 @@ from typing import Any, Callable
 from impls import registry
 from impls.config import get_preset
 
-import numpy as np
-
 from ..engine import explain, stats
-from ..judge import duet
+from ..engine.assemble import workload_ratios
 from ..engine.bench import PEAK_N, Cell
-from ..envs.interpreters import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
-from ..engine.executor import participant_info
+from ..engine.executor import LocalExecutor, Setup
+from ..engine.participants import PROBE_N
+from ..engine.scheduler import Schedule
+from ..engine.workers import Launcher
 from ..envs.host import worker_cpus
-from ..engine.kinds import KINDS
-from ..engine.participants import PROBE, PROBE_N, ParticipantFailed
-from ..engine.scheduler import ProbeState, Schedule, measure_workload
-from ..engine.assemble import cell_result, workload_ratios
-from ..engine.workers import Launcher, WorkerFailed, WorkerParticipant, Workers, answer
+from ..envs.interpreters import ROOT, _is_lstmbench_checkout, parse_python_overrides, project_root
 from ..errors import UsageError
+from ..judge import duet
 from ..report.console import describe
 from ..report.frontier import frontier, summary_line
-from ..results.store import check_writable, default_path, new_document, write_results
+from ..results.store import check_writable, default_path
+from ..results.store import new_document as results_document
+from ..session.journal import is_workload_record
+from ..session.session import Resume, RunSession, kept_words, running
 from .options import add_threads, out_folder, positive_threads
+
+Log = Callable[[str], None]
 
 THRESHOLD = 0.10  # a backend more than 10% slower than its baseline must be fixed or explained
 MODES = ("train", "eval", "generate")
@@ -80,35 +85,11 @@ class Entry:
 BASELINES: dict[str, Entry] = {b: Entry(s.baseline, s.baseline_note)
                                for b, s in registry.BACKENDS.items()}
 
-# (backend, mode) -> why that backend is more than 10% slower than its baseline, from
-# measurements (docs: benchmarks/baselines/README.md). Mode "*" covers every mode.
-REASONS: dict[tuple[str, str], str] = {
-    ("torch-cell", "*"): ("char-rnn's cell by design: a Python loop of i2h + h2h Linear calls "
-                          "per time step, where nn.LSTM runs one fused oneDNN kernel per layer"),
-    ("torch-compile", "generate"): ("Dynamo graph-breaks at nn.LSTM, so each token runs the "
-                                    "compiled step as three frames around the eager LSTM: three "
-                                    "guard checks and ~70 us of compiled-region overhead a token "
-                                    "(torch.profiler, char-rnn sizes: 16% of the loop) where the "
-                                    "baseline makes one eager call; the loop compiled whole is "
-                                    "torch-genloop (docs/speed.md)"),
-    ("torch-compile", "train"): ("the same kernels, slower in its typical round: in one process it "
-                                 "trains in torch's time (0.99x; 1.04x with the caches flushed "
-                                 "between steps), torch.profiler puts 93% of both steps in the same "
-                                 "oneDNN RNN kernels and the compiled regions under 3%; interleaved, "
-                                 "its best rounds come within 1.02-1.17x the baseline's (7 December, "
-                                 "4 runs) while the paired median ratio is 1.12-1.35x: under the busy "
-                                 "machine its rounds slow more than the baseline's, for a cause not "
-                                 "yet isolated (not garbage collection: none ran; docs/speed.md)"),
-    ("tensorflow-xla", "train"): ("jit_compile=True by design, and thread-bound: at one thread XLA:CPU "
-                                  "trains in tensorflow's time (1.02x, 0.99x in the run of docs/speed.md); "
-                                  "at two it took 77 against its own 65 ms a step (its pool splits each "
-                                  "small op of the backward loop across threads) while TF's kernels "
-                                  "stayed at 63 ms: 1.23x (5 December: 1.49x)"),
-}
-
-
 def reason_for(backend: str, mode: str) -> str | None:
-    return REASONS.get((backend, mode)) or REASONS.get((backend, "*"))
+    """The measured cause of `backend` being slower than its baseline in `mode`, from its registry
+    entry (BackendSpec.baseline_slower; docs: benchmarks/baselines/README.md)."""
+    why = registry.get_spec(backend).baseline_slower
+    return why.get(mode) or why.get("*")
 
 
 def participant_name(backend: str) -> str:
@@ -219,135 +200,138 @@ def select_backends(text: str | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def run_baselines(presets: list[str], modes: list[str], backends: list[str] | None, *,
-                  threads: int | None, base_dir: Path, out: Path = Path("results"), seed: int | None,
-                  rounds: int = 30, processes: int = 1, workload_time: float = 120.0,
-                  overrides: dict[str, str] | None = None, command: list[str] | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Measure every (preset, mode) workload; write the document; returns (path, document)."""
+@dataclass(frozen=True)
+class Plan:
+    """What a baselines run measures and how: presets x modes, the backends (None: every one
+    with a baseline that is available here), and the schedule of each workload's rounds."""
+    presets: tuple[str, ...]
+    modes: tuple[str, ...]
+    backends: tuple[str, ...] | None
+    threads: int | None
+    base_dir: Path
+    seed: int
+    rounds: int = 30
+    processes: int = 1
+    workload_time: float = 120.0
 
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    named = backends is not None
-    candidates = backends if named else with_baseline()
-    for f in {BASELINES[b].baseline for b in candidates}:
-        if not (base_dir / baseline_file(f)).is_file():
-            raise UsageError(f"{base_dir} has no {baseline_file(f)}; pass --dir with the checkout's "
-                             "benchmarks/baselines folder")
-    seed = int(time.time_ns() % 2**31) if seed is None else seed
-    check_writable(out)  # before any measurement
-    hosts: dict[str, str] = {}  # baseline participant -> the first available backend it serves
-    # pinned as `run` pins (harness.envs.host.worker_cpus): fewer threads than CPUs, the last ones
-    cpus = worker_cpus(threads)
-    backend_launch = Launcher(overrides or {}, threads, cpus=cpus)
-    # a baseline's worker is its host backend's: same interpreter, env_vars, threads and CPUs
-    workers = Workers(lambda name: backend_launch(hosts.get(name, name)))
-    sched = Schedule(rounds=rounds, processes=processes, max_time=workload_time,
-                     min_clean=min(stats.MIN_CLEAN, rounds * processes),
-                     extra_rounds=max(10, rounds), extra_time=20.0)
-    rng = np.random.default_rng(seed)
-    workloads: list[dict[str, Any]] = []
-    measured: list[tuple[str, str, str, str, dict[str, Any], dict[str, Any]]] = []
-    t_start = time.monotonic()
-    try:
-        log(f"baselines: presets {','.join(presets)}, modes {','.join(modes)}, threads {threads}, "
-            f"{rounds} rounds, {processes} process(es), seed {seed}, files in {base_dir}"
-            + (f", workers pinned to CPU {','.join(map(str, cpus))}" if cpus else ""))
-        log("backends:")
-        info = participant_info(workers, candidates, "cpu", log)
-        avail = [b for b in candidates if info[b].get("available")]
-        if named and len(avail) < len(candidates):
-            bad = next(b for b in candidates if b not in avail)
-            raise registry.BackendError(f"backend {bad} is unavailable here: "
-                                        f"{str(info[bad].get('reason')).splitlines()[0]}")
-        if not avail:
-            raise UsageError("no backend with a baseline is available here")
-        for b in avail:
-            hosts.setdefault(participant_name(b), b)
-        probe = ProbeState(WorkerParticipant(workers, PROBE, 0, None, 300, kind=KINDS["probe"]))
-        try:
-            probe.flop = int(probe.participant.prepare().get("flop", probe.flop))  # type: ignore[union-attr]
-        except Exception as e:  # noqa: BLE001 - go on without the probe, as run does
-            log(f"noise probe unavailable ({e}); rounds cannot be checked against it")
-            probe.participant = None
-        big = [_gemm_peak(workers)]  # the larger GEMM at the start and the end, as run times it
-        plan = [(p, m) for p in presets for m in modes]
-        for i, (pname, mode) in enumerate(plan, 1):
-            preset = get_preset(pname)
-            bes = [b for b in avail if mode in registry.get_spec(b).modes]
-            if not bes:
-                log(f"[{i}/{len(plan)}] {pname}/{mode}: no selected backend has a {mode} mode; skipped")
-                continue
-            parts = bes + list(dict.fromkeys(participant_name(b) for b in bes))
-            cells = {n: Cell.from_preset(preset, n, mode) for n in parts}
-            c0 = cells[parts[0]]
-            wid = f"{pname}/{mode}/B{c0.batch}xT{c0.seq_len}"
-            log(f"[{i}/{len(plan)}] {wid}: {', '.join(parts)}  (elapsed {time.monotonic() - t_start:.0f} s)")
+    def schedule(self) -> Schedule:
+        return Schedule(rounds=self.rounds, processes=self.processes, max_time=self.workload_time,
+                        min_clean=min(stats.MIN_CLEAN, self.rounds * self.processes),
+                        extra_rounds=max(10, self.rounds), extra_time=20.0)
 
-            def make(n: str, p: int) -> Any:
-                if n in hosts and n not in registry.BACKENDS:  # a baseline: prepared from its file
-                    host = hosts[n]
-                    return WorkerParticipant(workers, n, p, cells[n], 600.0, kind=KINDS["baseline"],
-                                             extra={"file": str(base_dir / baseline_file(BASELINES[host].baseline)),
-                                                    "backend": host})
-                return WorkerParticipant(workers, n, p, cells[n], 600.0)
+    @property
+    def candidates(self) -> list[str]:
+        return list(self.backends) if self.backends is not None else with_baseline()
 
-            wd = measure_workload(parts, make, probe, sched, rng, log)
-            res = {n: cell_result(cells[n], wd.backends[n], sched, seed=0) for n in parts}
-            # each backend's time ratio to the fastest backend (baselines are no backend)
-            ratios = workload_ratios({b: res[b] for b in bes})
-            for n in parts:
-                log(f"      {n:34} " + describe(res[n]))
-            for b in bes:
-                measured.append((pname, mode, wid, b, res[b], res[participant_name(b)]))
-            workloads.append({"id": wid, "preset": pname, "mode": mode, "batch": c0.batch,
-                              "seq_len": c0.seq_len, "rounds": wd.rounds,
-                              "remeasured_rounds": wd.remeasured, "cut_short": wd.short,
-                              "order": wd.order, "probe_s": wd.probe_s, "probe_best_s": probe.best_s,
-                              "ratios": ratios, "participants": {n: {"cell": cells[n].to_dict(), "result": res[n]}
-                                               for n in parts}})
-        big.append(_gemm_peak(workers))
-    finally:
-        workers.close()
-    probe_best = probe.flop / probe.best_s / 1e9 if probe.best_s else None
-    gemm = max([g for g in big if g], default=None)
+    def intro(self, cpus: list[int] | None) -> str:
+        return (f"baselines: presets {','.join(self.presets)}, modes {','.join(self.modes)}, threads "
+                f"{self.threads}, {self.rounds} rounds, {self.processes} process(es), seed {self.seed}, "
+                f"files in {self.base_dir}" + (f", workers pinned to CPU {','.join(map(str, cpus))}" if cpus else ""))
+
+
+def _executor(plan: Plan, overrides: dict[str, str]) -> LocalExecutor:
+    """This machine's executor for the backends and the baselines they need: a baseline's worker
+    is its host backend's (same interpreter, env_vars, threads and CPUs, set up by its module's
+    configure()), pinned as `run` pins (harness.envs.host.worker_cpus)."""
+    names = plan.candidates
+    quals = list(dict.fromkeys(participant_name(b) for b in names))
+    launch = Launcher(overrides, plan.threads, cpus=worker_cpus(plan.threads))
+    return LocalExecutor(Setup([*names, *quals], [], launch, plan.schedule(), plan.seed, "cpu", 600.0,
+                               kinds={q: "baseline" for q in quals}))
+
+
+def _hosts(ex: LocalExecutor, plan: Plan, info: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """(the backends available here, each baseline participant -> the first available backend it
+    serves); the participants set up to run there. A named backend that is unavailable, or none
+    available, is a one-line error."""
+    names = plan.candidates
+    avail = [b for b in names if info[b].get("available")]
+    if plan.backends is not None and len(avail) < len(names):
+        bad = next(b for b in names if b not in avail)
+        raise registry.BackendError(f"backend {bad} is unavailable here: "
+                                    f"{str(info[bad].get('reason')).splitlines()[0]}")
+    if not avail:
+        raise UsageError("no backend with a baseline is available here")
+    hosts: dict[str, str] = {}
+    for b in avail:
+        hosts.setdefault(participant_name(b), b)
+    for q, host in hosts.items():
+        ex.serve(q, host)
+        ex.setup.extra[q] = {"file": str(plan.base_dir / baseline_file(BASELINES[host].baseline)), "backend": host}
+    return avail, hosts
+
+
+def new_document(plan: Plan, cpus: list[int] | None, command: list[str] | None) -> dict[str, Any]:
+    """A baselines run's document as its header starts it: what is only known later (the
+    backends, the baselines, the noise, the wall time, the workloads, the rows) in its place."""
+    doc = results_document(command=command or [], matrix="baselines", device="cpu", threads=plan.threads,
+                           seed=plan.seed, presets=list(plan.presets), modes=list(plan.modes), threshold=THRESHOLD,
+                           judged_by="harness.judge.duet (the in-run comparison of compare --variants)",
+                           schedule=dataclasses.asdict(plan.schedule()), estimator=stats.estimator_info(),
+                           backends=None, baselines_dir=str(plan.base_dir), cpus=cpus, baselines=None,
+                           mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()}, noise=None,
+                           peak=None, wall_s=None)
+    doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
+    return doc
+
+
+def _workload(plan: Plan, i: int, n: int, pname: str, mode: str, avail: list[str], log: Log
+              ) -> tuple[str, list[Cell]] | None:
+    """Workload i of n: its id and cells (the backends that have the mode, then their baselines)."""
+    bes = [b for b in avail if mode in registry.get_spec(b).modes]
+    if not bes:
+        log(f"[{i}/{n}] {pname}/{mode}: no selected backend has a {mode} mode; skipped")
+        return None
+    preset = get_preset(pname)
+    parts = bes + list(dict.fromkeys(participant_name(b) for b in bes))
+    cells = [Cell.from_preset(preset, p, mode) for p in parts]
+    return f"{pname}/{mode}/B{cells[0].batch}xT{cells[0].seq_len}", cells
+
+
+def _entry(rec: dict[str, Any]) -> dict[str, Any]:
+    """A workload's journal record as the baselines document keeps it, with each backend's time
+    ratio to the fastest backend (baselines are no backend)."""
+    w = rec["workload"]
+    parts = {c["cell"]["backend"]: {"cell": c["cell"], "result": c["result"]} for c in rec["cells"]}
+    return {**{k: w[k] for k in ("id", "preset", "mode", "batch", "seq_len", "rounds", "remeasured_rounds",
+                                  "cut_short", "order", "probe_s", "probe_best_s")},
+            "ratios": workload_ratios({n: p["result"] for n, p in parts.items() if n in registry.BACKENDS}),
+            "participants": parts}
+
+
+def _peak(workloads: list[dict[str, Any]], flop: int, gemms: list[float | None], threads: int | None
+          ) -> dict[str, Any]:
+    """The run's peak GEMM (as `run` takes it: the faster of the probe's best round and the larger
+    GEMM at the start and the end), and every result's efficiency against it."""
+    probes = [s for w in workloads for s in w["probe_s"] if s]
+    probe_best = flop / min(probes) / 1e9 if probes else None
+    gemm = max([g for g in gemms if g], default=None)
     peak = explain.peak_of("cpu", probe_best, gemm)
-    for w in workloads:  # efficiency against the run's peak GEMM, as run gives it
+    for w in workloads:
         for part in w["participants"].values():
             r = part["result"]
             if r.get("status") == "ok" and r.get("gflops"):
                 r["efficiency"] = r["gflops"] / peak if peak else None
-    between_sd, rows = judge_rows(measured)
-    probes = [s for s in probe.rounds_s if s]
-    frac, verdict = stats.noise_verdict(probes, probe.best_s, sum(stats.collapses(probes)))
-    doc = new_document(command=command or [], matrix="baselines", device="cpu", threads=threads,
-                       seed=seed, presets=presets, modes=modes, threshold=THRESHOLD,
-                       judged_by="harness.judge.duet (the in-run comparison of compare --variants)",
-                       schedule=dataclasses.asdict(sched), estimator=stats.estimator_info(),
-                       backends=info, baselines_dir=str(base_dir), cpus=cpus,
-                       baselines={q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
-                                      "serves": [b for b in avail if participant_name(b) == q]}
-                                  for q, h in hosts.items()},
-                       mapping={b: dataclasses.asdict(e) for b, e in BASELINES.items()},
-                       noise={"contended_fraction": frac, "verdict": verdict,
-                              "between_process_sd": between_sd},
-                       peak={"gflops": peak, "via": "numpy BLAS (the noise probe's worker)",
-                             "dtype": "float32", "probe_gflops": probe_best, "probe_n": PROBE_N,
-                             "gemm_gflops": gemm, "gemm_n": PEAK_N, "threads": threads},
-                       wall_s=round(time.monotonic() - t_start, 1))
-    doc["schema"], doc["schema_version"] = SCHEMA, SCHEMA_VERSION
+    return {"gflops": peak, "via": "numpy BLAS (the noise probe's worker)", "dtype": "float32",
+            "probe_gflops": probe_best, "probe_n": PROBE_N, "gemm_gflops": gemm, "gemm_n": PEAK_N,
+            "threads": threads}
+
+
+def finish_document(doc: dict[str, Any], records: list[dict[str, Any]], wall: float, flop: int,
+                    gemms: list[float | None]) -> dict[str, Any]:
+    """The rows (every backend against its baseline), the run's noise and peak, the workloads."""
+    workloads = [_entry(r) for r in records]
+    peak = _peak(workloads, flop, gemms, doc.get("threads"))
+    between_sd, rows = judge_rows([(w["preset"], w["mode"], w["id"], b, w["participants"][b]["result"],
+                                    w["participants"][participant_name(b)]["result"])
+                                   for w in workloads for b in w["participants"] if b in registry.BACKENDS])
+    probes = [s for w in workloads for s in w["probe_s"] if s]
+    frac, verdict = stats.noise_verdict(probes, min(probes) if probes else None, sum(stats.collapses(probes)))
+    doc["noise"] = {"contended_fraction": frac, "verdict": verdict, "between_process_sd": between_sd}
+    doc["peak"] = peak
+    doc["wall_s"] = round(wall + float(doc.get("wall_s") or 0), 1)
     doc["workloads"], doc["rows"] = workloads, rows
-    target = default_path(out, doc)
-    return write_results(doc, target), doc
-
-
-def _gemm_peak(workers: Workers) -> float | None:
-    """The larger GEMM's best GFLOP/s now, in the noise probe's worker (NumPy's BLAS, the run's
-    threads and CPUs); None where the probe is unavailable."""
-    try:
-        return answer(workers.healthy(PROBE).request({"op": "peak", "device": "cpu"}, 300)).get("gflops")
-    except (WorkerFailed, ParticipantFailed, OSError):
-        workers.drop(PROBE)
-        return None
+    return doc
 
 
 def frontier_lines(doc: dict[str, Any]) -> list[str]:
@@ -359,6 +343,61 @@ def frontier_lines(doc: dict[str, Any]) -> list[str]:
         if rows:
             out.append(f"{w['id']}: each framework at its fastest: {summary_line(rows)}")
     return out
+
+
+def run_baselines(plan: Plan, *, out: Path = Path("results"), overrides: dict[str, str] | None = None,
+                  command: list[str] | None = None, resume: Resume | None = None,
+                  log: Log | None = None) -> tuple[Path, dict[str, Any]]:
+    """Measure every (preset, mode) workload (with `resume`, those its journal lacks) through one
+    session (harness.session) on this machine's executor; write the document; (path, document)."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    for f in {BASELINES[b].baseline for b in plan.candidates}:
+        if not (plan.base_dir / baseline_file(f)).is_file():
+            raise UsageError(f"{plan.base_dir} has no {baseline_file(f)}; pass --dir with the checkout's "
+                             "benchmarks/baselines folder")
+    if resume is None:
+        check_writable(out)  # before any measurement
+    ex = _executor(plan, overrides or {})
+    cpus = ex.setup.launch.cpus
+    t_start = time.monotonic()
+    sessions: list[RunSession] = []
+    with running(sessions, kept_words, log):
+        try:
+            log(plan.intro(cpus))
+            if resume is not None:
+                sessions.append(RunSession.resume(resume))
+            else:
+                doc = new_document(plan, cpus, command)
+                sessions.append(RunSession.new(doc, default_path(out, doc)))
+            session = sessions[0]
+            info = ex.describe(log)
+            avail, hosts = _hosts(ex, plan, info)
+            if not session.begun:
+                session.doc["backends"] = info
+                session.doc["baselines"] = {q: {"file": baseline_file(BASELINES[h].baseline), "host": h,
+                                                "serves": [b for b in avail if participant_name(b) == q]}
+                                            for q, h in hosts.items()}
+                session.begin()
+            ex.start_probe(log)
+            gemms = [ex.gemm_peak()]  # the larger GEMM at the start and the end, as run times it
+            done = {r["workload"]["id"] for r in session.records}
+            plan_ = [(p, m) for p in plan.presets for m in plan.modes]
+            for i, (pname, mode) in enumerate(plan_, 1):
+                got = _workload(plan, i, len(plan_), pname, mode, avail, log)
+                if got is None or got[0] in done:
+                    continue
+                wid, cells = got
+                log(f"[{i}/{len(plan_)}] {wid}: {', '.join(c.backend for c in cells)}  "
+                    f"(elapsed {time.monotonic() - t_start:.0f} s)")
+                rec = ex.run_workload(wid, cells, log)
+                for c in rec["cells"]:
+                    log(f"      {c['cell']['backend']:34} " + describe(c["result"]))
+                session.keep(rec)
+            gemms.append(ex.gemm_peak())
+        finally:
+            ex.close()
+    doc = finish_document(session.doc, session.records, time.monotonic() - t_start, ex.probe.flop, gemms)
+    return session.finish(doc), doc
 
 
 def _ms(s: Any) -> str:
@@ -397,13 +436,32 @@ def cmd_baselines(a: argparse.Namespace) -> int:
     if not a.workload_time > 0:
         raise UsageError(f"--workload-time must be a positive number of seconds, got {a.workload_time}")
     backends = select_backends(a.backends)
-    base_dir = find_dir(a.dir)
+    plan = Plan(tuple(presets), tuple(modes), None if backends is None else tuple(backends), a.threads,
+                find_dir(a.dir), int(time.time_ns() % 2**31) if a.seed is None else a.seed, a.rounds,
+                a.processes, a.workload_time)
     out = out_folder(a.out)  # before any measurement
-    path, doc = run_baselines(presets, modes, backends, threads=a.threads, base_dir=base_dir,
-                              out=out, seed=a.seed, rounds=a.rounds, processes=a.processes,
-                              workload_time=a.workload_time,
-                              overrides=parse_python_overrides(a.python),
+    path, doc = run_baselines(plan, out=out, overrides=parse_python_overrides(a.python),
                               command=["lstmbench", *sys.argv[1:]])
+    print(markdown_table(doc["rows"]))
+    print("")
+    print("\n".join(frontier_lines(doc)))
+    print(f"\nmachine noise: {doc['noise']['verdict']}; results: {path}", file=sys.stderr)
+    return 0
+
+
+def resume_baselines(a: argparse.Namespace, resume: Resume) -> int:
+    """`run --resume` of a baselines run's journal (harness.session.kinds): the workloads it lacks,
+    with the settings its header records."""
+    h = resume.header
+    if a.backends:
+        raise UsageError(f"--resume: the journal's backends are {','.join(h.get('backends') or {})}; "
+                         "leave --backends out to continue it")
+    sched = h.get("schedule") or {}
+    plan = Plan(tuple(h["presets"]), tuple(h["modes"]), tuple(h.get("backends") or {}), h.get("threads"),
+                Path(h["baselines_dir"]), int(h["seed"]), int(sched.get("rounds", 30)),
+                int(sched.get("processes", 1)), float(sched.get("max_time") or 120.0))
+    path, doc = run_baselines(plan, overrides=parse_python_overrides(a.python),
+                              resume=resume.only(is_workload_record))
     print(markdown_table(doc["rows"]))
     print("")
     print("\n".join(frontier_lines(doc)))

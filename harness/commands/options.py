@@ -29,7 +29,7 @@ from ..errors import UsageError
 from ..results.store import check_writable
 
 DEFAULT_THREADS = os.cpu_count() or 1
-BENCH_BACKENDS = [b for b in registry.BACKENDS if b != "numpy"]  # the oracle is not timed
+BENCH_BACKENDS = registry.timed()  # the oracle is not timed
 STDOUT = "-"  # --json -: the document on stdout
 Log = Callable[[str], None]
 

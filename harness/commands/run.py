@@ -1,84 +1,102 @@
-"""`lstmbench run`: a benchmark matrix measured by the engine (harness.session.benchmark), its
-workloads told by the console reporter (harness.report.console); the quality matrices (by name,
-or an interrupted quality run's journal) go to harness.commands.quality. The options `run` and
-`ab` share are declared and checked here."""
+"""`lstmbench run`: a benchmark matrix measured by the engine (harness.session.benchmark, on the
+executor --cluster names), its workloads told by the console reporter (harness.report.console);
+the quality matrices go to harness.commands.quality; `--resume JOURNAL` continues whatever run
+the journal belongs to (harness.session.kinds). The options `run` and `ab` share are declared
+here, and checked into one RunSettings (harness.session.settings)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any
 
 from impls import registry
 
+from ..engine.matrix import Matrix, load_matrix
 from ..envs.host import require_device
 from ..envs.interpreters import parse_python_overrides
-from ..engine.matrix import Matrix, load_matrix
-from ..session.benchmark import load_resume, run_matrix
-from ..envs.variants import check_src, parse_variants, split
+from ..envs.variants import Variant, check_src, parse_variants, split
 from ..errors import UsageError
 from ..report.console import RunConsole
+from ..session.benchmark import read_resume, run_matrix
+from ..session.kinds import continue_run
+from ..session.session import Resume
+from ..session.settings import RunSettings
 from ..training.quality import MATRICES as QUALITY
 from .options import (BENCH_BACKENDS, DEFAULT_THREADS, add_cluster_options, add_threads, backend_list,
                       out_folder, positive_threads, threads_for)
-from .quality import cmd_quality, is_quality_journal
+from .quality import cmd_quality
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     positive_threads(a.threads)
-    # training to a target (harness.commands.quality): by name, or a quality run's journal to resume
-    if a.matrix in QUALITY or (a.matrix is None and a.resume and is_quality_journal(a.resume)):
-        if a.variant:
-            raise UsageError("--variant applies to the benchmark matrices; a quality matrix trains "
-                             "each backend once")
+    if a.resume:  # whatever run the journal belongs to (harness.session.kinds), its journal read once
+        return continue_run(a, Resume.read(a.resume))
+    if a.matrix in QUALITY:  # training to a target (harness.commands.quality)
         return cmd_quality(a)
+    return _benchmark(a, None)
+
+
+def resume_benchmark(a: argparse.Namespace, resume: Resume) -> int:
+    """`run --resume` of a benchmark run's journal (harness.session.kinds)."""
+    return _benchmark(a, read_resume(resume))
+
+
+def _benchmark(a: argparse.Namespace, resume: Resume | None) -> int:
     if a.jobs is not None:
         raise UsageError(f"--jobs applies to the quality matrices ({', '.join(QUALITY)}) only; "
                          "a benchmark matrix measures one workload at a time")
     variants = parse_variants(a.variant)
-    if variants and a.resume:
+    if variants and resume is not None:
         raise UsageError("--resume continues the journal's variants; leave --variant out")
     if a.on and not a.cluster:
         raise UsageError("--on KIND chooses machine kinds of a cluster: give --cluster ADDRESS too")
-    opts = run_options(a, default_matrix="default", variants=variants)
-    on_cluster = a.cluster or (opts["resume"] is not None and load_resume(opts["resume"])[2].get("cluster"))
-    if on_cluster:  # Ray only here (harness.cluster.executor), and only with --cluster
-        from ..cluster.executor import run_cluster
-        if opts["resume"] is not None:  # the interrupted run's variants (python=, env=), from its header
-            header = load_resume(opts["resume"])[2]
-            opts["variants"] = parse_variants([d["text"] for d in (header.get("variants") or {}).values()]) or None
-        run_cluster(**opts, address=a.cluster, on=a.on, command=["lstmbench", *sys.argv[1:]],
-                    reporter=RunConsole())
-        return 0
-    run_matrix(**opts, command=["lstmbench", *sys.argv[1:]], reporter=RunConsole())
+    run_matrix(run_settings(a, default_matrix="default", variants=variants, resume=resume),
+               reporter=RunConsole())
     return 0
 
 
 DEFAULT_VARIANT_PROCESSES = 1  # worker sets per variant unless --processes: chosen by experiment (docs/measurement.md, "Duet measurement")
 
 
-def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | None = None
-                ) -> dict[str, Any]:
-    """run_matrix's arguments from `run`'s (or `ab`'s) options, every one checked before any
-    worker starts; a resumed run's settings come from its journal's header."""
+def resume_variants(header: dict[str, Any]) -> tuple[list[Variant], dict[str, str]]:
+    """The variants of an interrupted run (re-read from their recorded text) and the commit each
+    revision variant measured, so that the rest is measured on the same code."""
+    recorded = header.get("variants") or {}
+    vs = parse_variants([d["text"] for d in recorded.values()]) if recorded else []
+    pinned = {n: d["source"]["commit"] for n, d in recorded.items()
+              if (d.get("source") or {}).get("kind") == "rev" and d["source"].get("commit")}
+    return vs, pinned
+
+
+def _resumed_settings(a: argparse.Namespace, r: Resume) -> dict[str, Any]:
+    """A resumed run's settings, from its journal's header; what the command line says must agree."""
+    header = r.header
+    matrix = Matrix.from_dict(header["matrix"])
+    if a.matrix is not None and load_matrix(a.matrix).to_dict() != header["matrix"]:
+        raise UsageError(f"--resume: the journal's matrix is {matrix.name!r}, not {a.matrix!r}; "
+                         "leave --matrix out to continue it")
+    backends = list(dict.fromkeys(split(n)[0] for n in header.get("backends") or []))
+    if a.backends and backend_list(a.backends, []) != backends:
+        raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
+                         "leave --backends out to continue it")
+    variants, pinned = resume_variants(header)
+    return dict(matrix=matrix, backends=backends, device=header.get("device", a.device),
+                precision=header.get("precision", a.precision),
+                threads=header.get("threads") or a.threads or DEFAULT_THREADS,
+                omp_wait_policy=header.get("omp_wait_policy"), processes=header.get("processes") or 1,
+                variants=variants, pinned=pinned,
+                cluster=a.cluster or (header.get("cluster") or {}).get("address"), seed=header.get("seed"))
+
+
+def run_settings(a: argparse.Namespace, *, default_matrix: str, variants: list[Variant] | None = None,
+                 resume: Resume | None = None) -> RunSettings:
+    """The run's settings from `run`'s (or `ab`'s) options, every one checked before any worker
+    starts; a resumed run's come from its journal's header (`resume`, read once)."""
     if a.processes is not None and a.processes < 1:
         raise UsageError(f"--processes must be an integer >= 1, got {a.processes}")
-    resume = Path(a.resume) if getattr(a, "resume", None) else None
-    if resume is not None:  # the interrupted run's settings, from its journal's header
-        _, _, header, _ = load_resume(resume)
-        matrix = Matrix.from_dict(header["matrix"])
-        if a.matrix is not None and load_matrix(a.matrix).to_dict() != header["matrix"]:
-            raise UsageError(f"--resume: the journal's matrix is {matrix.name!r}, not {a.matrix!r}; "
-                             "leave --matrix out to continue it")
-        backends = list(dict.fromkeys(split(n)[0] for n in header.get("backends") or []))
-        if a.backends and backend_list(a.backends, []) != backends:
-            raise UsageError(f"--resume: the journal's backends are {','.join(backends)}; "
-                             "leave --backends out to continue it")
-        a.device, a.precision = header.get("device", a.device), header.get("precision", a.precision)
-        a.threads = header.get("threads") or a.threads or DEFAULT_THREADS
-        a.omp_wait_policy = header.get("omp_wait_policy")
-        a.processes = header.get("processes") or 1
+    if resume is not None:
+        got = _resumed_settings(a, resume)
     else:
         matrix = load_matrix(a.matrix or default_matrix)
         default = [b for b in (matrix.default_backends or BENCH_BACKENDS)
@@ -86,16 +104,18 @@ def run_options(a: argparse.Namespace, *, default_matrix: str, variants: list | 
         backends = backend_list(a.backends, default)
         if a.backends and matrix.mode_backends:  # named backends: each runs in every mode
             matrix = dataclasses.replace(matrix, mode_backends={})
-        a.threads = threads_for(a.threads, matrix.threads)
-    require_device(a.device, a.precision, backends, here=not getattr(a, "cluster", None))
-    for v in variants or []:
+        got = dict(matrix=matrix, backends=backends, device=a.device,
+                   precision=a.precision, threads=threads_for(a.threads, matrix.threads),
+                   omp_wait_policy=a.omp_wait_policy, variants=list(variants or []), seed=a.seed,
+                   processes=a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes),
+                   cluster=getattr(a, "cluster", None))
+    require_device(got["device"], got["precision"], got["backends"], here=not got["cluster"])
+    for v in got["variants"]:
         if v.src is not None:
             check_src(v.src, f"--variant {v.name}: src")
-    processes = a.processes or (DEFAULT_VARIANT_PROCESSES if variants else matrix.processes)
-    return dict(matrix=matrix, backends=backends, device=a.device, precision=a.precision,
-                threads=a.threads, overrides=parse_python_overrides(a.python), out_dir=out_folder(a.out),
-                processes=processes, omp_wait_policy=a.omp_wait_policy, seed=a.seed, resume=resume,
-                variants=variants or None)
+    return RunSettings(**{**got, "backends": tuple(got["backends"]), "variants": tuple(got["variants"])},
+                       overrides=tuple(parse_python_overrides(a.python).items()), out_dir=out_folder(a.out),
+                       resume=resume, command=("lstmbench", *sys.argv[1:]), on=getattr(a, "on", None))
 
 
 def add_run_options(p: argparse.ArgumentParser, *, default_matrix: str) -> None:

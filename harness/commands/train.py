@@ -153,7 +153,7 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("evaluate", help="validation loss of a checkpoint on a backend")
     p.add_argument("checkpoint")
-    p.add_argument("--backend", default="numpy-f32", help="default numpy-f32")
+    p.add_argument("--backend", default=registry.REFERENCE, help=f"default {registry.REFERENCE}")
     p.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
     add_json(p, "the result")
     p.add_argument("--val-chars", type=int, default=VAL_CHARS,
@@ -163,7 +163,7 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("sample", help="generate text from a checkpoint on a backend")
     p.add_argument("checkpoint")
-    p.add_argument("--backend", default="numpy-f32", help="default numpy-f32")
+    p.add_argument("--backend", default=registry.REFERENCE, help=f"default {registry.REFERENCE}")
     p.add_argument("--prime", help="text to start from (default a newline)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k largest logits (0: all)")

@@ -13,7 +13,7 @@ from impls.config import flops_per_char
 from . import explain, stats
 from .bench import PEAK_N, Cell
 from .participants import PROBE_N
-from .scheduler import BackendData, ProbeState, Schedule
+from .scheduler import BackendData, ProbeState, Schedule, WorkloadData
 
 
 def workload_id(cell: Cell) -> str:
@@ -82,6 +82,26 @@ def workload_ratios(cells: dict[str, dict[str, Any]], seed: int = 0) -> dict[str
             continue
         out[b] = {"to": fastest, "ratio": pr[0], "lo": pr[1], "hi": pr[2], "pairs": pr[3], "noisy": noisy}
     return out
+
+
+def workload_record(wid: str, parts: dict[str, tuple[Cell, str | None]], results: dict[str, dict[str, Any]],
+                    wd: WorkloadData | None, processes: int, probe_best_s: float | None, *,
+                    settle_s: float = 0.0, foreign: float | None = None, **extra: Any) -> dict[str, Any]:
+    """A workload's journal record, {"workload": {...}, "cells": [...]}, built here alone: its
+    participants (name -> (cell, variant)) and their results, and what the scheduler measured
+    (`wd`; None: nothing, a workload lost on a cluster). `extra`: fields of where it ran."""
+    c0 = next(iter(parts.values()))[0]
+    wd = wd or WorkloadData({}, [], [])
+    workload = {"id": wid, "mode": c0.mode, "preset": c0.preset, "batch": c0.batch,
+                "seq_len": c0.seq_len, "device": c0.device, "precision": c0.precision,
+                "backends": list(parts), "rounds": wd.rounds, "remeasured_rounds": wd.remeasured,
+                "cut_short": wd.short, "settle_s": round(settle_s, 3),
+                "foreign_cores": None if foreign is None else round(foreign, 3),
+                "processes": processes, "order": wd.order, "probe_s": wd.probe_s,
+                "probe_best_s": probe_best_s, "ratios": workload_ratios(results), **extra}
+    return {"workload": workload,
+            "cells": [{"cell": c.to_dict(), "variant": v, "workload": wid, "result": results[n]}
+                      for n, (c, v) in parts.items()]}
 
 
 def apply_peak(doc: dict[str, Any]) -> None:

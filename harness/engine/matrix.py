@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from impls import registry
 from impls.config import ConfigError, ModelConfig, Preset, TrainConfig, get_preset
 
 from .bench import MODES, Cell
@@ -188,12 +189,9 @@ SMOKE_SIZES = {"vocab_size": 65, "hidden_size": 32, "num_layers": 1}
 # fastest in that mode, from the interleaved runs of docs/speed.md (char-rnn sizes, one thread):
 # torch trains and evaluates with nn.LSTM (torch-compile is no faster) and generates with
 # torch-genloop (8x torch); tensorflow-xla evaluates 0.75x tensorflow's time and trains at
-# the same, so tensorflow trains; tensorflow-genloop generates (24x tensorflow).
-DEFAULT_MODE_BACKENDS = {
-    "train": ("numpy-f32", "torch", "tensorflow", "jax", "chainer"),
-    "eval": ("numpy-f32", "torch", "tensorflow-xla", "jax", "chainer"),
-    "generate": ("numpy-f32", "torch-genloop", "tensorflow-genloop", "jax", "chainer"),
-}
+# the same, so tensorflow trains; tensorflow-genloop generates (24x tensorflow). Each backend's
+# registry entry says the modes it takes here (BackendSpec.default_matrix).
+DEFAULT_MODE_BACKENDS = registry.default_matrix()
 DEFAULT_BACKENDS = tuple(dict.fromkeys(b for bs in DEFAULT_MODE_BACKENDS.values() for b in bs))
 # the four presets of docs/SPEC.md §6, then char-rnn's batch sweep (B = 50 is in its group)
 FULL_GROUPS = [

@@ -83,87 +83,114 @@ def measure_workload(backends: list[str], make: Callable[[str, int], Participant
     on_round = on_round or RoundLines(log, sched.processes, sched.rounds)
     data = {b: BackendData() for b in backends}
     wd = WorkloadData(data, [], [])
-    rnd = 0
     for p in range(sched.processes):
-        live: dict[str, Participant] = {}
-        for b in backends:
-            if data[b].status != "ok":
-                continue  # failed in an earlier process set: do not retry it
-            part = make(b, p)
-            try:
-                info = part.prepare()
-            except ParticipantFailed as e:
-                data[b].status, data[b].error = e.kind, str(e)
-                continue
-            if info.get("first_step_s") is not None:
-                data[b].first_step_s.append(float(info["first_step_s"]))
-            data[b].kernel = info.get("kernel") or data[b].kernel
-            if info.get("status", "ok") != "ok":
-                data[b].status, data[b].error = info["status"], info.get("error")
-                continue
-            data[b].inner.append(int(info.get("inner", 1)))
-            live[b] = part
-        last = p == sched.processes - 1
-        r, extra_start = 0, None
-        t_block = time.monotonic()
-        while live:
-            if (sched.max_time is not None and r < sched.rounds and r >= sched.min_rounds
-                    and time.monotonic() - t_block > sched.max_time / sched.processes):
-                log(f"      time budget spent: process set {p + 1} of {sched.processes} stops after "
-                    f"{r} of {sched.rounds} planned rounds")
-                wd.short = True
-                r = sched.rounds  # on to re-measurement (if any) or the next process set
-            if r >= sched.rounds:
-                if not last or not _needs_more(data, live, probe, sched):
-                    break
-                if extra_start is None:
-                    extra_start = (time.monotonic(), r)
-                    log(f"      re-measuring: cells short of {sched.min_clean} clean rounds (clean so far: "
-                        f"{_clean_counts(data, live, probe, sched)}); at most {sched.extra_rounds} more "
-                        f"rounds or {sched.extra_time:g} s")
-                if (time.monotonic() - extra_start[0] > sched.extra_time
-                        or r - extra_start[1] >= sched.extra_rounds):
-                    break
-                wd.remeasured += 1
-            names = list(live) + ([PROBE] if probe.participant is not None else [])
-            perm = [names[i] for i in rng.permutation(len(names))]
-            got: dict[str, tuple[float, int]] = {}
-            for slot, name in enumerate(perm):
-                wd.order.append([rnd, slot, name])
-                if name == PROBE:
-                    try:
-                        got[name] = (probe.participant.round(), slot)  # type: ignore[union-attr]
-                    except ParticipantFailed as e:
-                        log(f"      noise probe failed ({e}); going on without it")
-                        probe.participant = None
-                    continue
-                try:
-                    got[name] = (live[name].round(), slot)
-                except ParticipantFailed as e:
-                    data[name].status, data[name].error = e.kind, str(e)
-                    live.pop(name)
-            probe_s = got.pop(PROBE, (None, 0))[0]
-            probe.see(probe_s)
-            probe.rounds_s.append(probe_s)
-            wd.probe_s.append(probe_s)
-            for name, (s, slot) in got.items():
-                data[name].samples.append({"s": s, "process": p, "round": rnd, "slot": slot,
-                                           "probe_s": probe_s, "clean": True})
-            rnd += 1
-            r += 1
-            on_round(p, len(names), extra_start is not None)
-        for b, part in live.items():
-            try:
-                rel = part.release()
-            except ParticipantFailed as e:
-                data[b].status, data[b].error = e.kind, str(e)
-                continue
-            data[b].released = rel
-            if not rel.get("finite", True):
-                data[b].status, data[b].error = "nan", "non-finite loss during timing"
-    wd.rounds = rnd
+        live = _prepare_set(backends, make, data, p)
+        _rounds(live, p, p == sched.processes - 1, wd, probe, sched, rng, log, on_round)
+        _release(live, data)
     _mark(data, probe, sched)
     return wd
+
+
+def _prepare_set(backends: list[str], make: Callable[[str, int], Participant], data: dict[str, BackendData],
+                 p: int) -> dict[str, Participant]:
+    """Process set p: every backend still ok prepared in its worker (first step timed apart)."""
+    live: dict[str, Participant] = {}
+    for b in backends:
+        if data[b].status != "ok":
+            continue  # failed in an earlier process set: do not retry it
+        part = make(b, p)
+        try:
+            info = part.prepare()
+        except ParticipantFailed as e:
+            data[b].status, data[b].error = e.kind, str(e)
+            continue
+        if info.get("first_step_s") is not None:
+            data[b].first_step_s.append(float(info["first_step_s"]))
+        data[b].kernel = info.get("kernel") or data[b].kernel
+        if info.get("status", "ok") != "ok":
+            data[b].status, data[b].error = info["status"], info.get("error")
+            continue
+        data[b].inner.append(int(info.get("inner", 1)))
+        live[b] = part
+    return live
+
+
+def _rounds(live: dict[str, Participant], p: int, last: bool, wd: WorkloadData, probe: ProbeState,
+            sched: Schedule, rng: np.random.Generator, log: Callable[[str], None],
+            on_round: Callable[[int, int, bool], None]) -> None:
+    """Process set p's rounds: the planned ones within the time budget, then (the last set)
+    re-measuring while a cell lacks clean rounds and the re-measuring budget lasts."""
+    data = wd.backends
+    r, extra_start = 0, None
+    t_block = time.monotonic()
+    while live:
+        if (sched.max_time is not None and r < sched.rounds and r >= sched.min_rounds
+                and time.monotonic() - t_block > sched.max_time / sched.processes):
+            log(f"      time budget spent: process set {p + 1} of {sched.processes} stops after "
+                f"{r} of {sched.rounds} planned rounds")
+            wd.short = True
+            r = sched.rounds  # on to re-measurement (if any) or the next process set
+        if r >= sched.rounds:
+            if not last or not _needs_more(data, live, probe, sched):
+                break
+            if extra_start is None:
+                extra_start = (time.monotonic(), r)
+                log(f"      re-measuring: cells short of {sched.min_clean} clean rounds (clean so far: "
+                    f"{_clean_counts(data, live, probe, sched)}); at most {sched.extra_rounds} more "
+                    f"rounds or {sched.extra_time:g} s")
+            if (time.monotonic() - extra_start[0] > sched.extra_time
+                    or r - extra_start[1] >= sched.extra_rounds):
+                break
+            wd.remeasured += 1
+        n = _one_round(live, p, wd, probe, rng, log)
+        r += 1
+        on_round(p, n, extra_start is not None)
+
+
+def _one_round(live: dict[str, Participant], p: int, wd: WorkloadData, probe: ProbeState,
+               rng: np.random.Generator, log: Callable[[str], None]) -> int:
+    """One round: every live participant and the probe in a fresh random order, each timed
+    once; a participant that fails leaves the rotation. The participants that took part."""
+    data, rnd = wd.backends, wd.rounds
+    names = list(live) + ([PROBE] if probe.participant is not None else [])
+    perm = [names[i] for i in rng.permutation(len(names))]
+    got: dict[str, tuple[float, int]] = {}
+    for slot, name in enumerate(perm):
+        wd.order.append([rnd, slot, name])
+        if name == PROBE:
+            try:
+                got[name] = (probe.participant.round(), slot)  # type: ignore[union-attr]
+            except ParticipantFailed as e:
+                log(f"      noise probe failed ({e}); going on without it")
+                probe.participant = None
+            continue
+        try:
+            got[name] = (live[name].round(), slot)
+        except ParticipantFailed as e:
+            data[name].status, data[name].error = e.kind, str(e)
+            live.pop(name)
+    probe_s = got.pop(PROBE, (None, 0))[0]
+    probe.see(probe_s)
+    probe.rounds_s.append(probe_s)
+    wd.probe_s.append(probe_s)
+    for name, (s, slot) in got.items():
+        data[name].samples.append({"s": s, "process": p, "round": rnd, "slot": slot,
+                                   "probe_s": probe_s, "clean": True})
+    wd.rounds = rnd + 1
+    return len(names)
+
+
+def _release(live: dict[str, Participant], data: dict[str, BackendData]) -> None:
+    """The set's participants released; a non-finite loss during timing makes the cell nan."""
+    for b, part in live.items():
+        try:
+            rel = part.release()
+        except ParticipantFailed as e:
+            data[b].status, data[b].error = e.kind, str(e)
+            continue
+        data[b].released = rel
+        if not rel.get("finite", True):
+            data[b].status, data[b].error = "nan", "non-finite loss during timing"
 
 
 def _clean_counts(data: dict[str, BackendData], live: dict[str, Any], probe: ProbeState,

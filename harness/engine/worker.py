@@ -7,6 +7,7 @@ go to the worker's log, so that nothing a framework prints can corrupt the proto
     {"op": "case", "backend": B, "case": PATH, "out": PATH}
     {"op": "cell", "cell": {...harness.engine.bench.Cell fields...}}
     {"op": "peak", "device": "cpu", "backend": B}
+    {"op": "port", "action": "read"|"write"|"run", ...}    a file format's part (impls.porting.ops)
     {"op": "prepare", "cell": {...}, "round_time": 0.03}   the interleaved engine
     {"op": "probe", "n": 256, "round_time": 0.03}          (harness.engine.scheduler): prepare
     {"op": "baseline", "file": PATH, "backend": B,         a participant of one of the kinds in
@@ -80,6 +81,12 @@ def op_cell(req: dict[str, Any]) -> dict[str, Any]:
                                    max_rounds=req.get("max_rounds", 30)), "info": info}
 
 
+def op_port(req: dict[str, Any]) -> dict[str, Any]:
+    """A file format's read, write or run in this environment (impls.porting.ops)."""
+    from impls.porting.ops import handle
+    return handle(req)
+
+
 def op_peak(req: dict[str, Any]) -> dict[str, Any]:
     return {"gflops": matmul_peak(req.get("device", "cpu"), req.get("backend", "numpy"))}
 
@@ -128,7 +135,7 @@ def op_release(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak,
+OPS = {"info": op_info, "case": op_case, "cell": op_cell, "peak": op_peak, "port": op_port,
        **{k.op: prepare_op(k) for k in KINDS.values()}, "round": op_round, "release": op_release}
 
 

@@ -319,8 +319,10 @@ class Launcher:
     variants: dict[str, Variant] = field(default_factory=dict)
     roots: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
+    aliases: dict[str, str] = field(default_factory=dict)  # a participant whose worker is another's
 
     def __call__(self, name: str) -> Launch:
+        name = self.aliases.get(name, name)
         extra = tuple(sorted(self.extra_env.items()))
         base_cpus = tuple(self.cpus) if self.cpus else None
         if name == PROBE:

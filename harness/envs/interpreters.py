@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from impls.registry import BACKENDS, BackendError, BackendSpec, get_spec
+from impls.registry import BACKENDS, ENVIRONMENTS, BackendError, BackendSpec, get_spec
 
 from ..errors import UsageError
 
@@ -27,17 +27,8 @@ from ..errors import UsageError
 # install or a source tree, site-packages in a non-editable one (never look for environments here).
 ROOT = Path(__file__).resolve().parents[2]  # harness/envs/interpreters.py -> the folder holding harness/
 
-# environment name -> (pip arguments in order, each list one `pip install` call)
-RECIPES: dict[str, list[list[str]]] = {
-    "chainer": [
-        # setuptools < 81 keeps pkg_resources (chainer's setup.py); < 70 keeps
-        # distutils.msvccompiler, which numpy.distutils imports when chainer loads
-        ["numpy<2", "setuptools<70", "wheel"],
-        # Chainer 7.8.1's sdist imports pkg_resources in setup.py: build without isolation
-        ["--no-build-isolation", "chainer==7.8.1"],
-    ],
-}
-
+# environment name -> (pip arguments in order, each list one `pip install` call): the registry's
+RECIPES: dict[str, list[list[str]]] = ENVIRONMENTS
 
 
 def parse_python_overrides(items: list[str] | None) -> dict[str, str]:

@@ -154,7 +154,7 @@ class Journal:
         journal without a readable header gives ({}, records). `is_record` says which lines
         after the header are records (default: a workload's, {"workload": {...}, "cells": [...]};
         the quality matrix keeps {"backend": ..., "result": {...}})."""
-        is_record = is_record or _is_workload_record
+        is_record = is_record or is_workload_record
         p = Path(path)
         try:
             data = p.read_bytes()
@@ -178,7 +178,7 @@ class Journal:
         return header, records
 
 
-def _is_workload_record(obj: dict[str, Any]) -> bool:
+def is_workload_record(obj: dict[str, Any]) -> bool:
     return isinstance(obj.get("workload"), dict) and isinstance(obj.get("cells"), list)
 
 

@@ -199,12 +199,8 @@ class _Progress:
             self.bar.close()
 
 
-def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int | None = None,
-          target_loss: float | None = None, minutes: float | None = None, eval_every: int = 100,
-          seed: int = 0, val_chars: int = VAL_CHARS, threads: int | None = None,
-          progress: str = "bar", sample_chars: int = SAMPLE_CHARS) -> dict[str, Any]:
-    """Train in this process; returns run.json's document. KeyboardInterrupt propagates
-    after the log, run.json and the last checkpoint are in place."""
+def _check_limits(out: Path, steps: int | None, target_loss: float | None, minutes: float | None,
+                  eval_every: int) -> None:
     if steps is None and target_loss is None and minutes is None:
         raise UsageError("say when to stop: --steps N, --target-loss X or --minutes M")
     if (steps is not None and steps <= 0) or (minutes is not None and minutes <= 0) \
@@ -212,109 +208,146 @@ def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int
         raise UsageError("--steps, --minutes, --target-loss and --eval-every must be positive")
     if (out / "log.jsonl").exists():
         raise UsageError(f"{out} already holds a training run (log.jsonl); choose another --out")
-    B, T = preset.batch_size, preset.seq_len
-    model = replace(preset.model, vocab_size=corpus.vocab_size)  # V comes from the corpus
-    streams = Streams(corpus.train, B, T)
-    val = validation_ids(corpus, val_chars)
-    Streams(val, B, T)  # too small a validation split fails here, before any training
-    params = init_params(model, seed)
-    be = make_backend(backend, model, preset.train, params, seed=seed, threads=threads)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path, ck_path = out / "log.jsonl", out / "checkpoint.npz"
-    corpus_info = {k: v for k, v in corpus.summary().items() if k != "vocab"}
-    info = {"backend": backend, "preset": preset.name, "corpus": corpus_info, "seed": seed,
-            "python": sys.version.split()[0]}
-    doc: dict[str, Any] = {
-        "backend": backend, "preset": preset.name, "batch_size": B, "seq_len": T, "seed": seed,
-        "corpus": corpus_info, "val_chars_used": int(val.size), "eval_every": eval_every,
-        "limits": {"steps": steps, "target_loss": target_loss, "minutes": minutes},
-        "model": json.loads(Checkpoint(model, preset.train, T, B, corpus.vocab, params, {}).spec_json()),
-        "python": sys.version.split()[0], "step_seconds": [], "train_losses": [], "evals": []}
-    bar = _Progress(steps, progress, backend)
-    state = zero_state(be, model, B)
-    train_s, since, reached, stopped = 0.0, [], None, "steps"
-    wall0 = time.perf_counter()
-    step = 0
 
-    def evaluate_and_save() -> dict[str, Any]:
-        v = evaluate_loss(be, model, val, B, T)
-        rec = {"step": step, "seconds": round(train_s, 6), "wall_s": round(time.perf_counter() - wall0, 3),
-               "train_loss": float(np.mean(since)) if since else None, "val_loss": v,
+
+class _Training:
+    """One training run in this process: the backend, its windows, the validation characters,
+    the log and the checkpoint as it goes, and run.json's document (`doc`)."""
+
+    def __init__(self, backend: str, preset: Preset, corpus: Corpus, out: Path, *, seed: int,
+                 val_chars: int, threads: int | None, progress: str, eval_every: int,
+                 limits: dict[str, Any]) -> None:
+        self.backend, self.preset, self.corpus, self.out, self.seed = backend, preset, corpus, out, seed
+        self.B, self.T = B, T = preset.batch_size, preset.seq_len
+        self.model = replace(preset.model, vocab_size=corpus.vocab_size)  # V comes from the corpus
+        self.streams = Streams(corpus.train, B, T)
+        self.val = validation_ids(corpus, val_chars)
+        Streams(self.val, B, T)  # too small a validation split fails here, before any training
+        params = init_params(self.model, seed)
+        self.be = make_backend(backend, self.model, preset.train, params, seed=seed, threads=threads)
+        out.mkdir(parents=True, exist_ok=True)
+        self.log_path, self.ck_path = out / "log.jsonl", out / "checkpoint.npz"
+        corpus_info = {k: v for k, v in corpus.summary().items() if k != "vocab"}
+        self.info = {"backend": backend, "preset": preset.name, "corpus": corpus_info, "seed": seed,
+                     "python": sys.version.split()[0]}
+        self.doc: dict[str, Any] = {
+            "backend": backend, "preset": preset.name, "batch_size": B, "seq_len": T, "seed": seed,
+            "corpus": corpus_info, "val_chars_used": int(self.val.size), "eval_every": eval_every,
+            "limits": limits,
+            "model": json.loads(Checkpoint(self.model, preset.train, T, B, corpus.vocab, params, {}).spec_json()),
+            "python": sys.version.split()[0], "step_seconds": [], "train_losses": [], "evals": []}
+        self.bar = _Progress(limits["steps"], progress, backend)
+        self.state = zero_state(self.be, self.model, B)
+        self.train_s, self.since, self.reached, self.stopped = 0.0, [], None, "steps"
+        self.wall0 = time.perf_counter()
+        self.step = 0
+
+    def evaluate_and_save(self) -> dict[str, Any]:
+        """The validation loss now, into the log and the document, with a checkpoint."""
+        step, B, T, train_s = self.step, self.B, self.T, self.train_s
+        v = evaluate_loss(self.be, self.model, self.val, B, T)
+        rec = {"step": step, "seconds": round(train_s, 6), "wall_s": round(time.perf_counter() - self.wall0, 3),
+               "train_loss": float(np.mean(self.since)) if self.since else None, "val_loss": v,
                "val_bpc": bits(v), "chars": step * B * T,
                "chars_per_s": step * B * T / train_s if train_s > 0 else None}
         if not math.isfinite(v):
-            raise registry.BackendError(f"backend {backend}: validation loss is {v} at step {step} "
+            raise registry.BackendError(f"backend {self.backend}: validation loss is {v} at step {step} "
                                         "(training diverged); the last good checkpoint is kept")
-        save_checkpoint(Checkpoint(model, preset.train, T, B, corpus.vocab, be.params(),
-                                   {**info, "step": step, "val_loss": v}), ck_path)
-        with open(log_path, "a") as f:
+        save_checkpoint(Checkpoint(self.model, self.preset.train, T, B, self.corpus.vocab, self.be.params(),
+                                   {**self.info, "step": step, "val_loss": v}), self.ck_path)
+        with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        doc["evals"].append(rec)
-        since.clear()
+        self.doc["evals"].append(rec)
+        self.since.clear()
         tl = "-" if rec["train_loss"] is None else f"{rec['train_loss']:.4f}"
-        bar.line(f"step {step:6d}  train {tl:>6}  val {v:.4f} nats "
-                 f"({bits(v):.3f} bits/char)  "
-                 + (f"{rec['chars_per_s']:,.0f} chars/s" if rec["chars_per_s"] else ""))
+        self.bar.line(f"step {step:6d}  train {tl:>6}  val {v:.4f} nats "
+                      f"({bits(v):.3f} bits/char)  "
+                      + (f"{rec['chars_per_s']:,.0f} chars/s" if rec["chars_per_s"] else ""))
         return rec
 
-    try:
-        evaluate_and_save()  # step 0: the initial loss, and a checkpoint from the start
+    def train_step(self) -> None:
+        """One optimiser step on the next window, timed to the loss on the host."""
+        be, B, T = self.be, self.B, self.T
+        if self.streams.starts_epoch(self.step) and self.step > 0:
+            self.state = zero_state(be, self.model, B)  # the streams restart: so does the state
+        x, y = self.streams.window(self.step)
+        t0 = time.perf_counter()
+        loss, self.state = be.train_step(be.put(x), be.put(y), self.state)
+        lv = be.value(loss)  # fetches the scalar: the step has finished on the device
+        be.sync()
+        dt = time.perf_counter() - t0
+        self.train_s += dt
+        self.step += 1
+        self.since.append(lv)
+        self.doc["step_seconds"].append(dt)
+        self.doc["train_losses"].append(lv)
+        if not math.isfinite(lv):
+            raise registry.BackendError(f"backend {self.backend}: training loss is {lv} at step "
+                                        f"{self.step} (diverged); the last good checkpoint is kept")
+        self.bar.step(loss=f"{lv:.3f}", cps=f"{B * T / dt:,.0f}")
+
+    def run(self, steps: int | None, target_loss: float | None, minutes: float | None, eval_every: int) -> None:
+        """Step until a limit says stop, evaluating every `eval_every` steps and at the end."""
+        self.evaluate_and_save()  # step 0: the initial loss, and a checkpoint from the start
         while True:
-            if steps is not None and step >= steps:
-                stopped = "steps"
+            if steps is not None and self.step >= steps:
+                self.stopped = "steps"
                 break
-            if minutes is not None and time.perf_counter() - wall0 >= minutes * 60:
-                stopped = "minutes"
+            if minutes is not None and time.perf_counter() - self.wall0 >= minutes * 60:
+                self.stopped = "minutes"
                 break
-            if streams.starts_epoch(step) and step > 0:
-                state = zero_state(be, model, B)  # the streams restart: so does the state
-            x, y = streams.window(step)
-            t0 = time.perf_counter()
-            loss, state = be.train_step(be.put(x), be.put(y), state)
-            lv = be.value(loss)  # fetches the scalar: the step has finished on the device
-            be.sync()
-            dt = time.perf_counter() - t0
-            train_s += dt
-            step += 1
-            since.append(lv)
-            doc["step_seconds"].append(dt)
-            doc["train_losses"].append(lv)
-            if not math.isfinite(lv):
-                raise registry.BackendError(f"backend {backend}: training loss is {lv} at step "
-                                            f"{step} (diverged); the last good checkpoint is kept")
-            bar.step(loss=f"{lv:.3f}", cps=f"{B * T / dt:,.0f}")
-            if step % eval_every == 0:
-                rec = evaluate_and_save()
+            self.train_step()
+            if self.step % eval_every == 0:
+                rec = self.evaluate_and_save()
                 if target_loss is not None and rec["val_loss"] <= target_loss:
-                    reached, stopped = step, "target"
+                    self.reached, self.stopped = self.step, "target"
                     break
-        if not doc["evals"] or doc["evals"][-1]["step"] != step:
-            rec = evaluate_and_save()
-            if target_loss is not None and rec["val_loss"] <= target_loss and reached is None:
-                reached = step
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        raise
-    finally:
-        bar.close()
-        doc.update(steps=step, train_seconds=train_s, wall_s=time.perf_counter() - wall0,
-                   stopped=stopped, reached_step=reached,
+        if not self.doc["evals"] or self.doc["evals"][-1]["step"] != self.step:
+            rec = self.evaluate_and_save()
+            if target_loss is not None and rec["val_loss"] <= target_loss and self.reached is None:
+                self.reached = self.step
+
+    def close(self, sample_chars: int) -> None:
+        """run.json, whatever ended the run (a sample first where it finished)."""
+        doc, step = self.doc, self.step
+        self.bar.close()
+        doc.update(steps=step, train_seconds=self.train_s, wall_s=time.perf_counter() - self.wall0,
+                   stopped=self.stopped, reached_step=self.reached,
                    final_val_loss=doc["evals"][-1]["val_loss"] if doc["evals"] else None,
                    checkpoint_step=doc["evals"][-1]["step"] if doc["evals"] else None)
         if doc["evals"]:
             doc["final_val_bpc"] = bits(doc["evals"][-1]["val_loss"])
-        if stopped != "interrupted" and sample_chars > 0 and out.exists():
+        if self.stopped != "interrupted" and sample_chars > 0 and self.out.exists():
             try:
-                doc["sample"] = sample_text(be, corpus.vocab, default_prime(corpus.vocab),
-                                            sample_chars, 1.0, 0, seed)
+                doc["sample"] = sample_text(self.be, self.corpus.vocab, default_prime(self.corpus.vocab),
+                                            sample_chars, 1.0, 0, self.seed)
             except Exception as e:  # noqa: BLE001 - a sample is a nicety; the run stands
                 doc["sample_error"] = f"{type(e).__name__}: {e}".splitlines()[0]
-        if out.exists():
-            write_atomic(out / "run.json", json.dumps(doc, indent=1).encode(), replace=True)
-        if stopped == "interrupted":
-            print(f"interrupted at step {step}: kept {ck_path} (step {doc.get('checkpoint_step')}) "
-                  f"and {log_path}", file=sys.stderr)
-    return doc
+        if self.out.exists():
+            write_atomic(self.out / "run.json", json.dumps(doc, indent=1).encode(), replace=True)
+        if self.stopped == "interrupted":
+            print(f"interrupted at step {step}: kept {self.ck_path} (step {doc.get('checkpoint_step')}) "
+                  f"and {self.log_path}", file=sys.stderr)
+
+
+def train(backend: str, preset: Preset, corpus: Corpus, out: Path, *, steps: int | None = None,
+          target_loss: float | None = None, minutes: float | None = None, eval_every: int = 100,
+          seed: int = 0, val_chars: int = VAL_CHARS, threads: int | None = None,
+          progress: str = "bar", sample_chars: int = SAMPLE_CHARS) -> dict[str, Any]:
+    """Train in this process; returns run.json's document. KeyboardInterrupt propagates
+    after the log, run.json and the last checkpoint are in place."""
+    _check_limits(out, steps, target_loss, minutes, eval_every)
+    t = _Training(backend, preset, corpus, out, seed=seed, val_chars=val_chars, threads=threads,
+                  progress=progress, eval_every=eval_every,
+                  limits={"steps": steps, "target_loss": target_loss, "minutes": minutes})
+    try:
+        t.run(steps, target_loss, minutes, eval_every)
+    except KeyboardInterrupt:
+        t.stopped = "interrupted"
+        raise
+    finally:
+        t.close(sample_chars)
+    return t.doc
 
 
 def loss_curve(backend: str, preset: Preset, corpus: Corpus, steps: int, *, seed: int = 0,

@@ -25,9 +25,10 @@ backend trained on the other core (memory bandwidth and caches are shared, so th
 slower than on an idle machine); `estimate_s_to_target` = steps to target x the median step
 time, which a few slow steps do not move. Steps to target are unaffected by any of it.
 
-Durability: each finished backend is appended (flushed and fsynced) to a journal beside the
-target file (harness.session.journal), so a finished backend survives any interruption, even SIGKILL
-of this process; `run --resume JOURNAL` trains only the missing ones. The results are JSON
+Durability: the run goes through a session (harness.session.session): each finished backend is
+appended (flushed and fsynced) to a journal beside the target file, so a finished backend
+survives any interruption, even SIGKILL of this process; `run --resume JOURNAL` trains only the
+missing ones. The results are JSON
 (`schema` lstmbench.quality), written atomically from the journal at the end and never over
 an existing file; the journal is removed once they are."""
 from __future__ import annotations
@@ -50,12 +51,11 @@ import numpy as np
 from impls import registry
 from impls.config import get_preset
 
-from ..envs.interpreters import child_vars, harness_command, interpreter_for, worker_env
-from ..envs.host import default_jobs, git_info, lane_cpus, machine_info
-from ..session.journal import Journal, claim, finalize, resume_journal, target_of
 from ..engine.lanes import Children, Slot, Stopped, run_lanes
-from ..engine.signals import interruptible
 from ..engine.workers import killpg
+from ..envs.host import default_jobs, git_info, lane_cpus, machine_info
+from ..envs.interpreters import child_vars, harness_command, interpreter_for, worker_env
+from ..session.session import Resume, RunSession, running
 from ..errors import UsageError
 from ..results.schema import QUALITY_SCHEMA as SCHEMA, QUALITY_VERSIONS
 from ..results.store import check_writable, default_path
@@ -63,7 +63,7 @@ from .corpus import prepare
 from .loop import _CHILD
 
 SCHEMA_VERSION = QUALITY_VERSIONS[-1]
-REFERENCE = "numpy-f32"  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
+REFERENCE = registry.REFERENCE  # the calibration reference: NumPy only, float32, docs/SPEC.md §4's formulas
 # The quality matrices' threads per backend: the lanes then fill the cores one each, and a
 # framework's thread pool does not spin against a neighbour's (docs/quality.md)
 QUALITY_THREADS = 1
@@ -110,13 +110,6 @@ MATRICES: dict[str, QualityConfig] = {
     "quality-tiny": QualityConfig("quality-tiny", "tiny", "python-stdlib", steps=30, eval_every=10,
                                   target_loss=4.2, val_chars=2000, timeout_s=300.0),
 }
-
-
-# The lanes' queue order: the slowest first (longest-processing-time first), so that no lane is
-# left with a long backend while the other idles at the end; by the probes' median step time
-# above (ties and the backends not named keep the order given).
-SLOWEST_FIRST: tuple[str, ...] = ("chainer", "keras-torch", "jax", "keras-jax", "flax", "torch-cell",
-                                   "numpy-f32", "tensorflow", "tensorflow-xla", "torch-compile", "torch")
 
 
 def steps_to_target(evals: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -238,9 +231,12 @@ def _cannot_train(backend: str) -> str | None:
 
 def schedule_order(backends: list[str]) -> list[str]:
     """The queue's order: the slowest expected first (longest-processing-time first keeps the
-    lanes' finishing times close), the rest as given."""
-    rank = {b: i for i, b in enumerate(SLOWEST_FIRST)}
-    return sorted(backends, key=lambda b: rank.get(b, len(rank)))  # stable: the given order
+    lanes' finishing times close), by each backend's measured step time in its registry entry
+    (BackendSpec.train_step_s); ties, and backends without one, keep the order given."""
+    def slow(b: str) -> float:
+        s = registry.BACKENDS[b].train_step_s if b in registry.BACKENDS else None
+        return -s if s is not None else 0.0
+    return sorted(backends, key=slow)  # stable: the given order among equals
 
 
 def train_in_lanes(backends: list[str], jobs: int, train_one: Callable[[str, int], dict[str, Any]],
@@ -283,157 +279,199 @@ def _is_backend_record(obj: dict[str, Any]) -> bool:
     return isinstance(obj.get("backend"), str) and isinstance(obj.get("result"), dict)
 
 
-def load_resume(path: Path) -> tuple[Path, Path, dict[str, Any], dict[str, dict[str, Any]],
-                                     dict[int, dict[str, Any]]]:
-    """(journal, target, header, finished results by backend, sessions by index) of an
-    interrupted quality run; UsageError (one line) where `path` is neither such a journal nor
-    its target file."""
-    journal_file = resume_journal(path)
-    header, records = Journal.read(journal_file, _is_backend_record)
-    if header.get("schema") != SCHEMA:
-        raise UsageError(f"--resume {path}: {journal_file} is not a quality run's journal "
-                         f"(no {SCHEMA} header)")
+@dataclass
+class Resumed:
+    """An interrupted quality run's journal, read once (harness.session.Resume): its settings,
+    finished results by backend and earlier sessions by index."""
+    resume: Resume
+    cfg: QualityConfig
+    backends: list[str]
+    threads: int | None
+    done: dict[str, dict[str, Any]]
+    sessions: dict[int, dict[str, Any]]
+
+
+def read_resume(path: str | os.PathLike[str] | Resume) -> Resumed:
+    """The journal PATH names, read once; UsageError (one line) where it is no quality run's
+    journal or its header lacks the run's settings."""
+    r = (path if isinstance(path, Resume) else Resume.read(path)).only(_is_backend_record)
+    if r.header.get("schema") != SCHEMA:
+        raise UsageError(f"--resume {path if not isinstance(path, Resume) else r.journal}: {r.journal} is "
+                         f"not a quality run's journal (no {SCHEMA} header)")
     try:
-        QualityConfig(**header["matrix"])
-        list(header["requested_backends"])
+        cfg = QualityConfig(**r.header["matrix"])
+        backends = list(r.header["requested_backends"])
     except (KeyError, TypeError) as e:
-        raise UsageError(f"--resume {path}: {journal_file}'s header lacks the run's settings ({e})") from None
+        raise UsageError(f"--resume {r.journal}: {r.journal}'s header lacks the run's settings ({e})") from None
     done: dict[str, dict[str, Any]] = {}
     sessions: dict[int, dict[str, Any]] = {}
-    for rec in records:  # a backend journaled twice (never by this code): the last one counts
+    for rec in r.records:  # a backend journaled twice (never by this code): the last one counts
         done[rec["backend"]] = rec["result"]
         if isinstance(rec.get("session"), dict):
             sessions[int(rec["session"].get("index", 0))] = rec["session"]
-    target = Path(header.get("target") or target_of(journal_file))
-    return journal_file, target, header, done, sessions
+    target = Path(r.header.get("target") or r.target)
+    return Resumed(replace(r, target=target), cfg, backends, r.header.get("threads"), done, sessions)
+
+
+def _preset(cfg: QualityConfig) -> Any:
+    preset = get_preset(cfg.preset)
+    return replace(preset, train=get_preset(cfg.optimizer_from).train) if cfg.optimizer_from else preset
+
+
+def new_document(cfg: QualityConfig, backends: list[str], threads: int | None, jobs: int, corpus: Any,
+                 command: list[str] | None, lanes: Any) -> dict[str, Any]:
+    """A new quality run's document (schema lstmbench.quality): the matrix, the corpus, the
+    model, the machine and where it trains."""
+    cores = os.cpu_count() or 1
+    preset = _preset(cfg)
+    doc = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "machine": machine_info(), "git": git_info(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
+        "threads": threads, "jobs": jobs, "cores": cores, "python": sys.version.split()[0],
+        "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
+        "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
+                  "optimizer": preset.train.optimizer.to_json(), "clip": asdict(preset.train.clip),
+                  **{k: v for k, v in asdict(preset.model).items() if k != "vocab_size"},
+                  "vocab_size": corpus.vocab_size},
+        "reference": REFERENCE, "requested_backends": list(backends),
+        "noise": noise_statement(threads, jobs, cores), "interrupted": False}
+    if lanes is not None:  # where it trained: the cluster's nodes, and their machine (one kind)
+        doc.update(lanes.record())
+    return doc
+
+
+class QualityRun:
+    """One quality run's session (harness.session) and its backends' results as they finish."""
+
+    def __init__(self, cfg: QualityConfig, backends: list[str], threads: int | None, jobs: int,
+                 overrides: dict[str, str], session: RunSession, resumed: Resumed | None,
+                 lanes: Any, log: Callable[[str], None]) -> None:
+        self.cfg, self.backends, self.threads, self.jobs = cfg, backends, threads, jobs
+        self.overrides, self.session, self.lanes = overrides, session, lanes
+        self.preset = _preset(cfg)
+        self.results: dict[str, dict[str, Any]] = dict(resumed.done) if resumed else {}
+        self.sessions = dict(resumed.sessions) if resumed else {}
+        # a session: one process's part of the run (the first, then each --resume); start_s/end_s
+        # and concurrent_with compare backends of the same session only
+        self.index = 0 if resumed is None else 1 + max([0, *self.sessions, *(r.get("session", 0)
+                                                                              for r in self.results.values())])
+        self.info = {"index": self.index, "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                     "jobs": jobs, "threads": threads, "cores": os.cpu_count() or 1}
+        self._lock = threading.Lock()  # lanes log from their threads: whole lines, never interleaved
+        self._log = log
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self._log(line)
+
+    def record(self, b: str, res: dict[str, Any]) -> None:
+        """A finished backend, journaled at once."""
+        dev = registry.get_spec(b).deviations.get(self.preset.train.optimizer.name)
+        res["optimizer_deviation"] = dev.cause if dev else None
+        res["session"] = self.index
+        self.session.keep({"backend": b, "result": res, "session": self.info})
+        self.results[b] = res
+        lane = f" [node {res['node']}]" if res.get("node") else (f" [lane {res['lane']}]" if res.get("lane") else "")
+        self.say(_line(b, res) + lane)
+
+    def interrupted(self, sessions: list[RunSession]) -> str:
+        left = [b for b in self.backends if b not in self.results]
+        j = self.session.journal_file
+        return (f"interrupted: {len(self.results)} finished backends kept in {j} ({len(left)} left: "
+                f"{', '.join(left)}); continue with: lstmbench run --resume {j}")
+
+    def train_one(self, b: str, lane: int, tmp: Path, children: Children) -> dict[str, Any]:
+        """One backend trained in its lane: on a cluster's node (the lane's CPUs are Ray's to
+        give), or here in a child process pinned to the lane's CPUs."""
+        if self.lanes is not None:
+            self.say(f"{b}: training on the cluster ...")
+            return self.lanes.call("harness.training.quality:train_on_node",
+                                   {"backend": b, "cfg": asdict(self.cfg), "threads": self.threads,
+                                    "overrides": self.overrides}, children, self.say, b)
+        cpus = lane_cpus(lane, self.threads, self.jobs) if self.jobs > 1 else None
+        self.say(f"{b}: training in lane {lane}" + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
+        res = _run_one(b, self.cfg, tmp / b, self.threads, self.overrides, self.say, children=children, cpus=cpus)
+        if children.closed and res.get("status") != "ok":
+            raise Stopped  # cut short by the interruption: not a finished backend
+        res["cpus"] = cpus
+        return res
+
+    def train(self, todo: list[str]) -> None:
+        """Every backend left: those that cannot train recorded at once, the rest in lanes."""
+        for b in todo:
+            why = _cannot_train(b)
+            if why:
+                self.record(b, {"status": "unsupported", "error": why, "lane": None})
+        trainable = [b for b in schedule_order(todo) if not _cannot_train(b)]
+        with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
+            children = Children()
+            train_in_lanes(trainable, self.jobs, lambda b, lane: self.train_one(b, lane, Path(tmp), children),
+                           self.record, children=children)
+
+    def finish(self, wall: float, resumed: bool) -> Path:
+        """The results file: every backend in the requested order, the sessions, the comparison."""
+        doc = self.session.doc
+        doc["backends"] = {b: self.results[b] for b in self.backends if b in self.results}  # the requested order
+        self.sessions[self.index] = {**self.info, "wall_s": wall}
+        doc["sessions"] = [self.sessions[k] for k in sorted(self.sessions)]
+        doc["jobs"] = self.jobs  # this session's; each session's own are in "sessions"
+        doc["noise"] = noise_statement(self.threads, max(int(x.get("jobs") or 1) for x in doc["sessions"]),
+                                       os.cpu_count() or 1)
+        doc["resumed"] = resumed
+        doc["wall_s"] = wall  # this session's; a resumed run's earlier sessions are in "sessions"
+        doc["comparison"] = compare(doc["backends"])
+        return self.session.finish(doc)
+
+    def intro(self, resumed: Resumed | None, corpus: Any, trainable: int) -> None:
+        cfg, threads, cores = self.cfg, self.threads, os.cpu_count() or 1
+        lanes_used = min(self.jobs, trainable)
+        if resumed is not None:
+            done = resumed.done
+            self.say(f"resuming {self.session.journal_file}: {len(done)} of {len(self.backends)} backends "
+                     f"already finished ({', '.join(done) or 'none'})")
+        self.say(f"quality matrix {cfg.name}: {self.preset.name} on {cfg.corpus} ({corpus.summary()['chars']:,} "
+                 f"characters, V={corpus.vocab_size}), {cfg.steps} steps per backend, target "
+                 f"{cfg.target_loss} nats, validation every {cfg.eval_every} steps; {trainable} to train "
+                 f"in {lanes_used} lane(s) x {threads or 'default'} thread(s) on {cores} cores")
+        if threads and lanes_used * threads > cores:
+            self.say(f"note: {lanes_used} lanes x {threads} threads exceed the {cores} cores: the lanes "
+                     "will slow each other down")
 
 
 def run_quality(cfg: QualityConfig, backends: list[str], out_dir: Path, *, threads: int | None = None,
                 jobs: int | None = None, overrides: dict[str, str] | None = None,
-                command: list[str] | None = None, resume: Path | None = None,
+                command: list[str] | None = None, resume: Path | Resume | Resumed | None = None,
                 log: Callable[[str], None] = print, lanes: Any = None) -> Path:
     """Run the matrix (or, with `resume`, the backends an interrupted run's journal lacks;
     then `cfg`, `backends` and `threads` are the journal's) and write the results file; its path.
     `lanes` (harness.cluster.tasks.Lanes): each backend trains on a cluster's node."""
-    overrides = overrides or {}
-    done: dict[str, dict[str, Any]] = {}
-    sessions: dict[int, dict[str, Any]] = {}
-    if resume is not None:
-        journal_file, target, header, done, sessions = load_resume(resume)
-        cfg = QualityConfig(**header["matrix"])
-        backends, threads = list(header["requested_backends"]), header.get("threads")
-        doc = {k: v for k, v in header.items() if k != "target"}
+    resumed = resume if isinstance(resume, Resumed) or resume is None else read_resume(resume)
+    if resumed is not None:
+        cfg, backends, threads = resumed.cfg, resumed.backends, resumed.threads
     else:
         check_writable(out_dir)  # before the corpus is fetched and anything trains
     backends = list(dict.fromkeys(backends))  # each once: a backend is one record
     jobs = jobs or (lanes.jobs if lanes is not None else default_jobs(threads))
-    cores = os.cpu_count() or 1
-    preset = get_preset(cfg.preset)
-    if cfg.optimizer_from:
-        preset = replace(preset, train=get_preset(cfg.optimizer_from).train)
     corpus = prepare(cfg.corpus)  # fetched and cached once, before any backend starts
-    if resume is None:
-        doc = {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            "machine": machine_info(), "git": git_info(), "command": command or [], "matrix": asdict(cfg), "device": "cpu",
-            "threads": threads, "jobs": jobs, "cores": cores, "python": sys.version.split()[0],
-            "corpus": {k: v for k, v in corpus.summary().items() if k != "vocab"},
-            "model": {"preset": preset.name, "batch_size": preset.batch_size, "seq_len": preset.seq_len,
-                      "optimizer": preset.train.optimizer.to_json(), "clip": asdict(preset.train.clip),
-                      **{k: v for k, v in asdict(preset.model).items() if k != "vocab_size"},
-                      "vocab_size": corpus.vocab_size},
-            "reference": REFERENCE, "requested_backends": list(backends),
-            "noise": noise_statement(threads, jobs, cores), "interrupted": False}
-        if lanes is not None:  # where it trained: the cluster's nodes, and their machine (one kind)
-            doc.update(lanes.record())
-        target, journal_file = claim(default_path(out_dir, doc))  # a name of its own (journal.claim)
-        Journal(journal_file).write_header({**doc, "target": str(target)})
-    elif corpus.sha256 != (doc.get("corpus") or {}).get("sha256"):
-        raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "
-                         f"on (sha256 {corpus.sha256[:12]}, the journal's "
-                         f"{str((doc.get('corpus') or {}).get('sha256'))[:12]}); resume it where it started")
-    journal = Journal(journal_file)
-    # a session: one process's part of the run (the first, then each --resume); start_s/end_s
-    # and concurrent_with compare backends of the same session only
-    session = 0 if resume is None else 1 + max([0, *sessions, *(r.get("session", 0) for r in done.values())])
-    session_info = {"index": session, "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                    "jobs": jobs, "threads": threads, "cores": cores}
-    results: dict[str, dict[str, Any]] = dict(done)
-    say_lock = threading.Lock()  # lanes log from their threads: whole lines, never interleaved
-
-    def say(line: str) -> None:
-        with say_lock:
-            log(line)
-
-    def record(b: str, res: dict[str, Any]) -> None:
-        dev = registry.get_spec(b).deviations.get(preset.train.optimizer.name)
-        res["optimizer_deviation"] = dev.cause if dev else None
-        res["session"] = session
-        journal.append({"backend": b, "result": res, "session": session_info})
-        results[b] = res
-        lane = f" [node {res['node']}]" if res.get("node") else (f" [lane {res['lane']}]" if res.get("lane") else "")
-        say(_line(b, res) + lane)
-
-    todo = [b for b in backends if b not in done]
-    trainable = [b for b in schedule_order(todo) if not _cannot_train(b)]
-    lanes_used = min(jobs, len(trainable))
-    if resume is not None:
-        say(f"resuming {journal_file}: {len(done)} of {len(backends)} backends already finished "
-            f"({', '.join(done) or 'none'})")
-    say(f"quality matrix {cfg.name}: {preset.name} on {cfg.corpus} ({corpus.summary()['chars']:,} "
-        f"characters, V={corpus.vocab_size}), {cfg.steps} steps per backend, target "
-        f"{cfg.target_loss} nats, validation every {cfg.eval_every} steps; {len(trainable)} to train "
-        f"in {lanes_used} lane(s) x {threads or 'default'} thread(s) on {cores} cores")
-    if threads and lanes_used * threads > cores:
-        say(f"note: {lanes_used} lanes x {threads} threads exceed the {cores} cores: the lanes "
-            "will slow each other down")
+    if resumed is None:
+        doc = new_document(cfg, backends, threads, jobs, corpus, command, lanes)
+        session = RunSession.new(doc, default_path(out_dir, doc))  # a name of its own (journal.claim)
+        session.begin()
+    else:
+        session = RunSession.resume(resumed.resume)
+        if corpus.sha256 != (session.doc.get("corpus") or {}).get("sha256"):
+            raise UsageError(f"--resume: corpus {cfg.corpus!r} is not the text the journal's run trained "
+                             f"on (sha256 {corpus.sha256[:12]}, the journal's "
+                             f"{str((session.doc.get('corpus') or {}).get('sha256'))[:12]}); resume it where it started")
+    run = QualityRun(cfg, backends, threads, jobs, overrides or {}, session, resumed, lanes, log)
+    todo = [b for b in backends if b not in run.results]
+    run.intro(resumed, corpus, sum(not _cannot_train(b) for b in todo))
     t0 = time.perf_counter()
-    interrupted: BaseException | None = None
-    try:
-        with interruptible():
-            for b in todo:
-                why = _cannot_train(b)
-                if why:
-                    record(b, {"status": "unsupported", "error": why, "lane": None})
-            with tempfile.TemporaryDirectory(prefix="lstmbench-quality-") as tmp:
-                children = Children()
-
-                def train_one(b: str, lane: int) -> dict[str, Any]:
-                    if lanes is not None:  # on a cluster's node (the lane's CPUs are Ray's to give)
-                        say(f"{b}: training on the cluster ...")
-                        return lanes.call("harness.training.quality:train_on_node",
-                                          {"backend": b, "cfg": asdict(cfg), "threads": threads,
-                                           "overrides": overrides}, children, say, b)
-                    cpus = lane_cpus(lane, threads, jobs) if jobs > 1 else None
-                    say(f"{b}: training in lane {lane}"
-                        + (f" on CPU {','.join(map(str, cpus))}" if cpus else "") + " ...")
-                    res = _run_one(b, cfg, Path(tmp) / b, threads, overrides, say,
-                                   children=children, cpus=cpus)
-                    if children.closed and res.get("status") != "ok":
-                        raise Stopped  # cut short by the interruption: not a finished backend
-                    res["cpus"] = cpus
-                    return res
-
-                train_in_lanes(trainable, jobs, train_one, record, children=children)
-    except KeyboardInterrupt as e:
-        interrupted = e
-    wall = time.perf_counter() - t0
-    if interrupted is not None:
-        left = [b for b in backends if b not in results]
-        say(f"interrupted: {len(results)} finished backends kept in {journal_file} "
-            f"({len(left)} left: {', '.join(left)}); continue with: lstmbench run --resume {journal_file}")
-        raise interrupted
-    doc["backends"] = {b: results[b] for b in backends if b in results}  # the requested order
-    sessions[session] = {**session_info, "wall_s": wall}
-    doc["sessions"] = [sessions[k] for k in sorted(sessions)]
-    doc["jobs"] = jobs  # this session's; each session's own are in "sessions"
-    doc["noise"] = noise_statement(threads, max(int(x.get("jobs") or 1) for x in doc["sessions"]), cores)
-    doc["resumed"] = resume is not None
-    doc["wall_s"] = wall  # this session's; a resumed run's earlier sessions are in "sessions"
-    doc["comparison"] = compare(doc["backends"])
-    written = finalize(journal_file, target, doc)
-    log(table(doc))
+    with running([session], run.interrupted, run.say):
+        run.train(todo)
+    written = run.finish(time.perf_counter() - t0, resumed is not None)
+    log(table(session.doc))
     log(f"wrote {written}")
     return written
 
