@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import CaseSpec, ConfigError
-from .files import write_atomic
+from .files import file_head, write_atomic
 from .params import Params, check_params, init_params, param_shapes
 from .tolerances import TOLERANCES, quantity_of, rel_error
 
@@ -205,15 +205,7 @@ def _load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise CaseError(f"{path}: no such file")
-    if not path.is_file():
-        raise CaseError(f"{path}: not a regular file; give an .npz file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise CaseError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if not head:
-        raise CaseError(f"{path}: the file is empty; {_REMAKE}")
+    head = file_head(path, CaseError, not_file_hint="give an .npz file", empty_hint=_REMAKE)
     if head.startswith(b"\x93NUMPY"):
         raise CaseError(f"{path}: a single .npy array, not an .npz archive of a case's arrays; {_REMAKE}")
     if not head.startswith(b"PK"):

@@ -138,3 +138,22 @@ def write_atomic(path: str | os.PathLike[str], data: Data, *, replace: bool = Fa
                 raise  # not the name: a part of the folder is in the way
             continue  # another writer took it meanwhile
     raise FileExistsError(f"could not find a free name beside {path} ({MAX_NUMBERED} taken)")
+
+
+def file_head(path: Path, error: type[Exception], *, n: int = 8, not_file_hint: str = "",
+              empty_hint: str = "") -> bytes:
+    """The first `n` bytes of the regular file `path`, to recognise what it holds before it is
+    parsed; `error` (one line naming the path, with the hint after "; ") where it is not a
+    regular file, cannot be read or is empty."""
+    def why(what: str, hint: str) -> Exception:
+        return error(f"{path}: {what}" + (f"; {hint}" if hint else ""))
+    if not path.is_file():
+        raise why("not a regular file", not_file_hint)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(n)
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not head:
+        raise why("the file is empty", empty_hint)
+    return head

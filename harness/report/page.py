@@ -195,6 +195,19 @@ def _build(runs: list[tuple[Run, list[RunCell]]], out_dir: Path, check_json: Pat
 Section = tuple[str, list[tuple[str, Any]]]  # (heading, [(kind, payload)]): kv, table, note, h3, h4, list, pre, fig
 
 
+def _per_run_tables(per_run: list[tuple[str, list[tuple[str, Table]]]],
+                    headed: bool) -> list[tuple[str, Any]]:
+    """Section items for per-run lists of per-workload tables: the run's name as a heading
+    where there are several runs, then each workload's heading and table."""
+    items: list[tuple[str, Any]] = []
+    for name, tables in per_run:
+        if headed:
+            items.append(("h3", name))
+        for wid, t in tables:
+            items += [("h4", wid), ("table", t)]
+    return items
+
+
 def _benchmark_sections(runs: list[tuple[Run, list[RunCell]]], docs: list[dict[str, Any]], es: list[Entry],
                         figs: list[tuple[Path, str, str]], plot_notes: list[str]) -> list[Section]:
     """What the report says of the benchmark runs: each framework at its fastest, ratios per
@@ -212,22 +225,14 @@ def _benchmark_sections(runs: list[tuple[Run, list[RunCell]]], docs: list[dict[s
                 "workload with the 95% interval from the rounds measured side by side, its efficiency "
                 "(achieved GFLOP/s over the run's peak GEMM) and, for generation, microseconds per "
                 "character." + noisy_legend)]
-    for name, tables in frontier_tables(runs):
-        if len(runs) > 1:
-            front_items.append(("h3", name))
-        for wid, t in tables:
-            front_items += [("h4", wid), ("table", t)]
+    front_items += _per_run_tables(frontier_tables(runs), len(runs) > 1)
     sections.append(("Each framework at its fastest", front_items))
     ratio_items: list[tuple[str, Any]] = [(
         "note", "Each backend's time per step relative to the fastest backend of the workload "
                 "(1 = fastest; 2.00 = twice as slow), with its 95% interval: from rounds measured "
                 "side by side (results v2), or from the headline estimates (v1: no interval); "
                 "chars/s: the run's headline figure. Runs in the order they were made." + noisy_legend)]
-    for name, tables in ratio_tables(runs):
-        if len(runs) > 1:
-            ratio_items.append(("h3", name))
-        for wid, t in tables:
-            ratio_items += [("h4", wid), ("table", t)]
+    ratio_items += _per_run_tables(ratio_tables(runs), len(runs) > 1)
     sections.append(("Backends against the fastest, per workload", ratio_items))
     sources, side = kinds_tables(runs)
     if side:  # several machines (a cluster run's kinds): the same workload on each, side by side

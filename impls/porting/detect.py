@@ -8,6 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from ..files import file_head
 from . import FORMATS, PortError
 
 HDF5 = b"\x89HDF\r\n\x1a\n"
@@ -61,15 +62,7 @@ def detect(path: str | Path) -> str:
             return "canonical"
         raise PortError(f"{path}: a folder that is not an Orbax checkpoint (no _CHECKPOINT_METADATA "
                         "or _METADATA in it); give the folder StandardCheckpointer.save wrote")
-    if not path.is_file():
-        raise PortError(f"{path}: not a regular file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise PortError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if not head:
-        raise PortError(f"{path}: the file is empty")
+    head = file_head(path, PortError)
     name = path.name.lower()
     if head.startswith(b"PK"):
         names = _zip_names(path)
