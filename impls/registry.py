@@ -217,15 +217,17 @@ BACKENDS: dict[str, BackendSpec] = {b.name: b for b in (
                                  '(torch.profiler, char-rnn sizes: 16% of the loop) where the '
                                  'baseline makes one eager call; the loop compiled whole is '
                                  'torch-genloop (docs/speed.md)'),
-                    'train': ('the same kernels, slower in its typical round: in one process it'
-                              " trains in torch's time (0.99x; 1.04x with the caches flushed "
-                              'between steps), torch.profiler puts 93% of both steps in the '
-                              'same oneDNN RNN kernels and the compiled regions under 3%; '
-                              'interleaved, its best rounds come within 1.02-1.17x the '
-                              "baseline's (7 December, 4 runs) while the paired median ratio is"
-                              ' 1.12-1.35x: under the busy machine its rounds slow more than '
-                              "the baseline's, for a cause not yet isolated (not garbage "
-                              'collection: none ran; docs/speed.md)')},
+                    'train': ("glibc's allocator, not its code: the same oneDNN RNN kernels "
+                              '(torch.profiler: 93% of both steps; compiled regions under 3%) '
+                              'run in one of two speeds, 44 or 59 ms a step at char-rnn sizes, '
+                              "and in the slow one some of the step's large buffers come from "
+                              "fresh mmap'd pages (glibc's dynamic mmap and trim thresholds; "
+                              "every buffer over 64 KiB mmap'd: 73-84 ms); "
+                              "torch-compile's allocations land there in most rounds, the "
+                              "baseline's in some processes. With MALLOC_MMAP_THRESHOLD_ and "
+                              'MALLOC_TRIM_THRESHOLD_ fixed at 256 MiB it trains 1.01 [0.99, '
+                              '1.03] its baseline, interleaved, where the same run without '
+                              'them read 1.19 [1.06, 1.34] (7 December; docs/speed.md)')},
                 train_step_s=0.1),
     BackendSpec("torch-genloop", "impls.torch_genloop_impl", "TorchGenLoopBackend", "torch", "main",
                 "float32", "torch with the whole generation loop (prefix, steps, draws) in one "

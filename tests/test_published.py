@@ -12,7 +12,8 @@ of freedom, took its t quantiles from the normal table before the t tables becam
 (harness.judge.tdist: 2.00 and 1.67 there); its intervals widened by up to 1.1%, no mark or
 reason moved. Another (issue 29): the baselines rows' reasons of tensorflow-xla's train and
 torch-compile's train became the measured causes of docs/speed.md (REASONS); no mark or ratio
-moved. Every other entry is what the code gave before the restructuring."""
+moved. A third: torch-compile's train reason became the cause found on the quiet machine
+(glibc's allocator, docs/speed.md); again no mark or ratio moved. Every other entry is what the code gave before the restructuring."""
 from __future__ import annotations
 
 import copy
@@ -58,6 +59,8 @@ VARIANTS: list[tuple[str, Path, str | None]] = [
 ]
 BASELINES = [R / "intel-xeon-2c" / "20261205T125548Z-baselines-cpu.json",
              EPYC / "20261207T130227Z-baselines-cpu.json",  # issue 29's run: every backend, one thread
+             EPYC / "20261207T144037Z-baselines-cpu.json",  # its quiet re-run
+             *sorted((EPYC / "malloc-20261207").glob("*-baselines-cpu.json")),  # glibc's thresholds
              EPYC / "20261202T142310Z-baselines-cpu.json", EPYC / "20261202T144743Z-baselines-cpu.json"]
 KEEP = ("backend", "variant", "mode", "preset", "batch", "mark", "ratio", "ci", "ci90", "equivalence_ci",
         "machine_shift", "workload_shift", "p", "reason", "decided_by", "regression", "tau")
