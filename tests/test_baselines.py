@@ -14,6 +14,7 @@ Frameworks missing here are skipped, or fail where LSTMBENCH_REQUIRE_ALL is set 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from impls.config import get_preset
 ROOT = Path(__file__).resolve().parent.parent
 DIR = ROOT / "benchmarks" / "baselines"
 STEPS = 30
+GEN_LEN = 40
 
 # The start of a check run in the backend's interpreter (harness.envs.interpreters.bootstrap_code loads this
 # checkout's code by location): the baseline file sys.argv[1] as `mod`, or a SKIP line where
@@ -47,20 +49,22 @@ except ImportError as e:
     print("SKIP " + f"{type(e).__name__}: {e}".splitlines()[0])
     raise SystemExit(0)
 from impls.config import PRESETS
+STEPS, GEN_LEN = int(sys.argv[2]), int(sys.argv[3])
+result = {}
 """
 
-# Each tiny preset, "tiny" with dropout on, STEPS train steps, 3 eval steps.
-CHECK = LOAD + r"""
+# Each tiny preset, "tiny" with dropout on, STEPS train steps, 3 eval steps: result["check"].
+CHECK = r"""
 from dataclasses import replace
 out = {}
 for name in ("tiny", "tiny-embed", "tiny-deep"):
     p = PRESETS[name]
     m = replace(p.model, dropout=0.25) if name == "tiny" else p.model
     step = mod.make_step(m, p.batch_size, p.seq_len, train=p.train, seed=0)
-    losses = [float(step()) for _ in range(int(sys.argv[2]))]
+    losses = [float(step()) for _ in range(STEPS)]
     ev = mod.make_eval(m, p.batch_size, p.seq_len, train=p.train, seed=0)
     out[name] = {"train": losses, "eval": [float(ev()) for _ in range(3)]}
-print("RESULT " + json.dumps(out))
+result["check"] = out
 """
 
 
@@ -74,10 +78,12 @@ def _unavailable(why: str) -> None:
 HOSTS = ["torch", "tensorflow", "keras-jax", "keras-torch", "jax", "chainer"]
 
 
-def _run_in_host(host: str, script: str, *args: str) -> dict:
-    """Run LOAD + a check on `host`'s baseline in that backend's interpreter and worker
-    environment (KERAS_BACKEND, threads, code root); its RESULT line's JSON (skips or fails,
-    as LSTMBENCH_REQUIRE_ALL says, where the framework is missing)."""
+@functools.cache
+def _run_in_host(host: str) -> dict:
+    """Run LOAD, CHECK and GEN_CHECK on `host`'s baseline in that backend's interpreter and
+    worker environment (KERAS_BACKEND, threads, code root), one process per host (its framework
+    imported once for both tests); its RESULT line's JSON (skips or fails, as
+    LSTMBENCH_REQUIRE_ALL says, where the framework is missing)."""
     name = baselines.BASELINES[host].baseline
     assert name is not None
     try:
@@ -85,8 +91,9 @@ def _run_in_host(host: str, script: str, *args: str) -> dict:
     except registry.BackendError as e:
         _unavailable(f"no interpreter for {host}: {e}")
     env = envs.worker_env(1, backend=host)
-    r = subprocess.run([py, "-c", envs.bootstrap_code(script), str(DIR / baselines.baseline_file(name)), *args],
-                       env=env, capture_output=True, text=True, timeout=600)
+    script = LOAD + CHECK + GEN_CHECK + 'print("RESULT " + json.dumps(result))\n'
+    r = subprocess.run([py, "-c", envs.bootstrap_code(script), str(DIR / baselines.baseline_file(name)),
+                        str(STEPS), str(GEN_LEN)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith(("RESULT ", "SKIP "))), "")
     if line.startswith("SKIP "):
@@ -98,18 +105,16 @@ def _run_in_host(host: str, script: str, *args: str) -> dict:
 @pytest.mark.parametrize("host", HOSTS)
 def test_baseline_trains_and_evaluates(host: str) -> None:
     name = baselines.BASELINES[host].baseline
-    for preset, got in _run_in_host(host, CHECK, str(STEPS)).items():
+    for preset, got in _run_in_host(host)["check"].items():
         tr, ev = got["train"], got["eval"]
         assert all(math.isfinite(x) and x > 0 for x in tr + ev), (preset, tr, ev)
         assert sum(tr[-3:]) / 3 < tr[0] - 0.02, f"{name} under {host}, {preset}: loss did not fall: {tr}"
 
 
-GEN_LEN = 40
-
-# Run in the backend's interpreter: for each tiny preset, two generate steps of seed 0 and one
-# of seed 1, each called twice (returned value, ids); then the sizes a generate step refuses.
-GEN_CHECK = LOAD + r"""
-n = int(sys.argv[2])
+# For each tiny preset, two generate steps of seed 0 and one of seed 1, each called twice
+# (returned value, ids); then the sizes a generate step refuses: result["generate"].
+GEN_CHECK = r"""
+n = GEN_LEN
 out = {}
 for name in ("tiny", "tiny-embed", "tiny-deep"):
     p = PRESETS[name]
@@ -126,13 +131,13 @@ for b, t in ((2, n), (1, 0)):
     except ValueError as e:
         refused.append(str(e))
 out["refused"] = refused
-print("RESULT " + json.dumps(out))
+result["generate"] = out
 """
 
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_baseline_generates(host: str) -> None:
-    got = _run_in_host(host, GEN_CHECK, str(GEN_LEN))
+    got = dict(_run_in_host(host)["generate"])
     b_msg, t_msg = got.pop("refused")
     assert b_msg and "batch must be 1" in b_msg, b_msg
     assert t_msg and "seq_len" in t_msg, t_msg

@@ -364,7 +364,7 @@ def test_default_path_cannot_escape_the_out_dir(tmp_path):
 # ---- the run, interrupted and resumed (needs harness.session.benchmark's --resume) ---------------------------
 
 TINY = """
-rounds = 40
+rounds = 15
 threads = 1
 min_clean = 2
 extra_rounds = 2

@@ -1,5 +1,6 @@
-"""The harness end to end, as a user runs it: `lstmbench check` and `lstmbench run` with every
-backend in its own worker process (chainer's in its NumPy < 2 environment), results files,
+"""The harness end to end, as a user runs it: `lstmbench run` with every backend in its own
+worker process (chainer's in its NumPy < 2 environment), `lstmbench check` on every worker
+route (each backend's own cases run in its tox environment), results files,
 and the failure paths: a killed worker, a hung cell, NaN, Ctrl-C.
 
 With LSTMBENCH_REQUIRE_ALL=1 (set by tox's harness environment) every backend must be
@@ -64,8 +65,24 @@ def _available() -> list[str]:
     return out
 
 
-def test_check_every_backend(tmp_path):
-    backends = _available()
+def _one_per_route(backends: list[str]) -> list[str]:
+    """The first of `backends` for each worker route `check` takes: an environment (main or
+    chainer's) with the variables set before the framework loads (KERAS_BACKEND=jax, =torch)."""
+    seen: dict[tuple, str] = {}
+    for b in backends:
+        spec = registry.get_spec(b)
+        seen.setdefault((spec.env, tuple(sorted(spec.env_vars.items()))), b)
+    return list(seen.values())
+
+
+def test_check_every_route(tmp_path):
+    # every backend's cases run in-process in its tox environment (tests/test_conformance.py),
+    # and every backend runs through a worker of its own in test_smoke_matrix_every_backend;
+    # here `check` itself on each worker route: its workers side by side, the order named, the
+    # JSON and the table
+    backends = _one_per_route(_available())
+    if os.environ.get("LSTMBENCH_REQUIRE_ALL"):
+        assert set(backends) == {"numpy-f32", "chainer", "keras-jax", "keras-torch"}, backends
     # one thread each, so that on two cores two backends are checked side by side (--jobs' default)
     r = lstmbench("check", "--backends", ",".join(backends), "--threads", "1", "--json", "check.json",
                   cwd=tmp_path)
@@ -125,9 +142,23 @@ def _check_v2(doc: dict, backends: list[str]) -> None:
         assert (res["efficiency_flag"] is not None) == (res["efficiency"] > 1)
 
 
+def _short_smoke() -> str:
+    """The smoke matrix's sizes, modes and settings in a TOML file, its rounds and workload
+    budget cut to a quarter: the run's every path, for every backend, in a third of the time."""
+    from harness.engine.matrix import MATRICES
+    m = MATRICES["smoke"]
+    g = m.groups[0]
+    lines = [f"rounds = {m.rounds // 4}", f"workload_time = {m.workload_time / 4}",
+             f"round_time = {m.round_time}", f"threads = {m.threads}", f"timeout = {m.timeout}",
+             "extra_rounds = 4", "extra_time = 1.0", "[[group]]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in g.items()]
+    return "\n".join(lines) + "\n"
+
+
 def test_smoke_matrix_every_backend(tmp_path):
     backends = _available()
-    r = lstmbench("run", "--matrix", "smoke", "--backends", ",".join(backends), "--out", "res",
+    (tmp_path / "smoke.toml").write_text(_short_smoke())
+    r = lstmbench("run", "--matrix", "smoke.toml", "--backends", ",".join(backends), "--out", "res",
                   "--processes", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = list((tmp_path / "res").rglob("*.json"))
@@ -257,8 +288,8 @@ def test_what_run_says_adds_up(tmp_path):
 
 
 def test_killed_worker_loses_only_its_cell(tmp_path):
-    # 400 rounds of ~30 ms would take 24 s; each workload stops after 6 s of rounds instead
-    proc = _start(tmp_path, _matrix(rounds=400, workload_time=6.0))
+    # 400 rounds of ~30 ms would take 24 s; each workload stops after 3.5 s of rounds instead
+    proc = _start(tmp_path, _matrix(rounds=400, workload_time=3.5))
     _wait_for(proc, "[1/3]")
     time.sleep(1.5)  # the first workload's rounds are under way
     pids = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)],

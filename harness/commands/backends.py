@@ -28,15 +28,20 @@ def cmd_backends(a: argparse.Namespace) -> int:
             by_python.setdefault((interpreter_for(name, overrides), env_vars), []).append(name)
         except registry.BackendError as e:
             info[name] = {"available": False, "reason": str(e)}
+    # every worker asked first, then the answers taken: the environments import side by side
+    asked: list[tuple[str, list[str], Worker]] = []
     for (py, _), names in by_python.items():
         try:
             w = Worker(py, a.threads, backend=names[0])
-        except OSError as e:
+            w.send({"op": "info", "backends": names, "threads": a.threads, "device": "cpu"})
+            asked.append((py, names, w))
+        except (OSError, WorkerFailed) as e:
+            why = e.strerror or e if isinstance(e, OSError) else f"worker {e.kind}: {e}"
             for n in names:
-                info[n] = {"available": False, "reason": f"cannot start {py}: {e.strerror or e}"}
-            continue
+                info[n] = {"available": False, "reason": f"cannot start {py}: {why}"}
+    for py, names, w in asked:
         try:
-            ans = w.request({"op": "info", "backends": names, "threads": a.threads, "device": "cpu"}, 300)
+            ans = w.receive(300)
             if not ans.get("ok") or not isinstance(ans.get("backends"), dict):
                 raise WorkerFailed(str(ans.get("kind") or "error"), str(ans.get("error") or "no answer"))
             for n in names:

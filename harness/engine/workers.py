@@ -156,6 +156,12 @@ class Worker:
     def request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one request; the answer dict ({"ok": True, ...} or {"ok": False, "kind": "oom" |
         "error", "error": ONE_LINE, "traceback": ...}), or WorkerFailed (and the worker is gone)."""
+        self.send(req)
+        return self.receive(timeout)
+
+    def send(self, req: dict[str, Any]) -> None:
+        """The first half of request(): several workers can then work side by side, each
+        answer taken with receive()."""
         if self._closed:
             raise WorkerFailed("crash", "the worker was closed")
         if self.proc.poll() is not None:
@@ -169,6 +175,9 @@ class Worker:
         except BaseException:
             self.kill()
             raise
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        """The answer to the request sent (request()'s second half)."""
         try:
             return self._await(timeout)
         except BaseException as e:  # Ctrl-C/SIGTERM mid-request: the worker goes with it
