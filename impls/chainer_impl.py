@@ -38,6 +38,7 @@ from chainer.backends import intel64
 from . import layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
+from .sampling import prefix_ids
 
 # ---- configuration -------------------------------------------------------------------
 
@@ -332,9 +333,7 @@ class ChainerBackend:
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         m, net = self.model, self.net
-        prefix = np.asarray(prefix, np.int64).reshape(-1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix)
         zeros = np.zeros((m.num_layers, 1, m.hidden_size), self.dtype)
         out = np.empty(n, np.int64)
         with chainer.using_config("train", False), chainer.no_backprop_mode():

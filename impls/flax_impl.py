@@ -33,6 +33,7 @@ from flax import nnx
 from . import jax_impl, layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
+from .sampling import prefix_ids
 
 State = tuple[jax.Array, jax.Array]  # (h, c), each (L, B, H)
 
@@ -313,9 +314,7 @@ class FlaxBackend:
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        prefix = np.asarray(prefix, np.int32).reshape(-1)  # (P,)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix, np.int32)  # (P,)
         if n == 0:
             return np.empty(0, np.int64)
         if self._split is None:  # nnx.split walks the module in Python: 1.4 ms, 7 us a character

@@ -50,7 +50,7 @@ from .keras_model import CharLSTM  # noqa: E402
 from .keras_optimizers import make_optimizer  # noqa: E402
 from .params import Params, check_params  # noqa: E402
 from .registry import BackendError  # noqa: E402
-from .sampling import draw  # noqa: E402
+from .sampling import draw, prefix_ids  # noqa: E402
 
 ENGINE = keras.backend.backend()  # fixed for this process at Keras' import
 ENGINES = ("jax", "torch")
@@ -278,9 +278,7 @@ class KerasBackend:
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         m = self.model
-        prefix = np.asarray(prefix, np.int64).reshape(1, -1)  # (1, P)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix).reshape(1, -1)  # (1, P)
         if ENGINE == "jax":
             if n == 0:
                 return np.empty(0, np.int64)

@@ -36,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import layouts
 from .config import ModelConfig, TrainConfig
 from .params import Params, check_params, param_shapes
+from .sampling import prefix_ids
 
 OPSET = 17  # LSTM-14, SoftmaxCrossEntropyLoss-13, OneHot-11, Squeeze/Slice-13: all in ORT >= 1.12
 _THREADS: int | None = None  # intra-op threads for every session made after configure()
@@ -348,9 +349,7 @@ class OnnxBackend:
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        prefix = np.asarray(prefix, np.int64).reshape(-1, 1)  # (P, 1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix).reshape(-1, 1)  # (P, 1)
         if n == 0:
             return np.empty(0, np.int64)
         filtered = 0 < int(top_k) < self.model.vocab_size

@@ -10,6 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def prefix_ids(prefix: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    """A generation prefix as (P,) token ids of `dtype`; ValueError where it is empty (a
+    draw needs the logits of at least one token)."""
+    ids = np.asarray(prefix, dtype).reshape(-1)  # (P,)
+    if ids.size == 0:
+        raise ValueError("generate needs a prefix of at least one token")
+    return ids
+
+
 def filtered_probs(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
     """(V,) logits -> (V,) probabilities after top-k and temperature."""
     z = np.asarray(logits, dtype=np.float64) / temperature

@@ -50,6 +50,7 @@ from .keras_model import CharLSTM  # noqa: E402
 from .keras_optimizers import make_optimizer  # noqa: E402
 from .params import Params, check_params, init_params  # noqa: E402
 from .registry import BackendError  # noqa: E402
+from .sampling import prefix_ids  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # Keras was imported earlier with another backend
     raise ImportError(f"Keras is running on the {keras.backend.backend()!r} backend in this process; "
@@ -338,9 +339,7 @@ class TensorflowBackend:
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        prefix = np.asarray(prefix, np.int64).reshape(-1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix)
         m = self.model
         step = self._gen_fn(float(temperature), int(top_k))
         with tf.device(self._dev):
@@ -434,9 +433,7 @@ class TensorflowGenLoopBackend(TensorflowBackend):
 
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
-        prefix = np.asarray(prefix, np.int64).reshape(-1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix)
         if n == 0:
             return np.empty(0, np.int64)
         with tf.device(self._dev):

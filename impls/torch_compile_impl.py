@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, TrainConfig
 from .params import Params
+from .sampling import prefix_ids
 from .torch_impl import State, TorchBackend, configure, device_matmul_peak, device_peak_memory
 
 __all__ = ["TorchCompileBackend", "configure", "kernel_info", "device_peak_memory", "device_matmul_peak"]
@@ -117,9 +118,7 @@ class TorchCompileBackend(TorchBackend):
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         m = self.model
-        prefix = np.asarray(prefix, np.int64).reshape(-1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix)
         self._mode(False)
         temperature, top_k = float(temperature), int(top_k)
         shape = (m.num_layers, 1, m.hidden_size)

@@ -13,6 +13,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .params import Params
+from .sampling import prefix_ids
 from .torch_impl import TorchBackend, _fused_label, configure, device_matmul_peak, device_peak_memory
 
 __all__ = ["TorchGenLoopBackend", "configure", "kernel_info", "device_peak_memory", "device_matmul_peak"]
@@ -196,9 +197,7 @@ class TorchGenLoopBackend(TorchBackend):
     def generate(self, prefix: np.ndarray, n: int, temperature: float, top_k: int,
                  uniforms: np.ndarray) -> np.ndarray:
         m = self.model
-        prefix = np.asarray(prefix, np.int64).reshape(-1)
-        if prefix.size == 0:
-            raise ValueError("generate needs a prefix of at least one token")
+        prefix = prefix_ids(prefix)
         if n == 0:
             return np.empty(0, np.int64)
         self._mode(False)

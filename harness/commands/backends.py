@@ -36,7 +36,7 @@ def cmd_backends(a: argparse.Namespace) -> int:
             w.send({"op": "info", "backends": names, "threads": a.threads, "device": "cpu"})
             asked.append((py, names, w))
         except (OSError, WorkerFailed) as e:
-            why = e.strerror or e if isinstance(e, OSError) else f"worker {e.kind}: {e}"
+            why = (e.strerror or e) if isinstance(e, OSError) else f"worker {e.kind}: {e}"
             for n in names:
                 info[n] = {"available": False, "reason": f"cannot start {py}: {why}"}
     for py, names, w in asked:
